@@ -32,7 +32,7 @@ struct ForwardBatch {
   std::span<const int32_t> positions;    // [n_tokens]
   std::span<const int32_t> seq_index;    // [n_tokens] index into sequences
   std::span<const Sequence> sequences;
-  std::span<const int32_t> output_rows;  // tokens whose logits are wanted, in the order they are written
+  std::span<const int32_t> output_rows;  // tokens whose logits are wanted, strictly ascending
 };
 
 class Backend {

@@ -1,0 +1,295 @@
+#include "backend/cpu/llama_cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backend/cpu/f16_convert.h"
+#include "backend/cpu/ops.h"
+#include "quant/quant.h"
+
+namespace tessera::cpu {
+namespace {
+
+constexpr int64_t kAttentionTokenBlock = 32;  // query tokens that share one gather of their sequence's K/V
+constexpr int64_t kGemmTokenBlock = 64;       // activation rows per kernel call: they stay in L2 with the weights
+
+template <class T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+}  // namespace
+
+LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options, int first_layer, int last_layer)
+    : model_(model),
+      kv_type_(options.kv_type),
+      n_slots_(options.n_kv_slots),
+      first_layer_(first_layer),
+      last_layer_(last_layer),
+      pool_(options.n_threads > 0 ? options.n_threads : physical_core_count()) {
+  const size_t elem = kv_type_ == KvCacheType::F16 ? 2 : 4;
+  const size_t layer_bytes = static_cast<size_t>(n_slots_) * model.config.kv_dim() * elem;
+  k_cache_.resize(model.config.n_layer);
+  v_cache_.resize(model.config.n_layer);
+  for (int il = first_layer_; il < last_layer_; ++il) {
+    k_cache_[il].resize(layer_bytes);
+    v_cache_[il].resize(layer_bytes);
+  }
+  scratch_.resize(pool_.size());
+}
+
+uint64_t LlamaCpu::kv_cache_bytes() const {
+  uint64_t total = 0;
+  for (int il = first_layer_; il < last_layer_; ++il) total += k_cache_[il].size() + v_cache_[il].size();
+  return total;
+}
+
+void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
+  const model::MatrixView& e = model_.token_embd;
+  for (int32_t tok : tokens) {
+    if (tok < 0 || tok >= e.n_rows) throw std::runtime_error("token id " + std::to_string(tok) + " is out of range");
+  }
+  pool_.parallel_for(static_cast<int64_t>(tokens.size()), [&](int64_t t, int) {
+    quant::dequantize_row(e.type, e.row(tokens[t]), x + t * e.n_cols, e.n_cols);
+  });
+}
+
+void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens) {
+  // Quantize x once for each distinct activation format the weights need.
+  struct Prepared {
+    GgmlType act_type;
+    size_t row_bytes;
+    size_t offset;
+  };
+  std::vector<Prepared> prepared;
+  std::vector<size_t> job_input;
+  const int64_t n_cols = jobs.begin()->w->n_cols;
+  size_t total = 0;
+  for (const MatmulJob& job : jobs) {
+    const GgmlType act = quant::activation_type(job.w->type);
+    auto it = std::find_if(prepared.begin(), prepared.end(), [&](const Prepared& p) { return p.act_type == act; });
+    if (it == prepared.end()) {
+      const size_t rb = quant::activation_row_bytes(job.w->type, n_cols);
+      prepared.push_back({act, rb, total});
+      total += rb * n_tokens;
+      it = prepared.end() - 1;
+    }
+    job_input.push_back(static_cast<size_t>(it - prepared.begin()));
+  }
+  grow(xq_, total);
+  std::vector<GgmlType> weight_type_of(prepared.size());
+  for (size_t j = 0; j < jobs.size(); ++j) weight_type_of[job_input[j]] = (jobs.begin() + j)->w->type;
+  pool_.parallel_for(static_cast<int64_t>(prepared.size()) * n_tokens, [&](int64_t task, int) {
+    const Prepared& p = prepared[task / n_tokens];
+    const int64_t t = task % n_tokens;
+    quant::quantize_activations(weight_type_of[task / n_tokens], x + t * n_cols, xq_.data() + p.offset + t * p.row_bytes,
+                                n_cols);
+  });
+
+  // Split every matrix into row chunks: enough chunks per thread to balance, few enough to keep calls long.
+  struct Chunk {
+    size_t job;
+    int64_t row_begin;
+    int64_t row_end;
+  };
+  std::vector<Chunk> chunks;
+  int64_t total_rows = 0;
+  for (const MatmulJob& job : jobs) total_rows += job.w->n_rows;
+  const int64_t target = std::max<int64_t>(16, total_rows / (pool_.size() * 8));
+  const int64_t rows_per_chunk = (target + 15) / 16 * 16;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const int64_t n_rows = (jobs.begin() + j)->w->n_rows;
+    for (int64_t r = 0; r < n_rows; r += rows_per_chunk) chunks.push_back({j, r, std::min(n_rows, r + rows_per_chunk)});
+  }
+  pool_.parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t c, int) {
+    const Chunk& chunk = chunks[c];
+    const MatmulJob& job = *(jobs.begin() + chunk.job);
+    const Prepared& p = prepared[job_input[chunk.job]];
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemmTokenBlock) {
+      const int64_t nt = std::min(kGemmTokenBlock, n_tokens - t0);
+      quant::gemm(job.w->type, job.w->data, job.w->row_bytes, job.w->n_cols, chunk.row_begin, chunk.row_end,
+                  xq_.data() + p.offset + t0 * p.row_bytes, p.row_bytes, nt, job.y + t0 * job.w->n_rows,
+                  job.w->n_rows);
+    }
+  });
+}
+
+void LlamaCpu::store_kv(int il, const ForwardBatch& batch) {
+  const model::LlamaConfig& c = model_.config;
+  const int kv_dim = c.kv_dim();
+  const int64_t n_tokens = static_cast<int64_t>(batch.tokens.size());
+  pool_.parallel_for(n_tokens, [&](int64_t t, int) {
+    const RopeAngles angles = rope_angles(c.rope, batch.positions[t]);
+    apply_rope(q_.data() + t * c.q_dim(), c.n_head, c.head_dim, angles);
+    apply_rope(k_.data() + t * kv_dim, c.n_head_kv, c.head_dim, angles);
+    const int32_t slot = batch.sequences[batch.seq_index[t]].slots[batch.positions[t]];
+    const float* k = k_.data() + t * kv_dim;
+    const float* v = v_.data() + t * kv_dim;
+    if (kv_type_ == KvCacheType::F16) {
+      auto* kc = reinterpret_cast<uint16_t*>(k_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim;
+      auto* vc = reinterpret_cast<uint16_t*>(v_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim;
+      for (int i = 0; i < kv_dim; ++i) {
+        kc[i] = quant::fp32_to_fp16(k[i]);
+        vc[i] = quant::fp32_to_fp16(v[i]);
+      }
+    } else {
+      std::memcpy(reinterpret_cast<float*>(k_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim, k,
+                  kv_dim * sizeof(float));
+      std::memcpy(reinterpret_cast<float*>(v_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim, v,
+                  kv_dim * sizeof(float));
+    }
+  });
+}
+
+void LlamaCpu::attention(int il, const ForwardBatch& batch) {
+  const model::LlamaConfig& c = model_.config;
+  const int hd = c.head_dim, kv_dim = c.kv_dim(), group = c.n_head / c.n_head_kv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const bool f16 = kv_type_ == KvCacheType::F16;
+
+  // Runs of consecutive tokens of one sequence, cut into blocks that share one gather of K/V per KV head.
+  struct Block {
+    int64_t t0, t1;
+    int32_t max_pos;
+  };
+  std::vector<Block> blocks;
+  const int64_t n_tokens = static_cast<int64_t>(batch.tokens.size());
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    if (blocks.empty() || batch.seq_index[t] != batch.seq_index[blocks.back().t0] ||
+        blocks.back().t1 - blocks.back().t0 == kAttentionTokenBlock) {
+      blocks.push_back({t, t, 0});
+    }
+    blocks.back().t1 = t + 1;
+    blocks.back().max_pos = std::max(blocks.back().max_pos, batch.positions[t]);
+  }
+
+  pool_.parallel_for(static_cast<int64_t>(blocks.size()) * c.n_head_kv, [&](int64_t task, int thread) {
+    const Block& b = blocks[task / c.n_head_kv];
+    const int h = static_cast<int>(task % c.n_head_kv);
+    const std::span<const int32_t> slots = batch.sequences[batch.seq_index[b.t0]].slots;
+    const int n_keys = b.max_pos + 1;
+    std::vector<float>& s = scratch_[thread];
+    grow(s, static_cast<size_t>(n_keys) * hd * 2 + n_keys);
+    float* keys = s.data();
+    float* values = keys + static_cast<int64_t>(n_keys) * hd;
+    float* scores = values + static_cast<int64_t>(n_keys) * hd;
+    for (int j = 0; j < n_keys; ++j) {
+      const int64_t offset = static_cast<int64_t>(slots[j]) * kv_dim + h * hd;
+      if (f16) {
+        f16_to_f32(reinterpret_cast<const uint16_t*>(k_cache_[il].data()) + offset, keys + j * hd, hd);
+        f16_to_f32(reinterpret_cast<const uint16_t*>(v_cache_[il].data()) + offset, values + j * hd, hd);
+      } else {
+        std::memcpy(keys + j * hd, reinterpret_cast<const float*>(k_cache_[il].data()) + offset, hd * sizeof(float));
+        std::memcpy(values + j * hd, reinterpret_cast<const float*>(v_cache_[il].data()) + offset, hd * sizeof(float));
+      }
+    }
+    for (int64_t t = b.t0; t < b.t1; ++t) {
+      for (int hq = h * group; hq < (h + 1) * group; ++hq) {
+        const int64_t qo = t * c.q_dim() + static_cast<int64_t>(hq) * hd;
+        attend(q_.data() + qo, keys, values, hd, batch.positions[t] + 1, hd, scale, f16, scores, attn_.data() + qo);
+      }
+    }
+  });
+}
+
+void LlamaCpu::layer(int il, const ForwardBatch& batch, float* x, bool final_layer) {
+  const model::LlamaConfig& c = model_.config;
+  const model::LlamaLayer& w = model_.layers[il];
+  const int64_t n_tokens = static_cast<int64_t>(batch.tokens.size());
+  const int n_embd = c.n_embd;
+
+  // Attention block: norm -> q, k, v -> RoPE, cache -> attention -> output projection -> residual.
+  pool_.parallel_for(n_tokens, [&](int64_t t, int) {
+    rms_norm(x + t * n_embd, w.attn_norm, norm_.data() + t * n_embd, n_embd, c.rms_eps);
+  });
+  matmuls({{&w.wq, q_.data()}, {&w.wk, k_.data()}, {&w.wv, v_.data()}}, norm_.data(), n_tokens);
+  store_kv(il, batch);
+  attention(il, batch);
+  matmuls({{&w.wo, proj_.data()}}, attn_.data(), n_tokens);
+
+  // After the final layer's attention only the rows whose logits are wanted matter.
+  int64_t n_rows = n_tokens;
+  if (final_layer) {
+    n_rows = static_cast<int64_t>(batch.output_rows.size());
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const int64_t t = batch.output_rows[r];
+      for (int i = 0; i < n_embd; ++i) x[r * n_embd + i] = x[t * n_embd + i] + proj_[t * n_embd + i];
+    }
+  } else {
+    for (int64_t i = 0; i < n_tokens * n_embd; ++i) x[i] += proj_[i];
+  }
+  if (n_rows == 0) return;
+
+  // Feed-forward block: norm -> SwiGLU(gate, up) -> down -> residual.
+  pool_.parallel_for(n_rows, [&](int64_t t, int) {
+    rms_norm(x + t * n_embd, w.ffn_norm, norm_.data() + t * n_embd, n_embd, c.rms_eps);
+  });
+  matmuls({{&w.w_gate, gate_.data()}, {&w.w_up, up_.data()}}, norm_.data(), n_rows);
+  pool_.parallel_for(n_rows, [&](int64_t t, int) {
+    swiglu(gate_.data() + t * c.n_ff, up_.data() + t * c.n_ff, gate_.data() + t * c.n_ff, c.n_ff);
+  });
+  matmuls({{&w.w_down, proj_.data()}}, gate_.data(), n_rows);
+  for (int64_t i = 0; i < n_rows * n_embd; ++i) x[i] += proj_[i];
+}
+
+void LlamaCpu::run_layers(const ForwardBatch& batch, float* x, bool last_is_final) {
+  const model::LlamaConfig& c = model_.config;
+  const size_t n_tokens = batch.tokens.size();
+  grow(norm_, n_tokens * c.n_embd);
+  grow(q_, n_tokens * c.q_dim());
+  grow(k_, n_tokens * c.kv_dim());
+  grow(v_, n_tokens * c.kv_dim());
+  grow(attn_, n_tokens * c.q_dim());
+  grow(proj_, n_tokens * c.n_embd);
+  grow(gate_, n_tokens * c.n_ff);
+  grow(up_, n_tokens * c.n_ff);
+  for (int il = first_layer_; il < last_layer_; ++il) {
+    layer(il, batch, x, last_is_final && il == last_layer_ - 1);
+  }
+}
+
+void LlamaCpu::output(const float* x, int64_t n_rows, float* logits) {
+  if (n_rows == 0) return;
+  const model::LlamaConfig& c = model_.config;
+  grow(norm_, static_cast<size_t>(n_rows) * c.n_embd);
+  pool_.parallel_for(n_rows, [&](int64_t r, int) {
+    rms_norm(x + r * c.n_embd, model_.output_norm, norm_.data() + r * c.n_embd, c.n_embd, c.rms_eps);
+  });
+  matmuls({{&model_.output, logits}}, norm_.data(), n_rows);
+}
+
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(const model::LlamaModel& model, const BackendOptions& options)
+      : model_(model), llama_(model, options, 0, model.config.n_layer) {}
+
+  std::string_view name() const override { return "cpu"; }
+  uint64_t kv_cache_bytes() const override { return llama_.kv_cache_bytes(); }
+
+  void forward(const ForwardBatch& batch, float* logits) override {
+    const size_t n = batch.tokens.size() * static_cast<size_t>(model_.config.n_embd);
+    if (x_.size() < n) x_.resize(n);
+    llama_.embed(batch.tokens, x_.data());
+    llama_.run_layers(batch, x_.data(), true);
+    llama_.output(x_.data(), static_cast<int64_t>(batch.output_rows.size()), logits);
+  }
+
+ private:
+  const model::LlamaModel& model_;
+  LlamaCpu llama_;
+  std::vector<float> x_;  // the residual stream, [n_tokens][n_embd]
+};
+
+}  // namespace
+}  // namespace tessera::cpu
+
+namespace tessera {
+
+std::unique_ptr<Backend> make_cpu_backend(const model::LlamaModel& model, const BackendOptions& options) {
+  return std::make_unique<cpu::CpuBackend>(model, options);
+}
+
+}  // namespace tessera

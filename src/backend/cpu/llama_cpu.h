@@ -1,0 +1,66 @@
+// The llama forward pass on the CPU. Split into embed / layers / output so that the hybrid backend can run some
+// layers here and the rest on a GPU.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/thread_pool.h"
+#include "model/llama.h"
+
+namespace tessera::cpu {
+
+class LlamaCpu {
+ public:
+  // Holds the KV cache of layers [first_layer, last_layer) only (the hybrid backend gives the rest to the GPU).
+  LlamaCpu(const model::LlamaModel& model, const BackendOptions& options, int first_layer, int last_layer);
+
+  // x[t] = token_embd row of tokens[t]                                              x: [n_tokens][n_embd]
+  void embed(std::span<const int32_t> tokens, float* x);
+  // Runs layers [first_layer, last_layer) over x in place. When `last_is_final`, the final layer computes its
+  // feed-forward only for batch.output_rows and leaves those rows, compacted, at the front of x.
+  void run_layers(const ForwardBatch& batch, float* x, bool last_is_final);
+  // logits[r] = output(rmsnorm(x[r]) * output_norm) for r < n_rows                 logits: [n_rows][n_vocab]
+  void output(const float* x, int64_t n_rows, float* logits);
+
+  uint64_t kv_cache_bytes() const;
+  ThreadPool& pool() { return pool_; }
+
+  // y[t] = W x[t] for each (W, y) pair, all in one parallel loop; x is quantized once per activation type.
+  struct MatmulJob {
+    const model::MatrixView* w;
+    float* y;  // [n_tokens][w->n_rows]
+  };
+  void matmuls(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens);
+
+ private:
+  void layer(int il, const ForwardBatch& batch, float* x, bool final_layer);
+  void store_kv(int il, const ForwardBatch& batch);
+  void attention(int il, const ForwardBatch& batch);
+
+  const model::LlamaModel& model_;
+  KvCacheType kv_type_;
+  int n_slots_;
+  int first_layer_;
+  int last_layer_;
+  ThreadPool pool_;
+
+  std::vector<std::vector<uint8_t>> k_cache_;  // per layer: [n_slots][kv_dim] f16 or f32
+  std::vector<std::vector<uint8_t>> v_cache_;  // per layer: [n_slots][kv_dim] f16 or f32
+
+  // Activations, grown to the largest batch seen and then reused.
+  std::vector<float> norm_;     // [n_tokens][n_embd]
+  std::vector<float> q_;        // [n_tokens][q_dim]
+  std::vector<float> k_;        // [n_tokens][kv_dim]
+  std::vector<float> v_;        // [n_tokens][kv_dim]
+  std::vector<float> attn_;     // [n_tokens][q_dim]
+  std::vector<float> proj_;     // [n_tokens][n_embd]
+  std::vector<float> gate_;     // [n_tokens][n_ff]
+  std::vector<float> up_;       // [n_tokens][n_ff]
+  std::vector<uint8_t> xq_;     // quantized activations, [n_tokens][activation row bytes]
+  std::vector<std::vector<float>> scratch_;  // per thread: gathered keys, values and scores of one KV head
+};
+
+}  // namespace tessera::cpu

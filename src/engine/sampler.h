@@ -1,0 +1,40 @@
+// Turning logits into the next token: penalties, then temperature, top-k, top-p and min-p, then a draw.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+namespace tessera::engine {
+
+struct SamplerParams {
+  float temperature = 0.8f;   // 0 = greedy (argmax, lowest id on ties)
+  int top_k = 40;             // 0 = off
+  float top_p = 0.95f;        // 1 = off
+  float min_p = 0.05f;        // 0 = off
+  float repeat_penalty = 1.0f;    // 1 = off; divides positive logits of recent tokens, multiplies negative ones
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  int penalty_last_n = 64;    // how many recent tokens the penalties look at
+  uint64_t seed = 0;
+
+  // Throws std::invalid_argument naming the first value out of range.
+  void validate() const;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplerParams& params);
+  // Picks the next token from one logits row; `history` is every token so far (prompt and generated).
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> history);
+
+ private:
+  SamplerParams params_;
+  std::mt19937_64 rng_;
+  std::vector<std::pair<float, int32_t>> candidates_;
+};
+
+int32_t argmax(std::span<const float> logits);  // lowest id on ties
+
+}  // namespace tessera::engine

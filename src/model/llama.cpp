@@ -1,0 +1,159 @@
+#include "model/llama.h"
+
+#include <fmt/format.h>
+
+#include <limits>
+#include <string>
+
+namespace tessera::model {
+namespace {
+
+using gguf::FormatError;
+
+constexpr int kMaxHeadDim = 512;  // the CPU attention keeps one head's query on the stack
+
+int required_int(const gguf::File& file, const std::string& key, int64_t min_value) {
+  const std::optional<int64_t> v = file.get_int(key);
+  if (!v) throw FormatError(fmt::format("missing metadata key '{}'", key));
+  if (*v < min_value || *v > std::numeric_limits<int32_t>::max()) {
+    throw FormatError(fmt::format("metadata key '{}' has invalid value {}", key, *v));
+  }
+  return static_cast<int>(*v);
+}
+
+const gguf::TensorInfo& find_tensor(const gguf::File& file, const std::string& name) {
+  const gguf::TensorInfo* t = file.find_tensor(name);
+  if (!t) throw FormatError(fmt::format("missing tensor '{}'", name));
+  return *t;
+}
+
+void check_computable(const gguf::TensorInfo& t) {
+  const GgmlTypeTraits& traits = ggml_type_traits(t.type);
+  if (!traits.computable) {
+    throw FormatError(fmt::format("tensor '{}' has type {}, not supported yet", t.name, traits.name));
+  }
+}
+
+MatrixView matrix(const gguf::File& file, const std::string& name, int64_t n_cols, int64_t n_rows) {
+  const gguf::TensorInfo& t = find_tensor(file, name);
+  if (t.shape.size() != 2 || static_cast<int64_t>(t.shape[0]) != n_cols ||
+      static_cast<int64_t>(t.shape[1]) != n_rows) {
+    std::string shape;
+    for (uint64_t d : t.shape) shape += (shape.empty() ? "" : ", ") + std::to_string(d);
+    throw FormatError(
+        fmt::format("tensor '{}' has shape [{}], expected [{}, {}]", name, shape, n_cols, n_rows));
+  }
+  check_computable(t);
+  MatrixView m;
+  m.name = name;
+  m.type = t.type;
+  m.n_cols = n_cols;
+  m.n_rows = n_rows;
+  m.row_bytes = ggml_row_bytes(t.type, static_cast<uint64_t>(n_cols));
+  m.data = t.data;
+  return m;
+}
+
+const float* norm_vector(const gguf::File& file, const std::string& name, int64_t n) {
+  const gguf::TensorInfo& t = find_tensor(file, name);
+  if (t.shape.size() != 1 || static_cast<int64_t>(t.shape[0]) != n) {
+    throw FormatError(fmt::format("tensor '{}' should be a vector of {} values", name, n));
+  }
+  if (t.type != GgmlType::F32) {
+    throw FormatError(fmt::format("tensor '{}' has type {}; norm weights must be F32", name, ggml_type_name(t.type)));
+  }
+  return reinterpret_cast<const float*>(t.data);
+}
+
+}  // namespace
+
+LlamaModel LlamaModel::load(const gguf::File& file) {
+  const std::string arch = file.architecture();
+  if (arch.empty()) throw FormatError("missing metadata key 'general.architecture'");
+  if (arch != "llama") throw FormatError(fmt::format("unsupported architecture '{}' (supported: llama)", arch));
+
+  LlamaModel m;
+  LlamaConfig& c = m.config;
+  c.n_embd = required_int(file, "llama.embedding_length", 1);
+  c.n_layer = required_int(file, "llama.block_count", 1);
+  c.n_head = required_int(file, "llama.attention.head_count", 1);
+  c.n_head_kv = file.get_int("llama.attention.head_count_kv") ? required_int(file, "llama.attention.head_count_kv", 1)
+                                                             : c.n_head;
+  c.n_ff = required_int(file, "llama.feed_forward_length", 1);
+  c.n_ctx_train = required_int(file, "llama.context_length", 1);
+  c.rms_eps = static_cast<float>(file.get_float("llama.attention.layer_norm_rms_epsilon").value_or(1e-5));
+  if (!(c.rms_eps > 0)) throw FormatError("metadata key 'llama.attention.layer_norm_rms_epsilon' must be positive");
+  if (c.n_embd % c.n_head != 0) {
+    throw FormatError(fmt::format("embedding length {} is not a multiple of head count {}", c.n_embd, c.n_head));
+  }
+  if (c.n_head % c.n_head_kv != 0) {
+    throw FormatError(fmt::format("head count {} is not a multiple of KV head count {}", c.n_head, c.n_head_kv));
+  }
+  c.head_dim = file.get_int("llama.attention.key_length") ? required_int(file, "llama.attention.key_length", 1)
+                                                         : c.n_embd / c.n_head;
+  if (c.head_dim > kMaxHeadDim || c.head_dim % 2 != 0) {
+    throw FormatError(fmt::format("head dimension {} is not supported (even, at most {})", c.head_dim, kMaxHeadDim));
+  }
+
+  RopeConfig& rope = c.rope;
+  rope.n_dims = file.get_int("llama.rope.dimension_count") ? required_int(file, "llama.rope.dimension_count", 2)
+                                                          : c.head_dim;
+  if (rope.n_dims > c.head_dim || rope.n_dims % 2 != 0) {
+    throw FormatError(fmt::format("RoPE dimension count {} does not fit head dimension {}", rope.n_dims, c.head_dim));
+  }
+  rope.freq_base = static_cast<float>(file.get_float("llama.rope.freq_base").value_or(10000.0));
+  if (!(rope.freq_base > 0)) throw FormatError("metadata key 'llama.rope.freq_base' must be positive");
+  const std::string scaling = file.get_string("llama.rope.scaling.type").value_or("none");
+  if (scaling == "linear") {
+    const double factor = file.get_float("llama.rope.scaling.factor").value_or(1.0);
+    if (!(factor > 0)) throw FormatError("metadata key 'llama.rope.scaling.factor' must be positive");
+    rope.freq_scale = static_cast<float>(1.0 / factor);
+  } else if (scaling != "none" && scaling != "llama3") {
+    throw FormatError(fmt::format("RoPE scaling type '{}' is not supported", scaling));
+  }
+  if (const gguf::TensorInfo* freqs = file.find_tensor("rope_freqs.weight")) {
+    if (freqs->type != GgmlType::F32 || freqs->n_elements != static_cast<uint64_t>(rope.n_dims / 2)) {
+      throw FormatError(fmt::format("tensor 'rope_freqs.weight' should be {} F32 values", rope.n_dims / 2));
+    }
+    const float* f = reinterpret_cast<const float*>(freqs->data);
+    rope.freq_factors.assign(f, f + rope.n_dims / 2);
+  }
+
+  const gguf::TensorInfo& embd = find_tensor(file, "token_embd.weight");
+  if (embd.shape.size() != 2) throw FormatError("tensor 'token_embd.weight' should have 2 dimensions");
+  if (embd.shape[1] > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) {
+    throw FormatError("tensor 'token_embd.weight' has too many rows");
+  }
+  c.n_vocab = static_cast<int>(embd.shape[1]);
+  m.token_embd = matrix(file, "token_embd.weight", c.n_embd, c.n_vocab);
+  m.output_norm = norm_vector(file, "output_norm.weight", c.n_embd);
+  m.tied_embeddings = file.find_tensor("output.weight") == nullptr;
+  m.output = m.tied_embeddings ? m.token_embd : matrix(file, "output.weight", c.n_embd, c.n_vocab);
+
+  m.layers.resize(c.n_layer);
+  for (int il = 0; il < c.n_layer; ++il) {
+    const std::string p = fmt::format("blk.{}.", il);
+    LlamaLayer& l = m.layers[il];
+    l.attn_norm = norm_vector(file, p + "attn_norm.weight", c.n_embd);
+    l.wq = matrix(file, p + "attn_q.weight", c.n_embd, c.q_dim());
+    l.wk = matrix(file, p + "attn_k.weight", c.n_embd, c.kv_dim());
+    l.wv = matrix(file, p + "attn_v.weight", c.n_embd, c.kv_dim());
+    l.wo = matrix(file, p + "attn_output.weight", c.q_dim(), c.n_embd);
+    l.ffn_norm = norm_vector(file, p + "ffn_norm.weight", c.n_embd);
+    l.w_gate = matrix(file, p + "ffn_gate.weight", c.n_embd, c.n_ff);
+    l.w_up = matrix(file, p + "ffn_up.weight", c.n_embd, c.n_ff);
+    l.w_down = matrix(file, p + "ffn_down.weight", c.n_ff, c.n_embd);
+  }
+  return m;
+}
+
+uint64_t LlamaModel::weight_bytes() const {
+  uint64_t total = token_embd.bytes() + (tied_embeddings ? 0 : output.bytes());
+  total += static_cast<uint64_t>(config.n_embd) * sizeof(float) * (1 + 2 * layers.size());
+  for (const LlamaLayer& l : layers) {
+    for (const MatrixView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) total += w->bytes();
+  }
+  return total;
+}
+
+}  // namespace tessera::model
