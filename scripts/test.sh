@@ -3,6 +3,7 @@
 # under ASan+UBSan, then a short libFuzzer run on the GGUF reader.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-deps.sh
 jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$jobs"
