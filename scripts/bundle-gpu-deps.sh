@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Packs what the lent GPU machine lacks into .deps/ (git-ignored), so a device call with carry [".deps"] can
+# build and test there: the PCRE2 and pkgconf packages (the machine has neither and no network), the fixtures
+# the CUDA tests read, and .deps/gpu-build.sh, which unpacks the packages into .deps/prefix (never into /) and
+# builds tessera, tessera_cuda and test_cuda with -j16 for sm_90.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fixtures=${TESSERA_FIXTURES:-$(pwd)/../shared/fixtures}
+
+rm -rf .deps
+mkdir -p .deps/debs .deps/fixtures/models .deps/fixtures/trained
+(cd .deps/debs && apt-get download libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 \
+  pkgconf-bin libpkgconf3)
+
+# The tiny-llama family (not the 8 MB v32k model) and the trained stories260K model with their goldens.
+cp "$fixtures"/models/tiny-llama-{F32,F16,Q8_0,Q6_K,Q5_K_M,Q5_1,Q5_0,Q4_K_M,Q4_1,Q4_0,Q3_K_M,Q2_K}.* .deps/fixtures/models/
+cp "$fixtures"/models/tiny-llama-v32k-Q4_K_M.* .deps/fixtures/models/
+cp "$fixtures"/trained/stories260K* .deps/fixtures/trained/
+cp "$fixtures"/README.md .deps/fixtures/
+
+cat > .deps/gpu-build.sh <<'BUILD'
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repository root: unpack the carried packages, configure, build.
+set -euo pipefail
+root=$(pwd)
+prefix=$root/.deps/prefix
+rm -rf "$prefix"
+mkdir -p "$prefix"
+for deb in "$root"/.deps/debs/*.deb; do dpkg -x "$deb" "$prefix"; done
+libdir=$prefix/usr/lib/x86_64-linux-gnu
+# The .pc files name prefix=/usr; point them at the unpacked tree.
+sed -i "s|^prefix=.*|prefix=$prefix/usr|" "$libdir"/pkgconfig/*.pc
+export LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PKG_CONFIG_PATH=$libdir/pkgconfig
+pkg_config=$(command -v pkg-config || echo "$prefix/usr/bin/pkgconf")
+cmake -S "$root" -B "$root/build-gpu" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DCMAKE_PREFIX_PATH="$prefix/usr" -DPKG_CONFIG_EXECUTABLE="$pkg_config" \
+  -DTESSERA_FIXTURES_DIR="$root/.deps/fixtures" "$@" >/dev/null
+cmake --build "$root/build-gpu" -j16 --target tessera test_cuda ${TESSERA_EXTRA_TARGETS:-}
+BUILD
+chmod +x .deps/gpu-build.sh
+du -sh .deps

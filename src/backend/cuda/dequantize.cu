@@ -1,0 +1,84 @@
+// Whole-row decoding of block formats: token embedding lookups (to f32) and weight tiles for the tensor-core
+// GEMM (to f16). One thread per chunk.
+#include <stdexcept>
+#include <string>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/dequant.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace tessera::cuda {
+namespace {
+
+template <GgmlType T, class Out>
+__global__ void dequantize_rows_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int64_t n_cols,
+                                       const int32_t* __restrict__ row_ids, int64_t n_out, Out* __restrict__ out) {
+  constexpr int kChunk = Chunk<T>::kSize;
+  const int64_t chunks_per_row = n_cols / kChunk;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= chunks_per_row * n_out) return;
+  const int64_t r = i / chunks_per_row, c = i % chunks_per_row;
+  const int64_t src_row = row_ids ? row_ids[r] : r;
+  float v[kChunk];
+  Chunk<T>::load(w + src_row * row_bytes, c, v);
+  Out* dst = out + r * n_cols + c * kChunk;
+#pragma unroll
+  for (int k = 0; k < kChunk; ++k) {
+    if constexpr (sizeof(Out) == 2) {
+      dst[k] = __float2half_rn(v[k]);
+    } else {
+      dst[k] = v[k];
+    }
+  }
+}
+
+template <class Out>
+struct LaunchDequantize {
+  const DeviceMatrix& w;
+  const int32_t* row_ids;
+  int64_t n_out;
+  Out* out;
+  cudaStream_t stream;
+  template <GgmlType T>
+  void operator()() const {
+    const int64_t n = w.n_cols / Chunk<T>::kSize * n_out;
+    const int threads = 256;
+    dequantize_rows_kernel<T, Out><<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(
+        w.data, w.row_bytes, w.n_cols, row_ids, n_out, out);
+  }
+};
+
+template <class Out>
+void dequantize_rows(const DeviceMatrix& w, const int32_t* row_ids, int64_t n_out, Out* out, cudaStream_t stream) {
+  if (n_out == 0) return;
+  const bool known = dispatch_type(w.type, LaunchDequantize<Out>{w, row_ids, n_out, out, stream});
+  if (!known) {
+    throw std::runtime_error("the CUDA backend has no kernel for weight type " + std::string(ggml_type_name(w.type)));
+  }
+  check_launch("dequantize_rows_kernel");
+}
+
+__global__ void convert_f32_to_f16_kernel(const float* __restrict__ x, __half* __restrict__ y, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = __float2half_rn(x[i]);
+}
+
+}  // namespace
+
+void dequantize_rows_f32(const DeviceMatrix& w, const int32_t* row_ids, int64_t n_out, float* out,
+                         cudaStream_t stream) {
+  dequantize_rows(w, row_ids, n_out, out, stream);
+}
+
+void dequantize_rows_f16(const DeviceMatrix& w, const int32_t* row_ids, int64_t n_out, __half* out,
+                         cudaStream_t stream) {
+  dequantize_rows(w, row_ids, n_out, out, stream);
+}
+
+void convert_f32_to_f16(const float* x, __half* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  convert_f32_to_f16_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(x, y, n);
+  check_launch("convert_f32_to_f16_kernel");
+}
+
+}  // namespace tessera::cuda

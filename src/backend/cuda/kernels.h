@@ -1,0 +1,96 @@
+// Host-side entry points of the CUDA kernels, one op per .cu file. All pointers are device pointers unless a
+// comment says otherwise; every function only enqueues work on `stream` (and checks the launch).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "gguf/ggml_type.h"
+
+namespace tessera::cuda {
+
+// A weight matrix in device memory, in its GGUF block format: n_rows rows of n_cols values, row_bytes apart.
+struct DeviceMatrix {
+  GgmlType type = GgmlType::F32;
+  const uint8_t* data = nullptr;
+  size_t row_bytes = 0;
+  int64_t n_cols = 0;
+  int64_t n_rows = 0;
+};
+
+// Whether the matrix kernels handle this weight type, and the granule n_cols must be a multiple of.
+bool supports_type(GgmlType type);
+int column_granule(GgmlType type);
+
+// ---- decode: y = W x for 1..kMaxMatvecTokens activation rows ----------------------------------------------
+constexpr int kMaxMatvecTokens = 8;
+constexpr int kMaxMatvecJobs = 3;
+struct MatvecJob {
+  DeviceMatrix w;
+  float* y = nullptr;  // y[t * ldy + r]
+  int64_t ldy = 0;
+  bool accumulate = false;  // y += W x (fuses the residual add)
+};
+// Every job must have the same weight type and n_cols; they share x ([n_tokens][ldx] f32). One launch.
+void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, int n_tokens, cudaStream_t stream);
+
+// ---- dequantization -----------------------------------------------------------------------------------------
+// out[i] = row row_ids[i] of w (all rows in order when row_ids is null) as f32, n_out rows of n_cols.
+void dequantize_rows_f32(const DeviceMatrix& w, const int32_t* row_ids, int64_t n_out, float* out,
+                         cudaStream_t stream);
+void dequantize_rows_f16(const DeviceMatrix& w, const int32_t* row_ids, int64_t n_out, __half* out,
+                         cudaStream_t stream);
+void convert_f32_to_f16(const float* x, __half* y, int64_t n, cudaStream_t stream);
+
+// ---- prompt processing: y = W x for many rows, on the tensor cores ---------------------------------------
+// Dequantizes W to f16 in `w_scratch` (n_rows * n_cols halves) and multiplies with x16 (x as f16, [n_tokens]
+// [n_cols]) through cuBLAS with f32 accumulation. F32 weights multiply in f32 straight from x32 instead.
+// accumulate: y += W x.
+void gemm(cublasHandle_t handle, const DeviceMatrix& w, const float* x32, const __half* x16, int64_t n_tokens,
+          float* y, int64_t ldy, bool accumulate, __half* w_scratch, cudaStream_t stream);
+
+// ---- elementwise ops ---------------------------------------------------------------------------------------
+// y[r] = x[rows ? rows[r] : r] / sqrt(mean(x^2) + eps) * weight; rows of n values (ld = n). y16 (optional) gets
+// an f16 copy for the tensor-core path.
+void rms_norm(const float* x, const int32_t* rows, const float* weight, float* y, __half* y16, int64_t n_rows,
+              int n, float eps, cudaStream_t stream);
+
+// out = silu(gate) * up, n_tokens rows of n; out16 (optional) gets an f16 copy.
+void swiglu(const float* gate, const float* up, float* out, __half* out16, int64_t count, cudaStream_t stream);
+
+// RoPE ("normal" mode: adjacent pairs) on q [n_tokens][n_head][head_dim] in place and on k, then k and v
+// written into the cache rows slots[t] of ([n_slots][n_head_kv * head_dim], f16 or f32).
+struct RopeParams {
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  int n_dims = 0;
+  float theta_scale = 1;  // freq_base^(-2/n_dims)
+  float freq_scale = 1;
+  const float* freq_factors = nullptr;  // [n_dims/2] or null
+};
+void rope_and_store_kv(const RopeParams& p, float* q, float* k, const float* v, const int32_t* positions,
+                       const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, bool f16_cache,
+                       cudaStream_t stream);
+
+// ---- attention ---------------------------------------------------------------------------------------------
+// For each token t and query head h: out = softmax(q.k / sqrt(head_dim)) V over the keys of positions
+// 0..positions[t] of its sequence, whose cache slots are slot_table[slot_offsets[t] + j]. GQA: query head h uses
+// KV head h / (n_head / n_head_kv). Keys are split over n_splits blocks (flash decoding) when n_splits > 1; then
+// `partials` needs n_tokens * n_head * n_splits * (head_dim + 2) floats.
+struct AttentionParams {
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  bool f16_cache = true;
+};
+void attention(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
+               const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table, int n_tokens,
+               int n_splits, float* partials, float* out, cudaStream_t stream);
+size_t attention_partials_floats(const AttentionParams& p, int n_tokens, int n_splits);
+
+}  // namespace tessera::cuda

@@ -1,0 +1,118 @@
+// The llama forward pass on one NVIDIA GPU: weights uploaded once in their block formats, the KV cache in device
+// memory, per step only token ids, positions and cache slots go in and logits come out. Steps of up to
+// kMaxMatvecTokens tokens (decode) run the matrix-vector kernels and are replayed from a captured CUDA graph;
+// larger steps (prompts) run cuBLAS on the tensor cores.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/kernels.h"
+#include "model/llama.h"
+
+namespace tessera::cuda {
+
+class LlamaCuda {
+ public:
+  // Puts layers [0, n_layers) on the GPU, and with `with_output` also the final norm and output projection
+  // (which needs n_layers == n_layer). Throws std::runtime_error when there is no GPU, a weight type has no
+  // kernel, or the GPU has too little free memory (naming needed and available MiB).
+  LlamaCuda(const model::LlamaModel& model, const BackendOptions& options, int n_layers, bool with_output);
+  ~LlamaCuda();
+  LlamaCuda(const LlamaCuda&) = delete;
+  LlamaCuda& operator=(const LlamaCuda&) = delete;
+
+  // The whole model: logits [output_rows.size()][n_vocab] into host memory.
+  void forward(const ForwardBatch& batch, float* logits);
+  // Embedding and the GPU's layers; the residual stream [n_tokens][n_embd] is copied to host memory `x`.
+  void forward_layers(const ForwardBatch& batch, float* x);
+
+  uint64_t kv_cache_bytes() const { return kv_bytes_; }
+  const std::string& device_name() const { return device_name_; }
+
+ private:
+  struct LayerWeights {
+    const float* attn_norm;
+    const float* ffn_norm;
+    DeviceMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+  };
+  struct MatmulTarget {
+    const DeviceMatrix* w;
+    float* y;
+  };
+
+  void allocate_activations(int capacity);
+  void upload_step(const ForwardBatch& batch);
+  void enqueue_layers(int n_tokens);
+  void enqueue_output(int n_tokens, int n_out);
+  void matmuls(std::initializer_list<MatmulTarget> targets, const float* x, int n_tokens, bool accumulate);
+  void free_graphs();
+  void synchronize(const char* what);
+
+  const model::LlamaModel& model_;
+  const model::LlamaConfig& config_;
+  int n_layers_;
+  bool with_output_;
+  bool f16_cache_;
+  int n_slots_;
+  bool use_graphs_;
+  int sm_count_ = 0;
+  std::string device_name_;
+
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+
+  // Weights: one allocation, views into it.
+  void* weight_arena_ = nullptr;
+  std::vector<LayerWeights> layers_;
+  DeviceMatrix token_embd_, output_;
+  const float* output_norm_ = nullptr;
+  const float* freq_factors_ = nullptr;
+
+  // KV cache: per layer [n_slots][kv_dim], f16 or f32.
+  void* kv_arena_ = nullptr;
+  std::vector<void*> k_cache_, v_cache_;
+  uint64_t kv_bytes_ = 0;
+
+  // Activations for up to capacity_ tokens per step (one allocation).
+  int capacity_ = 0;
+  void* activation_arena_ = nullptr;
+  float* x_ = nullptr;       // residual stream [n_tokens][n_embd]
+  float* norm_ = nullptr;    // [n_tokens][n_embd]
+  float* q_ = nullptr;       // [n_tokens][q_dim]
+  float* k_ = nullptr;       // [n_tokens][kv_dim]
+  float* v_ = nullptr;       // [n_tokens][kv_dim]
+  float* attn_ = nullptr;    // [n_tokens][q_dim]
+  float* gate_ = nullptr;    // [n_tokens][n_ff]
+  float* up_ = nullptr;      // [n_tokens][n_ff]
+  float* logits_ = nullptr;  // [n_tokens][n_vocab]
+  __half* x16_ = nullptr;    // f16 copy of a matmul input [n_tokens][max(n_embd, q_dim, n_ff)]
+  __half* w16_ = nullptr;    // one weight matrix decoded to f16, for the tensor-core path
+  float* partials_ = nullptr;  // flash-decoding partial results
+  int max_splits_ = 1;
+
+  // Per-step inputs: host pinned mirror and device copy, sections of capacity_ entries then the slot table.
+  int table_capacity_ = 0;
+  int32_t* step_host_ = nullptr;
+  int32_t* step_device_ = nullptr;
+  size_t step_used_ = 0;  // int32s of the current step to upload
+  float* logits_host_ = nullptr;  // pinned [capacity_][n_vocab]
+
+  int32_t* tokens_d() const { return step_device_; }
+  int32_t* positions_d() const { return step_device_ + capacity_; }
+  int32_t* write_slots_d() const { return step_device_ + 2 * capacity_; }
+  int32_t* slot_offsets_d() const { return step_device_ + 3 * capacity_; }
+  int32_t* output_rows_d() const { return step_device_ + 4 * capacity_; }
+  int32_t* slot_table_d() const { return step_device_ + 5 * capacity_; }
+
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;  // (n_tokens, n_out) -> decode step
+};
+
+}  // namespace tessera::cuda

@@ -1,0 +1,247 @@
+// The CUDA backend end to end on the fixtures: prompt logits against llama.cpp's goldens (one batch, and one token
+// per step through the decode graph), stories260K's greedy text exactly, batches = each sequence alone, and the
+// hybrid split.
+#include <fstream>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/backend.h"
+#include "common/fixtures.h"
+#include "cuda/cuda_test_util.h"
+#include "gguf/gguf.h"
+#include "model/llama.h"
+
+namespace tessera::cuda {
+namespace {
+
+using test::expect_close;
+
+std::vector<float> read_floats(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + path);
+  in.seekg(0, std::ios::end);
+  std::vector<float> v(static_cast<size_t>(in.tellg()) / sizeof(float));
+  in.seekg(0);
+  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
+  return v;
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open " + path);
+  return nlohmann::json::parse(in);
+}
+
+// One sequence whose position p lives in slot slots[p]; runs tokens at positions [start, start + n).
+struct Sequence {
+  std::vector<int32_t> slots;
+};
+
+std::vector<float> run(Backend& backend, const std::vector<const Sequence*>& seqs,
+                       const std::vector<std::vector<int32_t>>& tokens, const std::vector<int32_t>& starts,
+                       int n_vocab, bool all_logits) {
+  ForwardBatch::Sequence views[8];
+  std::vector<int32_t> toks, pos, seq_index, out_rows;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    views[s].slots = seqs[s]->slots;
+    for (size_t i = 0; i < tokens[s].size(); ++i) {
+      const bool last = i + 1 == tokens[s].size();
+      if (all_logits || last) out_rows.push_back(static_cast<int32_t>(toks.size()));
+      toks.push_back(tokens[s][i]);
+      pos.push_back(starts[s] + static_cast<int32_t>(i));
+      seq_index.push_back(static_cast<int32_t>(s));
+    }
+  }
+  ForwardBatch batch{toks, pos, seq_index, std::span<const ForwardBatch::Sequence>(views, seqs.size()), out_rows};
+  std::vector<float> logits(out_rows.size() * n_vocab);
+  backend.forward(batch, logits.data());
+  return logits;
+}
+
+Sequence contiguous(int n, int first = 0) {
+  Sequence s;
+  s.slots.resize(n);
+  std::iota(s.slots.begin(), s.slots.end(), first);
+  return s;
+}
+
+struct Fixture {
+  const char* name;
+  double tolerance;  // fixtures README: F32 1e-3, F16 2e-3, quantized 0.05
+};
+
+class CudaFixture : public ::testing::TestWithParam<Fixture> {};
+
+TEST_P(CudaFixture, PromptLogitsMatchGoldens) {
+  TESSERA_REQUIRE_GPU();
+  const Fixture fx = GetParam();
+  const std::string base = tessera::test::fixture(std::string("models/") + fx.name).string();
+  const gguf::File file = gguf::File::open(base + ".gguf");
+  const model::LlamaModel model = model::LlamaModel::load(file);
+  const nlohmann::json golden = read_json(base + ".golden.json");
+  const std::vector<int32_t> prompt = golden["prompt_tokens"].get<std::vector<int32_t>>();
+  const std::vector<float> want = read_floats(base + ".logits.f32");
+  const int n_vocab = model.config.n_vocab;
+  BackendOptions options;
+  options.n_kv_slots = 512;
+
+  // Whole prompt in one step: the tensor-core path.
+  {
+    auto backend = make_cuda_backend(model, options);
+    const Sequence seq = contiguous(static_cast<int>(prompt.size()));
+    expect_close(run(*backend, {&seq}, {prompt}, {0}, n_vocab, true), want, fx.tolerance, 0,
+                 std::string(fx.name) + " batched prompt");
+  }
+  // One token per step: the decode kernels, replayed graphs and the KV cache, with scattered slots.
+  {
+    auto backend = make_cuda_backend(model, options);
+    Sequence seq;
+    for (size_t p = 0; p < prompt.size(); ++p) seq.slots.push_back(static_cast<int32_t>(511 - 3 * p));
+    std::vector<float> got;
+    for (size_t p = 0; p < prompt.size(); ++p) {
+      const std::vector<float> row = run(*backend, {&seq}, {{prompt[p]}}, {static_cast<int32_t>(p)}, n_vocab, true);
+      got.insert(got.end(), row.begin(), row.end());
+    }
+    expect_close(got, want, fx.tolerance, 0, std::string(fx.name) + " token by token");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Fixtures, CudaFixture,
+    ::testing::Values(Fixture{"tiny-llama-F32", 1e-3}, Fixture{"tiny-llama-F16", 2e-3}, Fixture{"tiny-llama-Q8_0", 0.05},
+                      Fixture{"tiny-llama-Q6_K", 0.05}, Fixture{"tiny-llama-Q5_K_M", 0.05},
+                      Fixture{"tiny-llama-Q5_1", 0.05}, Fixture{"tiny-llama-Q5_0", 0.05},
+                      Fixture{"tiny-llama-Q4_K_M", 0.05}, Fixture{"tiny-llama-Q4_1", 0.05},
+                      Fixture{"tiny-llama-Q4_0", 0.05}, Fixture{"tiny-llama-Q3_K_M", 0.05},
+                      Fixture{"tiny-llama-Q2_K", 0.05}, Fixture{"tiny-llama-v32k-Q4_K_M", 0.05}),
+    [](const ::testing::TestParamInfo<Fixture>& info) {
+      std::string name = info.param.name;
+      for (char& c : name) {
+        if (c == '-') c = '_';
+      }
+      return name;
+    });
+
+int argmax(const float* v, int n) {
+  int best = 0;
+  for (int i = 1; i < n; ++i) {
+    if (v[i] > v[best]) best = i;
+  }
+  return best;
+}
+
+TEST(CudaModel, Stories260KGreedyMatchesReference) {
+  TESSERA_REQUIRE_GPU();
+  const gguf::File file = gguf::File::open(tessera::test::fixture("trained/stories260K.gguf").string());
+  const model::LlamaModel model = model::LlamaModel::load(file);
+  const nlohmann::json golden = read_json(tessera::test::fixture("trained/stories260K.golden.json").string());
+  const std::vector<int32_t> prompt = golden["prompt_tokens"].get<std::vector<int32_t>>();
+  const std::vector<int32_t> want = golden["greedy_tokens"].get<std::vector<int32_t>>();
+  const int n_vocab = model.config.n_vocab;
+  BackendOptions options;
+  options.n_kv_slots = 256;
+  auto backend = make_cuda_backend(model, options);
+  const Sequence seq = contiguous(256);
+  std::vector<float> logits = run(*backend, {&seq}, {prompt}, {0}, n_vocab, true);
+  expect_close(logits, read_floats(tessera::test::fixture("trained/stories260K.logits.f32").string()), 2e-2, 0,
+               "stories260K prompt logits");
+  std::vector<int32_t> got;
+  int32_t next = argmax(logits.data() + (prompt.size() - 1) * n_vocab, n_vocab);
+  for (size_t i = 0; i < want.size(); ++i) {
+    got.push_back(next);
+    logits = run(*backend, {&seq}, {{next}}, {static_cast<int32_t>(prompt.size() + i)}, n_vocab, false);
+    next = argmax(logits.data(), n_vocab);
+  }
+  EXPECT_EQ(got, want);
+}
+
+// Two sequences in one batch give the logits each gives alone, for a prompt step and for decode steps.
+TEST(CudaModel, BatchOfTwoEqualsEachAlone) {
+  TESSERA_REQUIRE_GPU();
+  const gguf::File file = gguf::File::open(tessera::test::fixture("models/tiny-llama-Q4_K_M.gguf").string());
+  const model::LlamaModel model = model::LlamaModel::load(file);
+  const int n_vocab = model.config.n_vocab;
+  BackendOptions options;
+  options.n_kv_slots = 128;
+  const std::vector<int32_t> a = {1, 291, 410, 456, 425, 417, 340, 268, 420, 327, 416, 272, 414};
+  const std::vector<int32_t> b = {1, 403, 407, 261, 378, 300, 301, 302, 303, 304, 305};
+  Sequence sa, sb;  // interleaved slots
+  for (int i = 0; i < 64; ++i) {
+    sa.slots.push_back(2 * i + 1);
+    sb.slots.push_back(2 * i);
+  }
+  auto together = make_cuda_backend(model, options);
+  auto alone_a = make_cuda_backend(model, options);
+  auto alone_b = make_cuda_backend(model, options);
+  std::vector<float> both = run(*together, {&sa, &sb}, {a, b}, {0, 0}, n_vocab, false);
+  std::vector<float> la = run(*alone_a, {&sa}, {a}, {0}, n_vocab, false);
+  std::vector<float> lb = run(*alone_b, {&sb}, {b}, {0}, n_vocab, false);
+  la.insert(la.end(), lb.begin(), lb.end());
+  expect_close(both, la, 1e-4, 0, "prompts");
+  int32_t pa = static_cast<int32_t>(a.size()), pb = static_cast<int32_t>(b.size());
+  for (int step = 0; step < 4; ++step) {
+    const int32_t ta = 300 + step, tb = 400 + step;
+    both = run(*together, {&sa, &sb}, {{ta}, {tb}}, {pa, pb}, n_vocab, false);
+    la = run(*alone_a, {&sa}, {{ta}}, {pa}, n_vocab, false);
+    lb = run(*alone_b, {&sb}, {{tb}}, {pb}, n_vocab, false);
+    la.insert(la.end(), lb.begin(), lb.end());
+    expect_close(both, la, 1e-4, 0, "decode step " + std::to_string(step));
+    ++pa, ++pb;
+  }
+}
+
+// Hybrid: one layer on the GPU, one on the CPU, still the golden logits.
+TEST(CudaModel, HybridSplitMatchesGoldens) {
+  TESSERA_REQUIRE_GPU();
+  const std::string base = tessera::test::fixture("models/tiny-llama-Q8_0").string();
+  const gguf::File file = gguf::File::open(base + ".gguf");
+  const model::LlamaModel model = model::LlamaModel::load(file);
+  const std::vector<int32_t> prompt = read_json(base + ".golden.json")["prompt_tokens"].get<std::vector<int32_t>>();
+  const std::vector<float> want = read_floats(base + ".logits.f32");
+  for (int gpu_layers : {0, 1, 2}) {
+    BackendOptions options;
+    options.n_kv_slots = 64;
+    options.n_threads = 2;
+    options.gpu_layers = gpu_layers;
+    auto backend = make_hybrid_backend(model, options);
+    EXPECT_EQ(backend->name(), "hybrid");
+    const Sequence seq = contiguous(64);
+    std::vector<float> got = run(*backend, {&seq}, {prompt}, {0}, model.config.n_vocab, true);
+    expect_close(got, want, 0.05, 0, "hybrid with " + std::to_string(gpu_layers) + " GPU layers");
+  }
+}
+
+TEST(CudaModel, TooLittleMemoryIsAClearError) {
+  TESSERA_REQUIRE_GPU();
+  const gguf::File file = gguf::File::open(tessera::test::fixture("models/tiny-llama-Q4_0.gguf").string());
+  const model::LlamaModel model = model::LlamaModel::load(file);
+  BackendOptions options;
+  options.n_kv_slots = 1 << 30;  // a KV cache of about 2 TiB
+  try {
+    make_cuda_backend(model, options);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("not enough GPU memory"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("MiB"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CudaModel, NoGpuIsAClearError) {
+  if (test::gpu_unavailable_reason().empty()) GTEST_SKIP() << "a GPU is present; this checks the message without one";
+  const gguf::File file = gguf::File::open(tessera::test::fixture("models/tiny-llama-Q4_0.gguf").string());
+  const model::LlamaModel model = model::LlamaModel::load(file);
+  BackendOptions options;
+  options.n_kv_slots = 64;
+  try {
+    make_cuda_backend(model, options);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("no CUDA GPU"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace tessera::cuda
