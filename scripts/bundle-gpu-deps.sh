@@ -2,7 +2,9 @@
 # Packs what the lent GPU machine lacks into .deps/ (git-ignored), so a device call with carry [".deps"] can
 # build and test there: the PCRE2 and pkgconf packages (the machine has neither and no network), the fixtures
 # the CUDA tests read, and .deps/gpu-build.sh, which unpacks the packages into .deps/prefix (never into /) and
-# builds tessera, tessera_cuda and test_cuda with -j16 for sm_90.
+# builds tessera, tessera_cuda and test_cuda with -j16 for sm_90. The sources built there are a snapshot of the
+# last commit (.deps/tree), so other engineers' unfinished edits in the shared working tree cannot break the
+# build; commit before bundling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fixtures=${TESSERA_FIXTURES:-$(pwd)/../shared/fixtures}
@@ -17,12 +19,16 @@ cp "$fixtures"/models/tiny-llama-{F32,F16,Q8_0,Q6_K,Q5_K_M,Q5_1,Q5_0,Q4_K_M,Q4_1
 cp "$fixtures"/models/tiny-llama-v32k-Q4_K_M.* .deps/fixtures/models/
 cp "$fixtures"/trained/stories260K* .deps/fixtures/trained/
 cp "$fixtures"/README.md .deps/fixtures/
+mkdir -p .deps/tree
+git archive HEAD | tar -x -C .deps/tree
 
 cat > .deps/gpu-build.sh <<'BUILD'
 #!/usr/bin/env bash
-# Runs on the GPU machine from the repository root: unpack the carried packages, configure, build.
+# Runs on the GPU machine from the repository root: unpack the carried packages, configure and build the
+# snapshot in .deps/tree (build folder .deps/tree/build-gpu). Extra arguments go to the CMake configure step.
 set -euo pipefail
 root=$(pwd)
+src=$root/.deps/tree
 prefix=$root/.deps/prefix
 rm -rf "$prefix"
 mkdir -p "$prefix"
@@ -33,10 +39,10 @@ sed -i "s|^prefix=.*|prefix=$prefix/usr|" "$libdir"/pkgconfig/*.pc
 export LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PKG_CONFIG_PATH=$libdir/pkgconfig
 pkg_config=$(command -v pkg-config || echo "$prefix/usr/bin/pkgconf")
-cmake -S "$root" -B "$root/build-gpu" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+cmake -S "$src" -B "$src/build-gpu" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_PREFIX_PATH="$prefix/usr" -DPKG_CONFIG_EXECUTABLE="$pkg_config" \
   -DTESSERA_FIXTURES_DIR="$root/.deps/fixtures" "$@" >/dev/null
-cmake --build "$root/build-gpu" -j16 --target tessera test_cuda ${TESSERA_EXTRA_TARGETS:-}
+cmake --build "$src/build-gpu" -j16 --target tessera test_cuda ${TESSERA_EXTRA_TARGETS:-}
 BUILD
 chmod +x .deps/gpu-build.sh
 du -sh .deps
