@@ -1,9 +1,32 @@
-// AVX2 kernels (compiled with -mavx2 -mfma -mf16c): integer dot products with maddubs.
+// AVX2 kernels (compiled with -mavx2 -mfma -mf16c): integer dot products with maddubs + madd.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "quant/blocks.h"
 #include "quant/kernels.h"
 
 namespace tessera::quant::detail {
+namespace {
 
-GemmKernel gemm_kernel_avx2(GgmlType) { return nullptr; }
-QuantizeKernel activation_quantizer_avx2(GgmlType) { return nullptr; }
+// maddubs adds pairs into int16 (no saturation here: |u| <= 127 or u <= 63, |s| <= 127), madd pairs into int32.
+inline __m256i dot_u8s8(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+using ScaleVec = __m256i;  // int16 x16
+inline ScaleVec scale_pair(int a, int b) {
+  return _mm256_setr_m128i(_mm_set1_epi16(static_cast<int16_t>(a)), _mm_set1_epi16(static_cast<int16_t>(b)));
+}
+inline __m256i dot_scaled(__m256i u, __m256i s, ScaleVec sc) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), sc); }
+
+#include "quant/kernels_x86.inc"
+
+}  // namespace
+
+GemmKernel gemm_kernel_avx2(GgmlType weight_type) { return x86_gemm_kernel(weight_type); }
+QuantizeKernel activation_quantizer_avx2(GgmlType activation_type) { return x86_activation_quantizer(activation_type); }
 
 }  // namespace tessera::quant::detail

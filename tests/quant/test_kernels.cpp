@@ -126,6 +126,19 @@ TEST(Gemm, EveryTypeEveryLevelMatchesReference) {
   }
 }
 
+TEST(Gemm, EveryTypeHasKernelsAtEveryLevel) {
+  // The dispatcher falls back to a lower level when one lacks a type; for Tessera's types none should need to.
+  for (GgmlType type : kWeightTypes) {
+    EXPECT_NE(detail::gemm_kernel_scalar(type), nullptr) << ggml_type_name(type);
+    EXPECT_NE(detail::gemm_kernel_avx2(type), nullptr) << ggml_type_name(type);
+    EXPECT_NE(detail::gemm_kernel_avx512(type), nullptr) << ggml_type_name(type);
+  }
+  for (GgmlType act : {GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K}) {
+    EXPECT_NE(detail::activation_quantizer_avx2(act), nullptr) << ggml_type_name(act);
+    EXPECT_NE(detail::activation_quantizer_avx512(act), nullptr) << ggml_type_name(act);
+  }
+}
+
 TEST(Gemm, LevelNamesAndActiveLevel) {
   EXPECT_EQ(simd_level_name(SimdLevel::Scalar), "scalar");
   EXPECT_EQ(simd_level_name(SimdLevel::Avx2), "avx2");
