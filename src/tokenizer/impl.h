@@ -74,6 +74,7 @@ struct Tokenizer::Impl {
   StringMap merge_rank;                   // BPE: "left right" -> rank
   std::shared_ptr<const PreTokenizer> pre;
   size_t max_token_len = 0;  // WordPiece: longest token text in bytes
+  bool spm_words_independent = false;  // SentencePiece: no token has U+2581 after another character
 
   int32_t find(std::string_view s) const {
     auto it = id_of.find(s);
@@ -82,6 +83,7 @@ struct Tokenizer::Impl {
 
   // Each appends the tokens of one run of plain text (special tokens are split off before).
   void encode_spm(std::string_view text, std::vector<int32_t>& out) const;
+  void encode_spm_run(std::string_view text, std::vector<int32_t>& out) const;  // merges one run as a whole
   void encode_bpe(std::string_view text, std::vector<int32_t>& out) const;
   void encode_wpm(std::string_view text, std::vector<int32_t>& out) const;
 };

@@ -238,6 +238,12 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
   }
 
   if (m.kind == ModelKind::SentencePiece) {
+    m.spm_words_independent = std::ranges::none_of(m.text, [](const std::string& t) {
+      const std::string_view space = kSpaceEscape;
+      for (size_t at = t.find(space, 1); at != std::string::npos; at = t.find(space, at + 1))
+        if (at < space.size() || std::string_view(t).substr(at - space.size(), space.size()) != space) return true;
+      return false;
+    });
     for (int b = 0; b < 256; ++b) {
       int32_t id = m.find(fmt::format("<0x{:02X}>", b));
       if (id < 0) id = m.find(std::string(1, static_cast<char>(b)));
