@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
-#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -29,9 +28,11 @@ struct MiniTensor {
 class MiniGguf {
  public:
   explicit MiniGguf(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) throw std::runtime_error("cannot open " + path);
-    bytes_.assign(std::istreambuf_iterator<char>(in), {});
+    bytes_.resize(static_cast<size_t>(in.tellg()));
+    in.seekg(0);
+    in.read(reinterpret_cast<char*>(bytes_.data()), static_cast<std::streamsize>(bytes_.size()));
     pos_ = 4;  // magic
     read<uint32_t>();  // version
     const uint64_t n_tensors = read<uint64_t>();
@@ -65,11 +66,13 @@ class MiniGguf {
     for (Info& info : infos) {
       info.tensor.data = bytes_.data() + data_start + info.offset;
       tensors_.emplace(info.name, info.tensor);
+      order_.push_back(info.name);
     }
   }
 
   const std::map<std::string, MiniTensor>& tensors() const { return tensors_; }
   const MiniTensor& at(const std::string& name) const { return tensors_.at(name); }
+  const std::vector<std::string>& names_in_file_order() const { return order_; }
 
  private:
   template <class T>
@@ -101,6 +104,7 @@ class MiniGguf {
   std::vector<uint8_t> bytes_;
   size_t pos_ = 0;
   std::map<std::string, MiniTensor> tensors_;
+  std::vector<std::string> order_;
 };
 
 }  // namespace tessera::test

@@ -1,0 +1,72 @@
+// Per-tensor type choice of the presets: the same types llama-quantize chose for the fixtures.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "common/fixtures.h"
+#include "quant/mini_gguf.h"
+#include "quant/quantize_model.h"
+
+namespace tessera::quant {
+namespace {
+
+std::vector<TensorToQuantize> tensors_of(const test::MiniGguf& f) {
+  std::vector<TensorToQuantize> out;
+  for (const std::string& name : f.names_in_file_order()) {
+    const test::MiniTensor& t = f.at(name);
+    out.push_back({name, t.shape, t.type});
+  }
+  return out;
+}
+
+class PresetTypes : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PresetTypes, MatchLlamaQuantizeFixture) {
+  const test::MiniGguf f32(test::fixture("models/tiny-llama-F32.gguf").string());
+  const test::MiniGguf made(test::fixture(std::string("models/tiny-llama-") + GetParam() + ".gguf").string());
+  const std::vector<TensorToQuantize> tensors = tensors_of(f32);
+  const std::vector<GgmlType> types = choose_tensor_types(parse_model_quant_type(GetParam()), tensors, 2);
+  ASSERT_EQ(types.size(), tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    EXPECT_EQ(ggml_type_name(types[i]), ggml_type_name(made.at(tensors[i].name).type)) << tensors[i].name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, PresetTypes,
+                         ::testing::Values("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_0", "Q4_K_M", "Q4_1", "Q4_0",
+                                           "Q3_K_M", "Q2_K"));
+
+TEST(PresetTypes, TiedEmbeddingBecomesQ6_K) {
+  // Without output.weight the token embedding doubles as the output matrix and gets its type.
+  std::vector<TensorToQuantize> tensors = {{"token_embd.weight", {256, 32000}}, {"blk.0.attn_v.weight", {256, 128}},
+                                           {"blk.0.attn_norm.weight", {256}}};
+  const std::vector<GgmlType> types = choose_tensor_types(ModelQuantType::Q4_K_M, tensors, 1);
+  EXPECT_EQ(types[0], GgmlType::Q6_K);
+  EXPECT_EQ(types[1], GgmlType::Q6_K);  // the only layer is both first and last: use_more_bits
+  EXPECT_EQ(types[2], GgmlType::F32);
+}
+
+TEST(PresetTypes, IncompatibleRowLengthsFallBack) {
+  std::vector<TensorToQuantize> tensors = {{"output.weight", {4160, 10}},          // 4160 = 65 * 64: not / 256
+                                           {"blk.0.attn_q.weight", {4160, 4160}},  // Q4_K -> Q5_0
+                                           {"blk.0.ffn_up.weight", {100, 7}}};     // not / 32 either -> F16
+  std::vector<std::string> notes;
+  const std::vector<GgmlType> types = choose_tensor_types(ModelQuantType::Q4_K_M, tensors, 1, &notes);
+  EXPECT_EQ(types[0], GgmlType::Q8_0);
+  EXPECT_EQ(types[1], GgmlType::Q5_0);
+  EXPECT_EQ(types[2], GgmlType::F16);
+  ASSERT_EQ(notes.size(), 2u);
+  EXPECT_NE(notes[0].find("blk.0.attn_q.weight"), std::string::npos);
+}
+
+TEST(PresetTypes, NamesAndFileTypes) {
+  EXPECT_EQ(file_type_id(parse_model_quant_type("Q4_K_M")), 15u);
+  EXPECT_EQ(file_type_id(parse_model_quant_type("Q8_0")), 7u);
+  EXPECT_EQ(file_type_id(parse_model_quant_type("BF16")), 32u);
+  EXPECT_EQ(model_quant_type_name(ModelQuantType::Q3_K_L), "Q3_K_L");
+  EXPECT_THROW(parse_model_quant_type("Q4_K_X"), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace tessera::quant
