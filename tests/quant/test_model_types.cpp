@@ -1,6 +1,9 @@
 // Per-tensor type choice of the presets: the same types llama-quantize chose for the fixtures.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -66,6 +69,53 @@ TEST(PresetTypes, NamesAndFileTypes) {
   EXPECT_EQ(file_type_id(parse_model_quant_type("BF16")), 32u);
   EXPECT_EQ(model_quant_type_name(ModelQuantType::Q3_K_L), "Q3_K_L");
   EXPECT_THROW(parse_model_quant_type("Q4_K_X"), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace tessera::quant
+
+namespace tessera::quant {
+namespace {
+
+class QuantizeModelFile : public ::testing::TestWithParam<const char*> {};
+
+// The whole path: quantize_model on the F32 fixture writes the types and the bytes llama-quantize wrote.
+TEST_P(QuantizeModelFile, SameTensorsAsLlamaQuantize) {
+  const std::string preset = GetParam();
+  const std::filesystem::path out =
+      std::filesystem::temp_directory_path() / ("tessera-test-quant-" + std::to_string(::getpid()) + "-" + preset + ".gguf");
+  std::vector<size_t> seen;
+  const QuantizeResult result = quantize_model(test::fixture("models/tiny-llama-F32.gguf").string(), out.string(),
+                                               parse_model_quant_type(preset), 2, false,
+                                               [&](const QuantizeProgress& p) { seen.push_back(p.tensor_index); });
+  const test::MiniGguf ours(out.string());
+  const test::MiniGguf made(test::fixture("models/tiny-llama-" + preset + ".gguf").string());
+  std::filesystem::remove(out);
+  EXPECT_EQ(seen.size(), made.tensors().size());
+  EXPECT_TRUE(result.notes.empty());
+  ASSERT_EQ(ours.tensors().size(), made.tensors().size());
+  for (const auto& [name, theirs] : made.tensors()) {
+    const test::MiniTensor& mine = ours.at(name);
+    ASSERT_EQ(ggml_type_name(mine.type), ggml_type_name(theirs.type)) << name;
+    ASSERT_EQ(mine.shape, theirs.shape) << name;
+    const uint64_t bytes = ggml_row_bytes(mine.type, mine.shape[0]) * (mine.n_elements() / mine.shape[0]);
+    EXPECT_EQ(std::memcmp(mine.data, theirs.data, bytes), 0) << name << " differs from llama-quantize's bytes";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, QuantizeModelFile, ::testing::Values("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"));
+
+TEST(QuantizeModelFile, RefusesQuantizedInputUnlessAllowed) {
+  const std::filesystem::path out =
+      std::filesystem::temp_directory_path() / ("tessera-test-requant-" + std::to_string(::getpid()) + ".gguf");
+  const std::string input = test::fixture("models/tiny-llama-Q8_0.gguf").string();
+  EXPECT_THROW(quantize_model(input, out.string(), ModelQuantType::Q4_0, 1, false), std::runtime_error);
+  EXPECT_FALSE(std::filesystem::exists(out));
+  quantize_model(input, out.string(), ModelQuantType::Q4_0, 1, true);
+  const test::MiniGguf ours(out.string());
+  std::filesystem::remove(out);
+  EXPECT_EQ(ours.at("blk.0.attn_q.weight").type, GgmlType::Q4_0);
+  EXPECT_EQ(ours.at("output.weight").type, GgmlType::Q6_K);
 }
 
 }  // namespace
