@@ -1,10 +1,295 @@
+// `tessera bench`: prompt-processing and generation speed, the way llama-bench measures them, with the memory
+// bandwidth measured in the same run so token generation can be read as a fraction of its roofline.
+//   ppP: one prompt of P random tokens in one batch, a fresh sequence each repetition.
+//   tgN: N tokens decoded one at a time from an empty sequence, a fresh sequence each repetition.
+// Each test runs once untimed first (it also pages the weights in), then `-r` timed repetitions.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/thread_pool.h"
 #include "cli/commands.h"
+#include "cli/membw.h"
+#include "engine/engine.h"
+#include "gguf/gguf.h"
+#include "quant/quantize_model.h"
 
 namespace tessera::cli {
+namespace {
 
-// Placeholder until the bench command lands; it is listed so that the CLI's shape is visible from the start.
+struct BenchArgs {
+  std::string model_path;
+  int n_prompt = 512;
+  int n_gen = 128;
+  int repetitions = 5;
+  std::string backend = "cpu";
+  int threads = 0;
+  std::string output = "md";
+  bool membw = false;
+  int membw_mib = 512;
+};
+
+struct TestResult {
+  std::string name;  // "pp512", "tg128"
+  int n_prompt = 0;
+  int n_gen = 0;
+  std::vector<double> samples;  // tokens per second of each timed repetition
+  double mean = 0;
+  double stddev = 0;
+};
+
+struct ModelSummary {
+  std::string path;
+  std::string type;       // general.file_type's name ("Q4_K_M"), else the type holding most weight bytes
+  uint64_t n_params = 0;  // elements of all tensors
+  uint64_t weight_bytes = 0;
+};
+
+void summarise(TestResult& r) {
+  double sum = 0;
+  for (double s : r.samples) sum += s;
+  r.mean = sum / static_cast<double>(r.samples.size());
+  double sq = 0;
+  for (double s : r.samples) sq += (s - r.mean) * (s - r.mean);
+  r.stddev = r.samples.size() > 1 ? std::sqrt(sq / static_cast<double>(r.samples.size() - 1)) : 0.0;
+}
+
+ModelSummary summarise_model(const std::string& path, const gguf::File& file, const engine::Engine& engine) {
+  ModelSummary m;
+  m.path = path;
+  m.weight_bytes = engine.model().weight_bytes();
+  std::map<GgmlType, uint64_t> bytes_by_type;
+  for (const gguf::TensorInfo& t : file.tensors()) {
+    m.n_params += t.n_elements;
+    bytes_by_type[t.type] += t.n_bytes;
+  }
+  GgmlType dominant = GgmlType::F32;
+  uint64_t most = 0;
+  for (const auto& [type, bytes] : bytes_by_type) {
+    if (bytes > most) {
+      most = bytes;
+      dominant = type;
+    }
+  }
+  m.type = std::string(ggml_type_name(dominant));
+  if (const std::optional<int64_t> ftype = file.get_int("general.file_type"); ftype && *ftype >= 0) {
+    const std::string_view name = quant::model_quant_type_name(static_cast<quant::ModelQuantType>(*ftype));
+    if (name != "unknown") m.type = std::string(name);
+  }
+  return m;
+}
+
+std::vector<int32_t> random_tokens(std::mt19937& rng, int n, int n_vocab) {
+  std::uniform_int_distribution<int32_t> pick(0, n_vocab - 1);
+  std::vector<int32_t> tokens(static_cast<size_t>(n));
+  for (int32_t& t : tokens) t = pick(rng);
+  return tokens;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// One prompt of n tokens in one forward call on a fresh sequence; returns tokens per second.
+double run_prompt(engine::Engine& engine, std::mt19937& rng, int n) {
+  const std::vector<int32_t> tokens = random_tokens(rng, n, engine.n_vocab());
+  const int32_t seq = engine.new_sequence();
+  const auto start = std::chrono::steady_clock::now();
+  engine.eval(seq, tokens);
+  const double s = seconds_since(start);
+  engine.free_sequence(seq);
+  return n / s;
+}
+
+// n tokens one at a time on a fresh sequence; returns tokens per second.
+double run_generation(engine::Engine& engine, std::mt19937& rng, int n) {
+  const std::vector<int32_t> tokens = random_tokens(rng, n, engine.n_vocab());
+  const int32_t seq = engine.new_sequence();
+  const auto start = std::chrono::steady_clock::now();
+  for (int32_t token : tokens) engine.eval(seq, std::span<const int32_t>(&token, 1));
+  const double s = seconds_since(start);
+  engine.free_sequence(seq);
+  return n / s;
+}
+
+std::string human_bytes(uint64_t bytes) {
+  const double mib = static_cast<double>(bytes) / (1024.0 * 1024.0);
+  return mib >= 1024 ? fmt::format("{:.2f} GiB", mib / 1024) : fmt::format("{:.2f} MiB", mib);
+}
+
+std::string human_params(uint64_t n) {
+  if (n >= 1000000000) return fmt::format("{:.2f} B", static_cast<double>(n) / 1e9);
+  return fmt::format("{:.2f} M", static_cast<double>(n) / 1e6);
+}
+
+// Weight bytes streamed per second by token generation (each token reads every weight once).
+double weights_gb_per_s(const ModelSummary& model, const TestResult& r) {
+  return static_cast<double>(model.weight_bytes) * r.mean / 1e9;
+}
+
+void print_membw_line(const MemoryBandwidth& bw) {
+  fmt::print("memory read bandwidth ({} threads, {} loads, {} x {}): best {:.1f} GB/s, median {:.1f} GB/s\n",
+             bw.threads, bw.method, human_bytes(bw.buffer_bytes), bw.repetitions, bw.best_gb_s, bw.median_gb_s);
+}
+
+void print_markdown(const std::optional<ModelSummary>& model, const std::vector<TestResult>& results,
+                    const BenchArgs& args, int threads, const std::optional<MemoryBandwidth>& bw) {
+  if (model) {
+    const std::string label = fmt::format("llama {} {}", human_params(model->n_params), model->type);
+    fmt::print("| model | size | params | backend | threads | test | t/s | weights GB/s | of membw |\n");
+    fmt::print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    for (const TestResult& r : results) {
+      std::string gbs, fraction;
+      if (r.n_gen > 0) {
+        gbs = fmt::format("{:.1f}", weights_gb_per_s(*model, r));
+        if (bw) fraction = fmt::format("{:.0f}%", 100 * weights_gb_per_s(*model, r) / bw->best_gb_s);
+      }
+      fmt::print("| {} | {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} |\n", label, human_bytes(model->weight_bytes),
+                 human_params(model->n_params), args.backend, threads, r.name, r.mean, r.stddev, gbs, fraction);
+    }
+  }
+  if (bw) print_membw_line(*bw);
+}
+
+void print_json(const std::optional<ModelSummary>& model, const std::vector<TestResult>& results,
+                const BenchArgs& args, int threads, const std::optional<MemoryBandwidth>& bw) {
+  nlohmann::json out = nlohmann::json::array();
+  auto add_membw = [&](nlohmann::json& o) {
+    o["membw_gb_s"] = bw->best_gb_s;
+    o["membw_median_gb_s"] = bw->median_gb_s;
+    o["membw_method"] = bw->method;
+  };
+  for (const TestResult& r : results) {
+    nlohmann::json o;
+    o["test"] = r.name;
+    o["n_prompt"] = r.n_prompt;
+    o["n_gen"] = r.n_gen;
+    o["tokens_per_s"] = r.mean;
+    o["stddev"] = r.stddev;
+    o["samples_ts"] = r.samples;
+    o["backend"] = args.backend;
+    o["threads"] = threads;
+    o["model_file"] = model->path;
+    o["model_type"] = model->type;
+    o["model_params"] = model->n_params;
+    o["model_bytes"] = model->weight_bytes;
+    if (r.n_gen > 0) o["weights_gb_s"] = weights_gb_per_s(*model, r);
+    if (bw) {
+      add_membw(o);
+      if (r.n_gen > 0) o["membw_fraction"] = weights_gb_per_s(*model, r) / bw->best_gb_s;
+    }
+    out.push_back(std::move(o));
+  }
+  if (!model && bw) {
+    nlohmann::json o;
+    o["test"] = "membw";
+    o["threads"] = threads;
+    o["buffer_bytes"] = bw->buffer_bytes;
+    o["repetitions"] = bw->repetitions;
+    add_membw(o);
+    out.push_back(std::move(o));
+  }
+  fmt::print("{}\n", out.dump(2));
+}
+
+void validate(const BenchArgs& a, bool has_model) {
+  if (!has_model && !a.membw) throw UsageError("bench needs a model (-m FILE) or --membw");
+  if (a.n_prompt < 0) throw UsageError(fmt::format("-p must not be negative (got {})", a.n_prompt));
+  if (a.n_gen < 0) throw UsageError(fmt::format("-n must not be negative (got {})", a.n_gen));
+  if (has_model && a.n_prompt == 0 && a.n_gen == 0) throw UsageError("-p and -n are both 0: nothing to measure");
+  if (a.repetitions < 1) throw UsageError(fmt::format("-r must be at least 1 (got {})", a.repetitions));
+  if (a.membw_mib < 64) throw UsageError(fmt::format("--membw-mib must be at least 64 (got {})", a.membw_mib));
+  if (a.threads < 0) throw UsageError(fmt::format("-t must not be negative (got {})", a.threads));
+}
+
+void run_bench(const BenchArgs& args) {
+  const bool has_model = !args.model_path.empty();
+  validate(args, has_model);
+  const engine::BackendKind backend = engine::parse_backend_kind(args.backend);
+  const int threads = args.threads > 0 ? args.threads : cpu::physical_core_count();
+
+  // The probe runs before the model is loaded, so its buffer never adds to the model's resident memory.
+  std::optional<MemoryBandwidth> bw;
+  if (args.membw) bw = measure_read_bandwidth(threads, static_cast<size_t>(args.membw_mib) << 20);
+
+  std::optional<ModelSummary> model;
+  std::vector<TestResult> results;
+  if (has_model) {
+    if (!std::filesystem::exists(args.model_path)) throw std::runtime_error("model file '" + args.model_path + "' not found");
+    const gguf::File file = gguf::File::open(args.model_path);
+    engine::EngineOptions options;
+    options.backend = backend;
+    options.n_threads = threads;
+    options.n_ctx = std::max({args.n_prompt, args.n_gen, 1});
+    options.n_batch = std::max(args.n_prompt, 1);
+    engine::Engine engine(file, options);
+    model = summarise_model(args.model_path, file, engine);
+
+    std::mt19937 rng(1234);
+    if (args.n_prompt > 0) {
+      TestResult r{fmt::format("pp{}", args.n_prompt), args.n_prompt, 0, {}, 0, 0};
+      run_prompt(engine, rng, args.n_prompt);
+      for (int i = 0; i < args.repetitions; ++i) {
+        r.samples.push_back(run_prompt(engine, rng, args.n_prompt));
+        fmt::print(stderr, "bench: {} run {}/{}: {:.2f} t/s\n", r.name, i + 1, args.repetitions, r.samples.back());
+      }
+      summarise(r);
+      results.push_back(std::move(r));
+    }
+    if (args.n_gen > 0) {
+      TestResult r{fmt::format("tg{}", args.n_gen), 0, args.n_gen, {}, 0, 0};
+      run_generation(engine, rng, std::min(args.n_gen, 16));
+      for (int i = 0; i < args.repetitions; ++i) {
+        r.samples.push_back(run_generation(engine, rng, args.n_gen));
+        fmt::print(stderr, "bench: {} run {}/{}: {:.2f} t/s\n", r.name, i + 1, args.repetitions, r.samples.back());
+      }
+      summarise(r);
+      results.push_back(std::move(r));
+    }
+  }
+
+  if (args.output == "json") {
+    print_json(model, results, args, threads, bw);
+  } else {
+    print_markdown(model, results, args, threads, bw);
+  }
+}
+
+}  // namespace
+
 void add_bench_command(CLI::App& root) {
-  root.add_subcommand("bench", "(not built yet)")->callback([] { throw std::runtime_error("'bench' is not built yet"); });
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* cmd = root.add_subcommand(
+      "bench", "Measure prompt processing (ppP) and generation (tgN) speed, like llama-bench");
+  cmd->add_option("-m,--model", args->model_path, "GGUF model file");
+  cmd->add_option("-p,--n-prompt", args->n_prompt, "prompt tokens processed in one batch (0: skip)")->capture_default_str();
+  cmd->add_option("-n,--n-gen", args->n_gen, "tokens generated one at a time (0: skip)")->capture_default_str();
+  cmd->add_option("-r,--repetitions", args->repetitions, "timed repetitions of each test")->capture_default_str();
+  cmd->add_option("--backend", args->backend, "cpu, cuda or hybrid")->capture_default_str();
+  cmd->add_option("-t,--threads", args->threads, "CPU threads (default: physical cores)");
+  cmd->add_option("--output", args->output, "md or json")
+      ->check(CLI::IsMember({"md", "json"}))
+      ->capture_default_str();
+  cmd->add_flag("--membw", args->membw, "also measure memory read bandwidth with the same thread count");
+  cmd->add_option("--membw-mib", args->membw_mib, "bandwidth probe buffer in MiB (keep it far above the L3 cache)")
+      ->capture_default_str();
+  cmd->callback([args] {
+    try {
+      engine::parse_backend_kind(args->backend);
+    } catch (const std::invalid_argument& e) {
+      throw UsageError(e.what());
+    }
+    run_bench(*args);
+  });
 }
 
 }  // namespace tessera::cli

@@ -1,0 +1,115 @@
+// `tessera synth` and `tessera bench` through the binary: JSON fields, exit codes.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <unistd.h>
+
+#include "common/fixtures.h"
+
+namespace {
+
+struct Result {
+  int exit_code = -1;
+  std::string out;  // stdout only; stderr goes to the test log
+};
+
+Result run(const std::string& args) {
+  const std::string command = tessera::test::tessera_binary() + " " + args;
+  Result r;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return r;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) r.out.append(buffer, n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+class BenchCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = std::filesystem::temp_directory_path() / ("tessera-bench-test-" + std::to_string(getpid()));
+    std::filesystem::create_directories(dir_);
+    model_ = (dir_ / "tiny-Q4_K_M.gguf").string();
+    synth_exit_ = run("synth --preset tiny --type Q4_K_M --seed 3 -o " + model_).exit_code;
+  }
+  static void TearDownTestSuite() { std::filesystem::remove_all(dir_); }
+
+  static std::filesystem::path dir_;
+  static std::string model_;
+  static int synth_exit_;
+};
+std::filesystem::path BenchCli::dir_;
+std::string BenchCli::model_;
+int BenchCli::synth_exit_ = -1;
+
+TEST_F(BenchCli, SynthWritesAFile) {
+  ASSERT_EQ(synth_exit_, 0);
+  EXPECT_GT(std::filesystem::file_size(model_), 100000u);
+}
+
+TEST_F(BenchCli, JsonHasOneObjectPerTestWithTheRequiredFields) {
+  ASSERT_EQ(synth_exit_, 0);
+  const Result r = run("bench -m " + model_ + " -p 32 -n 8 -r 2 -t 2 --output json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_TRUE(j.is_array());
+  ASSERT_EQ(j.size(), 2u);
+  EXPECT_EQ(j[0]["test"], "pp32");
+  EXPECT_EQ(j[1]["test"], "tg8");
+  for (const nlohmann::json& o : j) {
+    EXPECT_GT(o["tokens_per_s"].get<double>(), 0.0) << o.dump();
+    EXPECT_GE(o["stddev"].get<double>(), 0.0);
+    EXPECT_EQ(o["samples_ts"].size(), 2u);
+    EXPECT_EQ(o["backend"], "cpu");
+    EXPECT_EQ(o["threads"], 2);
+    EXPECT_GT(o["model_bytes"].get<uint64_t>(), 100000u);
+    EXPECT_LT(o["model_bytes"].get<uint64_t>(), std::filesystem::file_size(model_));
+  }
+  EXPECT_GT(j[1]["weights_gb_s"].get<double>(), 0.0);
+}
+
+TEST_F(BenchCli, MarkdownTableHasARowPerTest) {
+  ASSERT_EQ(synth_exit_, 0);
+  const Result r = run("bench -m " + model_ + " -p 16 -n 4 -r 1");
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("| model |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| pp16 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| tg4 |"), std::string::npos) << r.out;
+}
+
+TEST_F(BenchCli, MembwProbeReportsBandwidth) {
+  const Result r = run("bench --membw --membw-mib 128 -t 1 --output json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["test"], "membw");
+  EXPECT_EQ(j[0]["threads"], 1);
+  // Any machine this runs on streams between 0.5 GB/s and 2 TB/s.
+  EXPECT_GT(j[0]["membw_gb_s"].get<double>(), 0.5);
+  EXPECT_LT(j[0]["membw_gb_s"].get<double>(), 2000.0);
+  EXPECT_GE(j[0]["membw_gb_s"].get<double>(), j[0]["membw_median_gb_s"].get<double>());
+}
+
+TEST_F(BenchCli, BadArgumentsExitWithTwo) {
+  EXPECT_EQ(run("bench -m " + model_ + " -p -1 2>/dev/null").exit_code, 2);
+  EXPECT_EQ(run("bench -m " + model_ + " -r 0 2>/dev/null").exit_code, 2);
+  EXPECT_EQ(run("bench -m " + model_ + " --output xml 2>/dev/null").exit_code, 2);
+  EXPECT_EQ(run("bench -m " + model_ + " --backend tpu 2>/dev/null").exit_code, 2);
+  EXPECT_EQ(run("bench 2>/dev/null").exit_code, 2);
+  EXPECT_EQ(run("bench --membw --membw-mib 1 2>/dev/null").exit_code, 2);
+  EXPECT_EQ(run("synth --preset nope -o /dev/null 2>/dev/null").exit_code, 2);
+  EXPECT_EQ(run("synth --preset tiny --type Q9_Z -o /dev/null 2>/dev/null").exit_code, 2);
+  EXPECT_EQ(run("synth --preset tiny 2>/dev/null").exit_code, 2);
+}
+
+TEST_F(BenchCli, MissingModelIsARuntimeError) {
+  EXPECT_EQ(run("bench -m " + (dir_ / "absent.gguf").string() + " 2>/dev/null").exit_code, 1);
+}
+
+}  // namespace
