@@ -16,11 +16,9 @@ namespace {
 inline __m256i dot_u8s8(__m256i u, __m256i s) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
-using ScaleVec = __m256i;  // int16 x16
-inline ScaleVec scale_pair(int a, int b) {
-  return _mm256_setr_m128i(_mm_set1_epi16(static_cast<int16_t>(a)), _mm_set1_epi16(static_cast<int16_t>(b)));
+inline __m256i dot_scaled_acc(__m256i acc, __m256i u, __m256i s, __m256i sc) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), sc));
 }
-inline __m256i dot_scaled(__m256i u, __m256i s, ScaleVec sc) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), sc); }
 
 #include "quant/kernels_x86.inc"
 

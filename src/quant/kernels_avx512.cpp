@@ -13,9 +13,11 @@ namespace tessera::quant::detail {
 namespace {
 
 inline __m256i dot_u8s8(__m256i u, __m256i s) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s); }
-using ScaleVec = __m256i;  // int32 x8
-inline ScaleVec scale_pair(int a, int b) { return _mm256_setr_epi32(a, a, a, a, b, b, b, b); }
-inline __m256i dot_scaled(__m256i u, __m256i s, ScaleVec sc) { return _mm256_mullo_epi32(dot_u8s8(u, s), sc); }
+// Scaled sums: maddubs into int16 pairs (no saturation: u <= 63, |s| <= 127), then vpdpwssd multiplies by the
+// scales and accumulates in one instruction.
+inline __m256i dot_scaled_acc(__m256i acc, __m256i u, __m256i s, __m256i sc) {
+  return _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, s), sc);
+}
 
 #include "quant/kernels_x86.inc"
 
