@@ -20,6 +20,9 @@ inline __m256i dot_scaled_acc(__m256i acc, __m256i u, __m256i s, __m256i sc) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), sc));
 }
 
+// Tokens per tile: 16 ymm registers hold 4 tokens' accumulators with the weights
+constexpr int kTile = 4;
+
 #include "quant/kernels_x86.inc"
 
 }  // namespace

@@ -19,6 +19,9 @@ inline __m256i dot_scaled_acc(__m256i acc, __m256i u, __m256i s, __m256i sc) {
   return _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, s), sc);
 }
 
+// Tokens per tile: 32 ymm registers (AVX-512VL) hold 8 tokens' accumulators
+constexpr int kTile = 8;
+
 #include "quant/kernels_x86.inc"
 
 }  // namespace
