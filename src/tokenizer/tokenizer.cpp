@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <stdexcept>
+#include <utility>
 
 #include "tokenizer/impl.h"
 
@@ -265,6 +266,8 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
   const Impl& m = *impl_;
+  if (text.size() > (size_t{1} << 30))
+    throw std::runtime_error(fmt::format("text of {} bytes is too long to tokenize (limit 1 GiB)", text.size()));
 
   // Split the special tokens off the text, longest first, as llama.cpp's tokenizer_st_partition does.
   std::vector<Fragment> fragments;
@@ -416,10 +419,10 @@ size_t complete_utf8_prefix(std::string_view bytes) {
   return n;  // only continuation bytes at the end: nothing to wait for
 }
 
-StreamingDecoder::StreamingDecoder(const Tokenizer& tokenizer) : tokenizer_(&tokenizer) {}
+StreamingDecoder::StreamingDecoder(Tokenizer tokenizer) : tokenizer_(std::move(tokenizer)) {}
 
 std::string StreamingDecoder::push(int32_t id) {
-  pending_ += tokenizer_->token_to_piece(id, /*special=*/false);
+  pending_ += tokenizer_.token_to_piece(id, /*special=*/false);
   size_t ready = complete_utf8_prefix(pending_);
   std::string out = pending_.substr(0, ready);
   pending_.erase(0, ready);

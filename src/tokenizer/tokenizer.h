@@ -72,13 +72,14 @@ struct DecodeOptions {
 
 class Tokenizer {
  public:
-  // Throws std::runtime_error naming the problem for an inconsistent vocabulary (sizes, ids out of range,
-  // unknown pre-tokenizer, a merge that does not name two pieces).
+  // Throws std::runtime_error naming the problem for an inconsistent vocabulary (sizes, ids out of range, an
+  // unknown pre-tokenizer, BPE without merges). A merge without a space is ignored, as llama.cpp never applies it.
   explicit Tokenizer(Vocabulary vocab);
   // Reads tokenizer.ggml.* (and general.name); "tokenizer model X not supported" for other models.
   static Tokenizer from_gguf(const gguf::File& file);
 
-  // `add_special`: BOS/EOS as the vocabulary's add_bos/add_eos say (WordPiece: CLS ... SEP).
+  // `add_special`: BOS/EOS as the vocabulary's add_bos/add_eos say (WordPiece: CLS ... SEP). Texts over 1 GiB
+  // are refused.
   // `parse_special`: text of control tokens such as "<s>" becomes that token; otherwise it is plain text
   // (user-defined tokens are always matched first, as in llama.cpp).
   std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
@@ -114,13 +115,13 @@ class Tokenizer {
 // (the text continues a prompt).
 class StreamingDecoder {
  public:
-  explicit StreamingDecoder(const Tokenizer& tokenizer);
+  explicit StreamingDecoder(Tokenizer tokenizer);  // a cheap copy: the vocabulary is shared
   std::string push(int32_t id);
   // What is still held back; an incomplete character at the end becomes U+FFFD.
   std::string flush();
 
  private:
-  const Tokenizer* tokenizer_;
+  Tokenizer tokenizer_;
   std::string pending_;
 };
 

@@ -57,7 +57,10 @@ Tokenizer load(const std::filesystem::path& path) { return Tokenizer::from_gguf(
 
 std::string ids_text(const Ids& ids) {
   std::string s;
-  for (int32_t id : ids) s += " " + std::to_string(id);
+  for (int32_t id : ids) {
+    s += ' ';
+    s += std::to_string(id);
+  }
   return s;
 }
 
