@@ -22,13 +22,20 @@ __global__ void dequantize_rows_kernel(const uint8_t* __restrict__ w, size_t row
   float v[kChunk];
   Chunk<T>::load(w + src_row * row_bytes, c, v);
   Out* dst = out + r * n_cols + c * kChunk;
+  // Wide stores: a thread's chunk is contiguous, and 2-byte stores made this kernel store-bound.
+  if constexpr (sizeof(Out) == 2) {
+    static_assert(kChunk % 4 == 0);
 #pragma unroll
-  for (int k = 0; k < kChunk; ++k) {
-    if constexpr (sizeof(Out) == 2) {
-      dst[k] = __float2half_rn(v[k]);
-    } else {
-      dst[k] = v[k];
+    for (int k = 0; k < kChunk; k += 4) {
+      const __half2 a = __floats2half2_rn(v[k], v[k + 1]), b = __floats2half2_rn(v[k + 2], v[k + 3]);
+      uint2 packed;
+      packed.x = *reinterpret_cast<const uint32_t*>(&a);
+      packed.y = *reinterpret_cast<const uint32_t*>(&b);
+      *reinterpret_cast<uint2*>(dst + k) = packed;
     }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kChunk; k += 4) *reinterpret_cast<float4*>(dst + k) = make_float4(v[k], v[k + 1], v[k + 2], v[k + 3]);
   }
 }
 
