@@ -62,8 +62,9 @@ void rms_norm(const float* x, const int32_t* rows, const float* weight, float* y
 // out = silu(gate) * up, n_tokens rows of n; out16 (optional) gets an f16 copy.
 void swiglu(const float* gate, const float* up, float* out, __half* out16, int64_t count, cudaStream_t stream);
 
-// RoPE ("normal" mode: adjacent pairs) on q [n_tokens][n_head][head_dim] in place and on k, then k and v
-// written into the cache rows slots[t] of ([n_slots][n_head_kv * head_dim], f16 or f32).
+// RoPE ("normal" mode: adjacent pairs) on q [n_tokens][n_head][head_dim] in place and on k, whose rotated rows
+// go, with v's, straight into the cache rows slots[t] of ([n_slots][n_head_kv * head_dim], f16 or f32); the k
+// buffer itself is left unrotated.
 struct RopeParams {
   int n_head = 0;
   int n_head_kv = 0;
@@ -73,8 +74,8 @@ struct RopeParams {
   float freq_scale = 1;
   const float* freq_factors = nullptr;  // [n_dims/2] or null
 };
-void rope_and_store_kv(const RopeParams& p, float* q, float* k, const float* v, const int32_t* positions,
-                       const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, bool f16_cache,
+void rope_and_store_kv(const RopeParams& p, float* q, const float* k, const float* v,
+                       const int32_t* positions, const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, bool f16_cache,
                        cudaStream_t stream);
 
 // ---- attention ---------------------------------------------------------------------------------------------

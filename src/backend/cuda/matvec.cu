@@ -45,6 +45,18 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t n_cols = job.w.n_cols;
   const int tile_stride = padded<kChunk>(kTileCols);
 
+  // Ask for every weight byte of this warp's rows up front, into L2: the DRAM latency then overlaps the staging
+  // of x and the arithmetic instead of following them (the kernel was latency-bound with few bytes in flight).
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    if (first_row + r < job.w.n_rows) {
+      const uint8_t* w = job.w.data + (first_row + r) * job.w.row_bytes;
+      for (size_t offset = lane * 128; offset < job.w.row_bytes; offset += 32 * 128) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(w + offset));
+      }
+    }
+  }
+
   float acc[kRowsPerWarp][kMaxMatvecTokens] = {};
   for (int64_t tile0 = 0; tile0 < n_cols; tile0 += kTileCols) {
     const int tile_len = n_cols - tile0 < kTileCols ? static_cast<int>(n_cols - tile0) : kTileCols;
