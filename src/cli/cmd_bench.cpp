@@ -21,6 +21,7 @@
 #include "cli/membw.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
+#include "quant/quant.h"
 #include "quant/quantize_model.h"
 
 namespace tessera::cli {
@@ -137,8 +138,9 @@ double weights_gb_per_s(const ModelSummary& model, const TestResult& r) {
 }
 
 void print_membw_line(const MemoryBandwidth& bw) {
-  fmt::print("memory read bandwidth ({} threads, {} loads, {} x {}): best {:.1f} GB/s, median {:.1f} GB/s\n",
-             bw.threads, bw.method, human_bytes(bw.buffer_bytes), bw.repetitions, bw.best_gb_s, bw.median_gb_s);
+  fmt::print("memory read bandwidth ({} thread{}, {} loads, {} x {}): best {:.1f} GB/s, median {:.1f} GB/s\n",
+             bw.threads, bw.threads == 1 ? "" : "s", bw.method, human_bytes(bw.buffer_bytes), bw.repetitions,
+             bw.best_gb_s, bw.median_gb_s);
 }
 
 void print_markdown(const std::optional<ModelSummary>& model, const std::vector<TestResult>& results,
@@ -162,14 +164,14 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
 
 void print_json(const std::optional<ModelSummary>& model, const std::vector<TestResult>& results,
                 const BenchArgs& args, int threads, const std::optional<MemoryBandwidth>& bw) {
-  nlohmann::json out = nlohmann::json::array();
-  auto add_membw = [&](nlohmann::json& o) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  auto add_membw = [&](nlohmann::ordered_json& o) {
     o["membw_gb_s"] = bw->best_gb_s;
     o["membw_median_gb_s"] = bw->median_gb_s;
     o["membw_method"] = bw->method;
   };
   for (const TestResult& r : results) {
-    nlohmann::json o;
+    nlohmann::ordered_json o;
     o["test"] = r.name;
     o["n_prompt"] = r.n_prompt;
     o["n_gen"] = r.n_gen;
@@ -178,6 +180,7 @@ void print_json(const std::optional<ModelSummary>& model, const std::vector<Test
     o["samples_ts"] = r.samples;
     o["backend"] = args.backend;
     o["threads"] = threads;
+    o["simd"] = quant::simd_level_name(quant::active_simd_level());
     o["model_file"] = model->path;
     o["model_type"] = model->type;
     o["model_params"] = model->n_params;
@@ -190,7 +193,7 @@ void print_json(const std::optional<ModelSummary>& model, const std::vector<Test
     out.push_back(std::move(o));
   }
   if (!model && bw) {
-    nlohmann::json o;
+    nlohmann::ordered_json o;
     o["test"] = "membw";
     o["threads"] = threads;
     o["buffer_bytes"] = bw->buffer_bytes;
