@@ -55,7 +55,7 @@ TEST_F(BenchCli, SynthWritesAFile) {
 
 TEST_F(BenchCli, JsonHasOneObjectPerTestWithTheRequiredFields) {
   ASSERT_EQ(synth_exit_, 0);
-  const Result r = run("bench -m " + model_ + " -p 32 -n 8 -r 2 -t 2 --output json");
+  const Result r = run("bench -m " + model_ + " -p 32 -n 8 -r 2 -t 1 --output json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   const nlohmann::json j = nlohmann::json::parse(r.out);
   ASSERT_TRUE(j.is_array());
@@ -67,7 +67,7 @@ TEST_F(BenchCli, JsonHasOneObjectPerTestWithTheRequiredFields) {
     EXPECT_GE(o["stddev"].get<double>(), 0.0);
     EXPECT_EQ(o["samples_ts"].size(), 2u);
     EXPECT_EQ(o["backend"], "cpu");
-    EXPECT_EQ(o["threads"], 2);
+    EXPECT_EQ(o["threads"], 1);
     EXPECT_GT(o["model_bytes"].get<uint64_t>(), 100000u);
     EXPECT_LT(o["model_bytes"].get<uint64_t>(), std::filesystem::file_size(model_));
   }
@@ -76,7 +76,7 @@ TEST_F(BenchCli, JsonHasOneObjectPerTestWithTheRequiredFields) {
 
 TEST_F(BenchCli, MarkdownTableHasARowPerTest) {
   ASSERT_EQ(synth_exit_, 0);
-  const Result r = run("bench -m " + model_ + " -p 16 -n 4 -r 1");
+  const Result r = run("bench -m " + model_ + " -p 16 -n 4 -r 1 -t 1");
   ASSERT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("| model |"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("| pp16 |"), std::string::npos) << r.out;
