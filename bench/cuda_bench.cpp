@@ -141,9 +141,15 @@ void run(benchmark::State& state, const Shape& shape, bool prompt) {
 }
 
 BENCHMARK_CAPTURE(run, tinyllama_pp512, kTinyLlama, true)->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(1.0);
-BENCHMARK_CAPTURE(run, tinyllama_tg128, kTinyLlama, false)->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(1.0);
+BENCHMARK_CAPTURE(run, tinyllama_tg128, kTinyLlama, false)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(1.0);
 BENCHMARK_CAPTURE(run, llama2_7b_pp512, kLlama2_7B, true)->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(1.0);
-BENCHMARK_CAPTURE(run, llama2_7b_tg128, kLlama2_7B, false)->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(1.0);
+BENCHMARK_CAPTURE(run, llama2_7b_tg128, kLlama2_7B, false)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(1.0);
 
 }  // namespace
 

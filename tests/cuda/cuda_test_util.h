@@ -19,10 +19,10 @@ inline std::string gpu_unavailable_reason() {
   return "";
 }
 
-#define TESSERA_REQUIRE_GPU()                                                      \
-  do {                                                                             \
-    const std::string reason = ::tessera::cuda::test::gpu_unavailable_reason();    \
-    if (!reason.empty()) GTEST_SKIP() << reason << " (CUDA tests need a GPU)";     \
+#define TESSERA_REQUIRE_GPU()                                                   \
+  do {                                                                          \
+    const std::string reason = ::tessera::cuda::test::gpu_unavailable_reason(); \
+    if (!reason.empty()) GTEST_SKIP() << reason << " (CUDA tests need a GPU)";  \
   } while (0)
 
 // A device buffer that frees itself.
@@ -58,8 +58,8 @@ class DeviceBuffer {
 };
 
 // Expects |got - want| <= abs_tol + rel_tol * |want| everywhere; reports the worst element and the count.
-inline void expect_close(const std::vector<float>& got, const std::vector<float>& want, double abs_tol,
-                         double rel_tol, const std::string& what) {
+inline void expect_close(const std::vector<float>& got, const std::vector<float>& want, double abs_tol, double rel_tol,
+                         const std::string& what) {
   ASSERT_EQ(got.size(), want.size()) << what;
   size_t bad = 0, worst = 0;
   double worst_excess = -1;

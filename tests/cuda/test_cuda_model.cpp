@@ -2,11 +2,10 @@
 // per step through the decode graph), stories260K's greedy text exactly, batches = each sequence alone, and the
 // hybrid split.
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
 #include "common/fixtures.h"
@@ -41,8 +40,8 @@ struct Sequence {
 };
 
 std::vector<float> run(Backend& backend, const std::vector<const Sequence*>& seqs,
-                       const std::vector<std::vector<int32_t>>& tokens, const std::vector<int32_t>& starts,
-                       int n_vocab, bool all_logits) {
+                       const std::vector<std::vector<int32_t>>& tokens, const std::vector<int32_t>& starts, int n_vocab,
+                       bool all_logits) {
   ForwardBatch::Sequence views[8];
   std::vector<int32_t> toks, pos, seq_index, out_rows;
   for (size_t s = 0; s < seqs.size(); ++s) {
@@ -109,21 +108,21 @@ TEST_P(CudaFixture, PromptLogitsMatchGoldens) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Fixtures, CudaFixture,
-    ::testing::Values(Fixture{"tiny-llama-F32", 1e-3}, Fixture{"tiny-llama-F16", 2e-3}, Fixture{"tiny-llama-Q8_0", 0.05},
-                      Fixture{"tiny-llama-Q6_K", 0.05}, Fixture{"tiny-llama-Q5_K_M", 0.05},
-                      Fixture{"tiny-llama-Q5_1", 0.05}, Fixture{"tiny-llama-Q5_0", 0.05},
-                      Fixture{"tiny-llama-Q4_K_M", 0.05}, Fixture{"tiny-llama-Q4_1", 0.05},
-                      Fixture{"tiny-llama-Q4_0", 0.05}, Fixture{"tiny-llama-Q3_K_M", 0.05},
-                      Fixture{"tiny-llama-Q2_K", 0.05}, Fixture{"tiny-llama-v32k-Q4_K_M", 0.05}),
-    [](const ::testing::TestParamInfo<Fixture>& info) {
-      std::string name = info.param.name;
-      for (char& c : name) {
-        if (c == '-') c = '_';
-      }
-      return name;
-    });
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFixture,
+                         ::testing::Values(Fixture{"tiny-llama-F32", 1e-3}, Fixture{"tiny-llama-F16", 2e-3},
+                                           Fixture{"tiny-llama-Q8_0", 0.05}, Fixture{"tiny-llama-Q6_K", 0.05},
+                                           Fixture{"tiny-llama-Q5_K_M", 0.05}, Fixture{"tiny-llama-Q5_1", 0.05},
+                                           Fixture{"tiny-llama-Q5_0", 0.05}, Fixture{"tiny-llama-Q4_K_M", 0.05},
+                                           Fixture{"tiny-llama-Q4_1", 0.05}, Fixture{"tiny-llama-Q4_0", 0.05},
+                                           Fixture{"tiny-llama-Q3_K_M", 0.05}, Fixture{"tiny-llama-Q2_K", 0.05},
+                                           Fixture{"tiny-llama-v32k-Q4_K_M", 0.05}),
+                         [](const ::testing::TestParamInfo<Fixture>& info) {
+                           std::string name = info.param.name;
+                           for (char& c : name) {
+                             if (c == '-') c = '_';
+                           }
+                           return name;
+                         });
 
 int argmax(const float* v, int n) {
   int best = 0;

@@ -29,8 +29,13 @@ std::vector<float> random_floats(size_t n, float lo, float hi, uint32_t seed) {
 // Offsets of the f16 scale fields inside one block of each quantized type (random bytes elsewhere are valid).
 std::vector<size_t> scale_offsets(GgmlType type) {
   switch (type) {
-    case GgmlType::Q4_0: case GgmlType::Q5_0: case GgmlType::Q8_0: return {0};
-    case GgmlType::Q4_1: case GgmlType::Q5_1: case GgmlType::Q4_K: case GgmlType::Q5_K: return {0, 2};
+    case GgmlType::Q4_0:
+    case GgmlType::Q5_0:
+    case GgmlType::Q8_0: return {0};
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_1:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: return {0, 2};
     case GgmlType::Q2_K: return {80, 82};
     case GgmlType::Q3_K: return {108};
     case GgmlType::Q6_K: return {208};
@@ -80,6 +85,8 @@ const GgmlType kAllTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, Gg
 
 class CudaTypes : public ::testing::TestWithParam<GgmlType> {};
 
+void matvec_case(GgmlType type, int64_t n_cols);
+
 TEST_P(CudaTypes, DequantizeMatchesReference) {
   TESSERA_REQUIRE_GPU();
   const GgmlType type = GetParam();
@@ -94,15 +101,22 @@ TEST_P(CudaTypes, DequantizeMatchesReference) {
   DeviceBuffer<float> out(ids.size() * n_cols);
   dequantize_rows_f32(m, d_ids.get(), static_cast<int64_t>(ids.size()), out.get(), nullptr);
   std::vector<float> want_rows;
-  for (int32_t id : ids) want_rows.insert(want_rows.end(), want.begin() + id * n_cols, want.begin() + (id + 1) * n_cols);
+  for (int32_t id : ids)
+    want_rows.insert(want_rows.end(), want.begin() + id * n_cols, want.begin() + (id + 1) * n_cols);
   expect_close(out.download(), want_rows, 1e-6, 1e-6, std::string(ggml_type_name(type)) + " rows");
 }
 
-// y = W x for 1, 3 and 8 tokens, with a second and third matrix in the same launch and the accumulate mode.
+// y = W x for 1, 3 and 8 tokens, with a second and third matrix in the same launch and the accumulate mode;
+// 3328 columns with 8 tokens take two shared-memory tiles of x.
 TEST_P(CudaTypes, MatvecMatchesReference) {
   TESSERA_REQUIRE_GPU();
-  const GgmlType type = GetParam();
-  const int64_t n_cols = 512 + 256, rows[3] = {37, 5, 64};
+  for (const int64_t n_cols : {768, 3328}) {
+    matvec_case(GetParam(), n_cols);
+  }
+}
+
+void matvec_case(GgmlType type, int64_t n_cols) {
+  const int64_t rows[3] = {37, 5, 64};
   std::vector<std::vector<uint8_t>> bytes;
   std::vector<std::unique_ptr<DeviceBuffer<uint8_t>>> weights;
   for (int j = 0; j < 3; ++j) {
@@ -137,7 +151,7 @@ TEST_P(CudaTypes, MatvecMatchesReference) {
       }
       expect_close(ys[j]->download(), want, 2e-5 * (max_abs + 1), 1e-5,
                    std::string(ggml_type_name(type)) + " matrix " + std::to_string(j) + ", tokens " +
-                       std::to_string(n_tokens));
+                       std::to_string(n_tokens) + ", columns " + std::to_string(n_cols));
     }
   }
 }
@@ -186,9 +200,11 @@ TEST(CudaOps, RmsNormMatchesCpu) {
   const std::vector<int32_t> rows = {4, 1, 3};
   DeviceBuffer<float> d_x(x), d_w(w), d_y(rows.size() * n);
   DeviceBuffer<int32_t> d_rows(rows);
-  rms_norm(d_x.get(), d_rows.get(), d_w.get(), d_y.get(), nullptr, static_cast<int64_t>(rows.size()), n, 1e-5f, nullptr);
+  rms_norm(d_x.get(), d_rows.get(), d_w.get(), d_y.get(), nullptr, static_cast<int64_t>(rows.size()), n, 1e-5f,
+           nullptr);
   std::vector<float> want(rows.size() * n);
-  for (size_t r = 0; r < rows.size(); ++r) cpu::rms_norm(x.data() + rows[r] * n, w.data(), want.data() + r * n, n, 1e-5f);
+  for (size_t r = 0; r < rows.size(); ++r)
+    cpu::rms_norm(x.data() + rows[r] * n, w.data(), want.data() + r * n, n, 1e-5f);
   expect_close(d_y.download(), want, 1e-6, 1e-5, "rms_norm");
 }
 
@@ -221,8 +237,8 @@ TEST(CudaOps, RopeAndKvStoreMatchCpu) {
     DeviceBuffer<int32_t> d_pos(positions), d_slots(slots);
     const size_t elem = f16 ? 2 : 4;
     DeviceBuffer<uint8_t> k_cache(n_slots * kv_dim * elem), v_cache(n_slots * kv_dim * elem);
-    RopeParams p{n_head, n_head_kv, head_dim, rc.n_dims, std::pow(rc.freq_base, -2.0f / rc.n_dims), rc.freq_scale,
-                 d_ff.get()};
+    RopeParams p{n_head,        n_head_kv, head_dim, rc.n_dims, std::pow(rc.freq_base, -2.0f / rc.n_dims),
+                 rc.freq_scale, d_ff.get()};
     rope_and_store_kv(p, d_q.get(), d_k.get(), d_v.get(), d_pos.get(), d_slots.get(), n_tokens, k_cache.get(),
                       v_cache.get(), f16, nullptr);
     for (int t = 0; t < n_tokens; ++t) {
@@ -279,7 +295,8 @@ TEST(CudaOps, AttentionMatchesCpu) {
         const std::vector<int32_t> offsets = {0, 0, 252, 252};
         const int n_tokens = 4;
 
-        const std::vector<float> k = random_floats(n_slots * kv_dim, -1, 1, 10), v = random_floats(n_slots * kv_dim, -1, 1, 11);
+        const std::vector<float> k = random_floats(n_slots * kv_dim, -1, 1, 10),
+                                 v = random_floats(n_slots * kv_dim, -1, 1, 11);
         const std::vector<float> q = random_floats(n_tokens * q_dim, -1, 1, 12);
         std::vector<uint8_t> kc(n_slots * kv_dim * (f16 ? 2 : 4)), vc(kc.size());
         std::vector<float> k_stored(k.size()), v_stored(v.size());
@@ -321,7 +338,8 @@ TEST(CudaOps, AttentionMatchesCpu) {
         // The CPU rounds softmax weights to f16 (ggml's f16 path); the GPU keeps them in f32.
         expect_close(d_out.download(), want, f16 ? 2e-3 : 2e-5, 0,
                      "attention heads " + std::to_string(shape.n_head) + "/" + std::to_string(shape.n_head_kv) +
-                         " dim " + std::to_string(hd) + (f16 ? " f16" : " f32") + " splits " + std::to_string(n_splits));
+                         " dim " + std::to_string(hd) + (f16 ? " f16" : " f32") + " splits " +
+                         std::to_string(n_splits));
       }
     }
   }

@@ -156,20 +156,31 @@ void launch(const AttentionParams& p, const float* q, const void* k_cache, const
             const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table, int n_tokens,
             int n_splits, float* partials, float* out, cudaStream_t stream) {
   const dim3 grid(n_tokens, p.n_head / QH, n_splits);
-  attention_kernel<DPL, QH><<<grid, kWarps * 32, 0, stream>>>(p, q, k_cache, v_cache, positions, slot_offsets,
-                                                             slot_table, partials, out);
+  attention_kernel<DPL, QH>
+      <<<grid, kWarps * 32, 0, stream>>>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, partials, out);
 }
 
 template <int DPL>
 void launch_heads(int heads_per_block, const AttentionParams& p, const float* q, const void* k_cache,
-                  const void* v_cache, const int32_t* positions, const int32_t* slot_offsets,
-                  const int32_t* slot_table, int n_tokens, int n_splits, float* partials, float* out,
-                  cudaStream_t stream) {
+                  const void* v_cache, const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table,
+                  int n_tokens, int n_splits, float* partials, float* out, cudaStream_t stream) {
   switch (heads_per_block) {
-    case 8: launch<DPL, 8>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out, stream); break;
-    case 4: launch<DPL, 4>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out, stream); break;
-    case 2: launch<DPL, 2>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out, stream); break;
-    default: launch<DPL, 1>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out, stream); break;
+    case 8:
+      launch<DPL, 8>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out,
+                     stream);
+      break;
+    case 4:
+      launch<DPL, 4>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out,
+                     stream);
+      break;
+    case 2:
+      launch<DPL, 2>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out,
+                     stream);
+      break;
+    default:
+      launch<DPL, 1>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out,
+                     stream);
+      break;
   }
 }
 
@@ -192,10 +203,22 @@ void attention(const AttentionParams& p, const float* q, const void* k_cache, co
                              std::to_string(p.head_dim));
   }
   switch (dpl) {
-    case 1: launch_heads<1>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out, stream); break;
-    case 2: launch_heads<2>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out, stream); break;
-    case 4: launch_heads<4>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out, stream); break;
-    default: launch_heads<8>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out, stream); break;
+    case 1:
+      launch_heads<1>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+                      partials, out, stream);
+      break;
+    case 2:
+      launch_heads<2>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+                      partials, out, stream);
+      break;
+    case 4:
+      launch_heads<4>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+                      partials, out, stream);
+      break;
+    default:
+      launch_heads<8>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+                      partials, out, stream);
+      break;
   }
   check_launch("attention_kernel");
   if (n_splits > 1) {

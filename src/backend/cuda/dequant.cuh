@@ -12,9 +12,7 @@
 
 namespace tessera::cuda {
 
-__device__ __forceinline__ float f16_bits_to_float(uint16_t bits) {
-  return __half2float(__ushort_as_half(bits));
-}
+__device__ __forceinline__ float f16_bits_to_float(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
 
 __device__ __forceinline__ uint16_t load_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
 
@@ -295,7 +293,8 @@ struct Chunk<GgmlType::Q5_K> {
       for (int l = 0; l < 16; ++l) {
         const int hb = byte_of(h, l);
         v[16 * part + l] = d1 * static_cast<float>((byte_of(q, l) & 0xF) + ((hb >> (2 * g)) & 1 ? 16 : 0)) - min1;
-        v[32 + 16 * part + l] = d2 * static_cast<float>((byte_of(q, l) >> 4) + ((hb >> (2 * g + 1)) & 1 ? 16 : 0)) - min2;
+        v[32 + 16 * part + l] =
+            d2 * static_cast<float>((byte_of(q, l) >> 4) + ((hb >> (2 * g + 1)) & 1 ? 16 : 0)) - min2;
       }
     }
   }

@@ -35,7 +35,8 @@ __global__ void dequantize_rows_kernel(const uint8_t* __restrict__ w, size_t row
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < kChunk; k += 4) *reinterpret_cast<float4*>(dst + k) = make_float4(v[k], v[k + 1], v[k + 2], v[k + 3]);
+    for (int k = 0; k < kChunk; k += 4)
+      *reinterpret_cast<float4*>(dst + k) = make_float4(v[k], v[k + 1], v[k + 2], v[k + 3]);
   }
 }
 

@@ -6,8 +6,8 @@
 
 namespace tessera::cuda {
 
-void gemm(cublasHandle_t handle, const DeviceMatrix& w, const float* x32, const __half* x16, int64_t n_tokens,
-          float* y, int64_t ldy, bool accumulate, __half* w_scratch, cudaStream_t stream) {
+void gemm(cublasHandle_t handle, const DeviceMatrix& w, const float* x32, const __half* x16, int64_t n_tokens, float* y,
+          int64_t ldy, bool accumulate, __half* w_scratch, cudaStream_t stream) {
   TESSERA_CUBLAS_CHECK(cublasSetStream(handle, stream));
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   const int m = static_cast<int>(w.n_rows), n = static_cast<int>(n_tokens), k = static_cast<int>(w.n_cols);

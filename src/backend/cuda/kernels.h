@@ -40,8 +40,7 @@ void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, int 
 
 // ---- dequantization -----------------------------------------------------------------------------------------
 // out[i] = row row_ids[i] of w (all rows in order when row_ids is null) as f32, n_out rows of n_cols.
-void dequantize_rows_f32(const DeviceMatrix& w, const int32_t* row_ids, int64_t n_out, float* out,
-                         cudaStream_t stream);
+void dequantize_rows_f32(const DeviceMatrix& w, const int32_t* row_ids, int64_t n_out, float* out, cudaStream_t stream);
 void dequantize_rows_f16(const DeviceMatrix& w, const int32_t* row_ids, int64_t n_out, __half* out,
                          cudaStream_t stream);
 void convert_f32_to_f16(const float* x, __half* y, int64_t n, cudaStream_t stream);
@@ -50,14 +49,14 @@ void convert_f32_to_f16(const float* x, __half* y, int64_t n, cudaStream_t strea
 // Dequantizes W to f16 in `w_scratch` (n_rows * n_cols halves) and multiplies with x16 (x as f16, [n_tokens]
 // [n_cols]) through cuBLAS with f32 accumulation. F32 weights multiply in f32 straight from x32 instead.
 // accumulate: y += W x.
-void gemm(cublasHandle_t handle, const DeviceMatrix& w, const float* x32, const __half* x16, int64_t n_tokens,
-          float* y, int64_t ldy, bool accumulate, __half* w_scratch, cudaStream_t stream);
+void gemm(cublasHandle_t handle, const DeviceMatrix& w, const float* x32, const __half* x16, int64_t n_tokens, float* y,
+          int64_t ldy, bool accumulate, __half* w_scratch, cudaStream_t stream);
 
 // ---- elementwise ops ---------------------------------------------------------------------------------------
 // y[r] = x[rows ? rows[r] : r] / sqrt(mean(x^2) + eps) * weight; rows of n values (ld = n). y16 (optional) gets
 // an f16 copy for the tensor-core path.
-void rms_norm(const float* x, const int32_t* rows, const float* weight, float* y, __half* y16, int64_t n_rows,
-              int n, float eps, cudaStream_t stream);
+void rms_norm(const float* x, const int32_t* rows, const float* weight, float* y, __half* y16, int64_t n_rows, int n,
+              float eps, cudaStream_t stream);
 
 // out = silu(gate) * up, n_tokens rows of n; out16 (optional) gets an f16 copy.
 void swiglu(const float* gate, const float* up, float* out, __half* out16, int64_t count, cudaStream_t stream);
@@ -74,8 +73,8 @@ struct RopeParams {
   float freq_scale = 1;
   const float* freq_factors = nullptr;  // [n_dims/2] or null
 };
-void rope_and_store_kv(const RopeParams& p, float* q, const float* k, const float* v,
-                       const int32_t* positions, const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, bool f16_cache,
+void rope_and_store_kv(const RopeParams& p, float* q, const float* k, const float* v, const int32_t* positions,
+                       const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, bool f16_cache,
                        cudaStream_t stream);
 
 // ---- attention ---------------------------------------------------------------------------------------------

@@ -37,8 +37,8 @@ class Layout {
 
 void check_matrix(const model::MatrixView& m) {
   if (!supports_type(m.type)) {
-    throw std::runtime_error(fmt::format("tensor '{}' has type {}, which the CUDA backend cannot multiply", m.name,
-                                         ggml_type_name(m.type)));
+    throw std::runtime_error(
+        fmt::format("tensor '{}' has type {}, which the CUDA backend cannot multiply", m.name, ggml_type_name(m.type)));
   }
   if (m.n_cols % column_granule(m.type) != 0) {
     throw std::runtime_error(fmt::format("tensor '{}' has {} columns; the CUDA kernels for {} need a multiple of {}",
@@ -76,13 +76,15 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
   std::vector<const model::MatrixView*> matrices;
   for (int il = 0; il < n_layers_; ++il) {
     const model::LlamaLayer& l = model.layers[il];
-    for (const model::MatrixView* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) matrices.push_back(m);
+    for (const model::MatrixView* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
+      matrices.push_back(m);
   }
   matrices.push_back(&model.token_embd);
   if (with_output_ && !model.tied_embeddings) matrices.push_back(&model.output);
   for (const model::MatrixView* m : matrices) check_matrix(*m);
   if (config_.head_dim > 256) {
-    throw std::runtime_error(fmt::format("head dimension {} is over the CUDA attention kernel's 256", config_.head_dim));
+    throw std::runtime_error(
+        fmt::format("head dimension {} is over the CUDA attention kernel's 256", config_.head_dim));
   }
 
   // Sizes of everything, checked against free memory before the first allocation.
@@ -228,8 +230,9 @@ void LlamaCuda::allocate_activations(int capacity) {
     size_t free_bytes = 0, total_bytes = 0;
     cudaGetLastError();
     cudaMemGetInfo(&free_bytes, &total_bytes);
-    throw std::runtime_error(fmt::format("not enough GPU memory for a batch of {} tokens: needed {:.0f} MiB, {:.0f} MiB free",
-                                         capacity, mib(layout.size()), mib(free_bytes)));
+    throw std::runtime_error(
+        fmt::format("not enough GPU memory for a batch of {} tokens: needed {:.0f} MiB, {:.0f} MiB free", capacity,
+                    mib(layout.size()), mib(free_bytes)));
   }
   activation_arena_ = arena;
   auto* b = static_cast<uint8_t*>(arena);
@@ -291,7 +294,8 @@ void LlamaCuda::upload_step(const ForwardBatch& batch) {
     for (int32_t j = 0; j < seq_len[s]; ++j) {
       const int32_t slot = batch.sequences[s].slots[j];
       if (slot < 0 || slot >= n_slots_) {
-        throw std::runtime_error(fmt::format("forward batch: KV cache slot {} is outside the cache of {}", slot, n_slots_));
+        throw std::runtime_error(
+            fmt::format("forward batch: KV cache slot {} is outside the cache of {}", slot, n_slots_));
       }
       table[seq_offset[s] + j] = slot;
     }
@@ -311,8 +315,8 @@ void LlamaCuda::upload_step(const ForwardBatch& batch) {
     h[4 * capacity_ + r] = row;
   }
   step_used_ = 5ull * capacity_ + table_used;
-  TESSERA_CUDA_CHECK(cudaMemcpyAsync(step_device_, step_host_, step_used_ * sizeof(int32_t), cudaMemcpyHostToDevice,
-                                     stream_));
+  TESSERA_CUDA_CHECK(
+      cudaMemcpyAsync(step_device_, step_host_, step_used_ * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 }
 
 void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float* x, int n_tokens, bool accumulate) {
@@ -322,8 +326,8 @@ void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float
     MatvecJob jobs[kMaxMatvecJobs];
     int n_jobs = 0;
     for (const MatmulTarget& target : targets) {
-      if (n_jobs > 0 && (n_jobs == kMaxMatvecJobs || jobs[0].w.type != target.w->type ||
-                         jobs[0].w.n_cols != target.w->n_cols)) {
+      if (n_jobs > 0 &&
+          (n_jobs == kMaxMatvecJobs || jobs[0].w.type != target.w->type || jobs[0].w.n_cols != target.w->n_cols)) {
         matvec(jobs, n_jobs, x, target.w->n_cols, n_tokens, stream_);
         n_jobs = 0;
       }
@@ -373,7 +377,8 @@ void LlamaCuda::enqueue_output(int n_tokens, int n_out) {
   if (n_out == 0) return;
   rms_norm(x_, output_rows_d(), output_norm_, norm_, nullptr, n_out, config_.n_embd, config_.rms_eps, stream_);
   matmuls({{&output_, logits_}}, norm_, n_out, false);
-  TESSERA_CUDA_CHECK(cudaMemcpyAsync(logits_host_, logits_, static_cast<size_t>(n_out) * config_.n_vocab * sizeof(float),
+  TESSERA_CUDA_CHECK(cudaMemcpyAsync(logits_host_, logits_,
+                                     static_cast<size_t>(n_out) * config_.n_vocab * sizeof(float),
                                      cudaMemcpyDeviceToHost, stream_));
 }
 

@@ -84,17 +84,17 @@ class LlamaCuda {
   // Activations for up to capacity_ tokens per step (one allocation).
   int capacity_ = 0;
   void* activation_arena_ = nullptr;
-  float* x_ = nullptr;       // residual stream [n_tokens][n_embd]
-  float* norm_ = nullptr;    // [n_tokens][n_embd]
-  float* q_ = nullptr;       // [n_tokens][q_dim]
-  float* k_ = nullptr;       // [n_tokens][kv_dim]
-  float* v_ = nullptr;       // [n_tokens][kv_dim]
-  float* attn_ = nullptr;    // [n_tokens][q_dim]
-  float* gate_ = nullptr;    // [n_tokens][n_ff]
-  float* up_ = nullptr;      // [n_tokens][n_ff]
-  float* logits_ = nullptr;  // [n_tokens][n_vocab]
-  __half* x16_ = nullptr;    // f16 copy of a matmul input [n_tokens][max(n_embd, q_dim, n_ff)]
-  __half* w16_ = nullptr;    // one weight matrix decoded to f16, for the tensor-core path
+  float* x_ = nullptr;         // residual stream [n_tokens][n_embd]
+  float* norm_ = nullptr;      // [n_tokens][n_embd]
+  float* q_ = nullptr;         // [n_tokens][q_dim]
+  float* k_ = nullptr;         // [n_tokens][kv_dim]
+  float* v_ = nullptr;         // [n_tokens][kv_dim]
+  float* attn_ = nullptr;      // [n_tokens][q_dim]
+  float* gate_ = nullptr;      // [n_tokens][n_ff]
+  float* up_ = nullptr;        // [n_tokens][n_ff]
+  float* logits_ = nullptr;    // [n_tokens][n_vocab]
+  __half* x16_ = nullptr;      // f16 copy of a matmul input [n_tokens][max(n_embd, q_dim, n_ff)]
+  __half* w16_ = nullptr;      // one weight matrix decoded to f16, for the tensor-core path
   float* partials_ = nullptr;  // flash-decoding partial results
   int max_splits_ = 1;
 
@@ -102,7 +102,7 @@ class LlamaCuda {
   int table_capacity_ = 0;
   int32_t* step_host_ = nullptr;
   int32_t* step_device_ = nullptr;
-  size_t step_used_ = 0;  // int32s of the current step to upload
+  size_t step_used_ = 0;          // int32s of the current step to upload
   float* logits_host_ = nullptr;  // pinned [capacity_][n_vocab]
 
   int32_t* tokens_d() const { return step_device_; }

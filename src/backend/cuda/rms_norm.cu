@@ -32,8 +32,8 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const int32_t* __re
 
 }  // namespace
 
-void rms_norm(const float* x, const int32_t* rows, const float* weight, float* y, __half* y16, int64_t n_rows,
-              int n, float eps, cudaStream_t stream) {
+void rms_norm(const float* x, const int32_t* rows, const float* weight, float* y, __half* y16, int64_t n_rows, int n,
+              float eps, cudaStream_t stream) {
   if (n_rows == 0) return;
   rms_norm_kernel<<<static_cast<unsigned>(n_rows), kThreads, 0, stream>>>(x, rows, weight, y, y16, n, eps);
   check_launch("rms_norm_kernel");

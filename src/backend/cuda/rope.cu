@@ -46,8 +46,8 @@ __global__ void rope_store_kernel(const RopeParams p, float* __restrict__ q, con
 
 }  // namespace
 
-void rope_and_store_kv(const RopeParams& p, float* q, const float* k, const float* v,
-                       const int32_t* positions, const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, bool f16_cache,
+void rope_and_store_kv(const RopeParams& p, float* q, const float* k, const float* v, const int32_t* positions,
+                       const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, bool f16_cache,
                        cudaStream_t stream) {
   if (n_tokens == 0) return;
   const dim3 grid(n_tokens, p.n_head + p.n_head_kv);
