@@ -29,6 +29,14 @@ __device__ __forceinline__ void load16_a2(const uint8_t* p, uint32_t w[4]) {
 
 __device__ __forceinline__ uint8_t byte_of(const uint32_t* w, int i) { return (w[i / 4] >> (8 * (i % 4))) & 0xFF; }
 
+// q - offset as a float, exactly, for 0 <= q < 2^23: q goes into the mantissa of 2^23 and one subtraction
+// removes both. This replaces the integer-to-float conversion, which runs at 1/8 of the FP32 rate and bounded
+// the decode kernels.
+template <int kOffset = 0>
+__device__ __forceinline__ float int_to_float(uint32_t q) {
+  return __int_as_float(0x4B000000u | q) - (8388608.0f + static_cast<float>(kOffset));
+}
+
 template <GgmlType T>
 struct Chunk;
 
@@ -80,8 +88,8 @@ struct Chunk<GgmlType::Q4_0> {
     load16_a2(b + 2, q);
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      v[j] = static_cast<float>(static_cast<int>(byte_of(q, j) & 0xF) - 8) * d;
-      v[j + 16] = static_cast<float>(static_cast<int>(byte_of(q, j) >> 4) - 8) * d;
+      v[j] = int_to_float<8>(byte_of(q, j) & 0xF) * d;
+      v[j + 16] = int_to_float<8>(byte_of(q, j) >> 4) * d;
     }
   }
 };
@@ -98,8 +106,8 @@ struct Chunk<GgmlType::Q4_1> {
     load16_a2(b + 4, q);
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      v[j] = static_cast<float>(byte_of(q, j) & 0xF) * d + m;
-      v[j + 16] = static_cast<float>(byte_of(q, j) >> 4) * d + m;
+      v[j] = int_to_float(byte_of(q, j) & 0xF) * d + m;
+      v[j + 16] = int_to_float(byte_of(q, j) >> 4) * d + m;
     }
   }
 };
@@ -118,8 +126,8 @@ struct Chunk<GgmlType::Q5_0> {
     for (int j = 0; j < 16; ++j) {
       const int lo = (byte_of(q, j) & 0xF) | (((qh >> j) << 4) & 0x10);
       const int hi = (byte_of(q, j) >> 4) | ((qh >> (j + 12)) & 0x10);
-      v[j] = static_cast<float>(lo - 16) * d;
-      v[j + 16] = static_cast<float>(hi - 16) * d;
+      v[j] = int_to_float<16>(lo) * d;
+      v[j + 16] = int_to_float<16>(hi) * d;
     }
   }
 };
@@ -139,8 +147,8 @@ struct Chunk<GgmlType::Q5_1> {
     for (int j = 0; j < 16; ++j) {
       const int lo = (byte_of(q, j) & 0xF) | (((qh >> j) << 4) & 0x10);
       const int hi = (byte_of(q, j) >> 4) | ((qh >> (j + 12)) & 0x10);
-      v[j] = static_cast<float>(lo) * d + m;
-      v[j + 16] = static_cast<float>(hi) * d + m;
+      v[j] = int_to_float(lo) * d + m;
+      v[j + 16] = int_to_float(hi) * d + m;
     }
   }
 };
@@ -156,7 +164,7 @@ struct Chunk<GgmlType::Q8_0> {
     for (int i = 0; i < 8; ++i) {
       const uint32_t w = load_u32_a2(b + 2 + 4 * i);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) v[4 * i + k] = static_cast<float>(static_cast<int8_t>(w >> (8 * k))) * d;
+      for (int k = 0; k < 4; ++k) v[4 * i + k] = int_to_float<128>(((w >> (8 * k)) & 0xFF) ^ 0x80) * d;
     }
   }
 };
@@ -178,7 +186,7 @@ struct Chunk<GgmlType::Q2_K> {
       uint32_t q[4];
       load16_a2(b + 16 + 32 * h + 16 * half, q);
 #pragma unroll
-      for (int l = 0; l < 16; ++l) v[16 * half + l] = dl * static_cast<float>((byte_of(q, l) >> (2 * s)) & 3) - ml;
+      for (int l = 0; l < 16; ++l) v[16 * half + l] = dl * int_to_float((byte_of(q, l) >> (2 * s)) & 3) - ml;
     }
   }
 };
@@ -205,8 +213,9 @@ struct Chunk<GgmlType::Q3_K> {
       load16_a2(b + 16 * half, hm);
 #pragma unroll
       for (int l = 0; l < 16; ++l) {
-        const int qv = static_cast<int>((byte_of(q, l) >> (2 * s)) & 3) - (((byte_of(hm, l) >> hbit) & 1) ? 0 : 4);
-        v[16 * half + l] = dl * static_cast<float>(qv);
+        // (q & 3) - (high bit ? 0 : 4) = ((q & 3) | high bit << 2) - 4
+        const uint32_t qv = ((byte_of(q, l) >> (2 * s)) & 3) | (((byte_of(hm, l) >> hbit) & 1) << 2);
+        v[16 * half + l] = dl * int_to_float<4>(qv);
       }
     }
   }
@@ -253,8 +262,8 @@ struct Chunk<GgmlType::Q4_K> {
       const uint32_t q[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
       for (int l = 0; l < 16; ++l) {
-        v[16 * part + l] = d1 * static_cast<float>(byte_of(q, l) & 0xF) - min1;
-        v[32 + 16 * part + l] = d2 * static_cast<float>(byte_of(q, l) >> 4) - min2;
+        v[16 * part + l] = d1 * int_to_float(byte_of(q, l) & 0xF) - min1;
+        v[32 + 16 * part + l] = d2 * int_to_float(byte_of(q, l) >> 4) - min2;
       }
     }
   }
@@ -292,9 +301,8 @@ struct Chunk<GgmlType::Q5_K> {
 #pragma unroll
       for (int l = 0; l < 16; ++l) {
         const int hb = byte_of(h, l);
-        v[16 * part + l] = d1 * static_cast<float>((byte_of(q, l) & 0xF) + ((hb >> (2 * g)) & 1 ? 16 : 0)) - min1;
-        v[32 + 16 * part + l] =
-            d2 * static_cast<float>((byte_of(q, l) >> 4) + ((hb >> (2 * g + 1)) & 1 ? 16 : 0)) - min2;
+        v[16 * part + l] = d1 * int_to_float((byte_of(q, l) & 0xF) | (((hb >> (2 * g)) & 1) << 4)) - min1;
+        v[32 + 16 * part + l] = d2 * int_to_float((byte_of(q, l) >> 4) | (((hb >> (2 * g + 1)) & 1) << 4)) - min2;
       }
     }
   }
@@ -321,7 +329,7 @@ struct Chunk<GgmlType::Q6_K> {
 #pragma unroll
       for (int l = 0; l < 16; ++l) {
         const int q = ((byte_of(ql, l) >> nib_shift) & 0xF) | (((byte_of(qh, l) >> (2 * k)) & 3) << 4);
-        v[16 * half + l] = dl * static_cast<float>(q - 32);
+        v[16 * half + l] = dl * int_to_float<32>(q);
       }
     }
   }
