@@ -3,12 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "common/fixtures.h"
 #include "quant/quant.h"
-#include "quant/mini_gguf.h"
+#include "gguf/gguf.h"
 
 namespace tessera::quant {
 namespace {
@@ -20,14 +21,14 @@ struct BlockMatch {
 
 // Requantizes every tensor of `fixture_name` from the F32 fixture and counts identical blocks per type.
 std::map<GgmlType, BlockMatch> compare_with_fixture(const std::string& fixture_name) {
-  const test::MiniGguf f32(test::fixture("models/tiny-llama-F32.gguf").string());
-  const test::MiniGguf quantized(test::fixture("models/" + fixture_name).string());
+  const gguf::File f32 = gguf::File::open(test::fixture("models/tiny-llama-F32.gguf").string());
+  const gguf::File quantized = gguf::File::open(test::fixture("models/" + fixture_name).string());
   std::map<GgmlType, BlockMatch> matches;
-  for (const auto& [name, t] : quantized.tensors()) {
-    const test::MiniTensor& src = f32.at(name);
-    EXPECT_EQ(src.type, GgmlType::F32) << name;
+  for (const gguf::TensorInfo& t : quantized.tensors()) {
+    const gguf::TensorInfo& src = *f32.find_tensor(t.name);
+    EXPECT_EQ(src.type, GgmlType::F32) << t.name;
     const GgmlTypeTraits& traits = ggml_type_traits(t.type);
-    const uint64_t n = t.n_elements();
+    const uint64_t n = t.n_elements;
     std::vector<uint8_t> out(n / traits.block_size * traits.block_bytes);
     quantize_row_ref(t.type, reinterpret_cast<const float*>(src.data), out.data(), static_cast<int64_t>(n));
     BlockMatch& m = matches[t.type];

@@ -8,31 +8,28 @@
 #include <vector>
 
 #include "common/fixtures.h"
-#include "quant/mini_gguf.h"
+#include "gguf/gguf.h"
 #include "quant/quantize_model.h"
 
 namespace tessera::quant {
 namespace {
 
-std::vector<TensorToQuantize> tensors_of(const test::MiniGguf& f) {
+std::vector<TensorToQuantize> tensors_of(const gguf::File& f) {
   std::vector<TensorToQuantize> out;
-  for (const std::string& name : f.names_in_file_order()) {
-    const test::MiniTensor& t = f.at(name);
-    out.push_back({name, t.shape, t.type});
-  }
+  for (const gguf::TensorInfo& t : f.tensors()) out.push_back({t.name, t.shape, t.type});
   return out;
 }
 
 class PresetTypes : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(PresetTypes, MatchLlamaQuantizeFixture) {
-  const test::MiniGguf f32(test::fixture("models/tiny-llama-F32.gguf").string());
-  const test::MiniGguf made(test::fixture(std::string("models/tiny-llama-") + GetParam() + ".gguf").string());
+  const gguf::File f32 = gguf::File::open(test::fixture("models/tiny-llama-F32.gguf").string());
+  const gguf::File made = gguf::File::open(test::fixture(std::string("models/tiny-llama-") + GetParam() + ".gguf").string());
   const std::vector<TensorToQuantize> tensors = tensors_of(f32);
   const std::vector<GgmlType> types = choose_tensor_types(parse_model_quant_type(GetParam()), tensors, 2);
   ASSERT_EQ(types.size(), tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
-    EXPECT_EQ(ggml_type_name(types[i]), ggml_type_name(made.at(tensors[i].name).type)) << tensors[i].name;
+    EXPECT_EQ(ggml_type_name(types[i]), ggml_type_name(made.find_tensor(tensors[i].name)->type)) << tensors[i].name;
   }
 }
 
@@ -88,18 +85,21 @@ TEST_P(QuantizeModelFile, SameTensorsAsLlamaQuantize) {
   const QuantizeResult result = quantize_model(test::fixture("models/tiny-llama-F32.gguf").string(), out.string(),
                                                parse_model_quant_type(preset), 2, false,
                                                [&](const QuantizeProgress& p) { seen.push_back(p.tensor_index); });
-  const test::MiniGguf ours(out.string());
-  const test::MiniGguf made(test::fixture("models/tiny-llama-" + preset + ".gguf").string());
-  std::filesystem::remove(out);
+  const gguf::File ours = gguf::File::open(out.string());
+  const gguf::File made = gguf::File::open(test::fixture("models/tiny-llama-" + preset + ".gguf").string());
+  std::filesystem::remove(out);  // the mapping stays valid
   EXPECT_EQ(seen.size(), made.tensors().size());
   EXPECT_TRUE(result.notes.empty());
+  EXPECT_EQ(ours.get_uint("general.file_type"), file_type_id(parse_model_quant_type(preset)));
+  EXPECT_EQ(ours.get_uint("general.quantization_version"), 2u);
   ASSERT_EQ(ours.tensors().size(), made.tensors().size());
-  for (const auto& [name, theirs] : made.tensors()) {
-    const test::MiniTensor& mine = ours.at(name);
-    ASSERT_EQ(ggml_type_name(mine.type), ggml_type_name(theirs.type)) << name;
-    ASSERT_EQ(mine.shape, theirs.shape) << name;
-    const uint64_t bytes = ggml_row_bytes(mine.type, mine.shape[0]) * (mine.n_elements() / mine.shape[0]);
-    EXPECT_EQ(std::memcmp(mine.data, theirs.data, bytes), 0) << name << " differs from llama-quantize's bytes";
+  for (const gguf::TensorInfo& theirs : made.tensors()) {
+    const gguf::TensorInfo* mine = ours.find_tensor(theirs.name);
+    ASSERT_NE(mine, nullptr) << theirs.name;
+    ASSERT_EQ(ggml_type_name(mine->type), ggml_type_name(theirs.type)) << theirs.name;
+    ASSERT_EQ(mine->shape, theirs.shape) << theirs.name;
+    ASSERT_EQ(mine->n_bytes, theirs.n_bytes) << theirs.name;
+    EXPECT_EQ(std::memcmp(mine->data, theirs.data, theirs.n_bytes), 0) << theirs.name << " differs from llama-quantize's bytes";
   }
 }
 
@@ -112,10 +112,10 @@ TEST(QuantizeModelFile, RefusesQuantizedInputUnlessAllowed) {
   EXPECT_THROW(quantize_model(input, out.string(), ModelQuantType::Q4_0, 1, false), std::runtime_error);
   EXPECT_FALSE(std::filesystem::exists(out));
   quantize_model(input, out.string(), ModelQuantType::Q4_0, 1, true);
-  const test::MiniGguf ours(out.string());
+  const gguf::File ours = gguf::File::open(out.string());
   std::filesystem::remove(out);
-  EXPECT_EQ(ours.at("blk.0.attn_q.weight").type, GgmlType::Q4_0);
-  EXPECT_EQ(ours.at("output.weight").type, GgmlType::Q6_K);
+  EXPECT_EQ(ours.find_tensor("blk.0.attn_q.weight")->type, GgmlType::Q4_0);
+  EXPECT_EQ(ours.find_tensor("output.weight")->type, GgmlType::Q6_K);
 }
 
 }  // namespace
