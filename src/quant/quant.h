@@ -29,8 +29,9 @@ std::string_view simd_level_name(SimdLevel level);
 void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n);
 void quantize_row(GgmlType type, const float* src, void* dst, int64_t n);  // same bytes as the reference
 
-// The format activations are converted to before a dot product with weights of `weight_type`
-// (F32 for F32/F16/BF16 weights).
+// The format activations are converted to before a dot product with weights of `weight_type`, as in llama.cpp:
+// Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants, F16 for F16, BF16 for BF16, F32 for F32.
+// Q8_0/Q8_1 use llama.cpp's run-time rounding (127/amax, ties to even), not quantize_row_ref's.
 GgmlType activation_type(GgmlType weight_type);
 size_t activation_row_bytes(GgmlType weight_type, int64_t n);
 void quantize_activations(GgmlType weight_type, const float* x, void* xq, int64_t n);
