@@ -1,10 +1,137 @@
+// tessera run: generate text from a prompt, streamed to stdout as it is produced; load progress and a stats line
+// go to stderr. `--output json` prints one JSON document instead.
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
 #include "cli/commands.h"
+#include "cli/engine_options.h"
+#include "engine/generate.h"
+#include "tokenizer/tokenizer.h"
 
 namespace tessera::cli {
+namespace {
 
-// Placeholder until the run command lands; it is listed so that the CLI's shape is visible from the start.
+struct RunOptions {
+  EngineCliOptions engine;
+  std::string prompt;
+  std::string prompt_file;
+  int max_tokens = 128;
+  engine::SamplerParams sampling;
+  int64_t seed = -1;
+  bool ignore_eos = false;
+  bool no_bos = false;
+  bool parse_special = false;
+  std::string output = "text";
+};
+
+int run(const RunOptions& o) {
+  if (o.max_tokens <= 0) throw UsageError("--max-tokens must be at least 1");
+  if (o.output != "text" && o.output != "json") throw UsageError("--output must be text or json");
+  if (o.prompt.empty() == o.prompt_file.empty()) throw UsageError("give exactly one of --prompt and --file");
+  engine::SamplerParams sampling = o.sampling;
+  sampling.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed)
+                              : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  try {
+    sampling.validate();
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
+  std::string prompt = o.prompt;
+  if (!o.prompt_file.empty()) {
+    std::ifstream in(o.prompt_file, std::ios::binary);
+    if (!in) throw std::runtime_error("cannot read prompt file '" + o.prompt_file + "'");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    prompt = ss.str();
+  }
+
+  const bool json = o.output == "json";
+  LoadedModel loaded = load_model(o.engine, json);
+  const tokenizer::Tokenizer tok = tokenizer::Tokenizer::from_gguf(*loaded.file);
+
+  engine::GenerateRequest request;
+  request.prompt = tok.encode(prompt, !o.no_bos, o.parse_special);
+  request.max_tokens = o.max_tokens;
+  request.sampling = sampling;
+  request.ignore_eos = o.ignore_eos;
+
+  const engine::GenerateResult result = engine::generate(*loaded.engine, tok, request, [&](std::string_view piece) {
+    if (!json) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  });
+
+  const double prompt_tps = request.prompt.size() / std::max(result.prompt_seconds, 1e-9);
+  const double gen_tps = result.tokens.size() / std::max(result.generation_seconds, 1e-9);
+  if (json) {
+    nlohmann::json doc;
+    doc["prompt_tokens"] = request.prompt;
+    doc["generated_tokens"] = result.tokens;
+    doc["text"] = result.text;
+    doc["stop_reason"] = engine::stop_reason_name(result.stop);
+    doc["timings"] = {{"prompt_tokens", request.prompt.size()},
+                      {"prompt_seconds", result.prompt_seconds},
+                      {"prompt_tokens_per_s", prompt_tps},
+                      {"generated_tokens", result.tokens.size()},
+                      {"generation_seconds", result.generation_seconds},
+                      {"generation_tokens_per_s", gen_tps},
+                      {"time_to_first_token_s", result.first_token_seconds}};
+    std::printf("%s\n", doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::printf("\n");
+    if (result.stop == engine::StopReason::ContextFull) {
+      std::fprintf(stderr, "stopped: the context (%d tokens) is full\n", loaded.engine->n_ctx());
+    }
+    std::fprintf(stderr, "%s",
+                 fmt::format("prompt: {} tokens, {:.1f} t/s | generated: {} tokens, {:.1f} t/s | first token: {:.0f} "
+                             "ms | stop: {}\n",
+                             request.prompt.size(), prompt_tps, result.tokens.size(), gen_tps,
+                             result.first_token_seconds * 1000, engine::stop_reason_name(result.stop))
+                     .c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
 void add_run_command(CLI::App& root) {
-  root.add_subcommand("run", "(not built yet)")->callback([] { throw std::runtime_error("'run' is not built yet"); });
+  auto o = std::make_shared<RunOptions>();
+  CLI::App* cmd = root.add_subcommand(
+      "run", "Generate text from a prompt (the default command: `tessera -m M.gguf -p TEXT` runs it)");
+  o->engine.add_to(cmd);
+  cmd->add_option("-p,--prompt", o->prompt, "Prompt text");
+  cmd->add_option("-f,--file", o->prompt_file, "Read the prompt from a file");
+  cmd->add_option("-n,--max-tokens", o->max_tokens, "Most tokens to generate")->capture_default_str();
+  cmd->add_option("--temp", o->sampling.temperature, "Temperature; 0 = greedy")->capture_default_str();
+  cmd->add_option("--top-k", o->sampling.top_k, "Keep the k most likely tokens; 0 = off")->capture_default_str();
+  cmd->add_option("--top-p", o->sampling.top_p, "Keep the smallest set with this probability mass; 1 = off")
+      ->capture_default_str();
+  cmd->add_option("--min-p", o->sampling.min_p, "Drop tokens less likely than min-p x the best; 0 = off")
+      ->capture_default_str();
+  cmd->add_option("--repeat-penalty", o->sampling.repeat_penalty, "Penalise repeating recent tokens; 1 = off")
+      ->capture_default_str();
+  cmd->add_option("--repeat-last-n", o->sampling.penalty_last_n, "Recent tokens the penalties look at")
+      ->capture_default_str();
+  cmd->add_option("--frequency-penalty", o->sampling.frequency_penalty, "Subtract count x this from a logit")
+      ->capture_default_str();
+  cmd->add_option("--presence-penalty", o->sampling.presence_penalty, "Subtract this from seen tokens' logits")
+      ->capture_default_str();
+  cmd->add_option("-s,--seed", o->seed, "Random seed (default: random); the same seed gives the same output");
+  cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-generation tokens");
+  cmd->add_flag("--no-bos", o->no_bos, "Do not add the BOS token to the prompt");
+  cmd->add_flag("--parse-special", o->parse_special, "Read special-token text such as <s> in the prompt as tokens");
+  cmd->add_option("--output", o->output, "text (streamed) or json (one document at the end)")->capture_default_str();
+  cmd->callback([o] {
+    if (const int rc = run(*o); rc != 0) throw CLI::RuntimeError(rc);
+  });
 }
 
 }  // namespace tessera::cli

@@ -1,0 +1,98 @@
+#include "cli/engine_options.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+
+namespace tessera::cli {
+
+void EngineCliOptions::add_to(CLI::App* app, bool with_context) {
+  app->add_option("-m,--model", model, "GGUF model file")->required();
+  app->add_option("--backend", backend, "Where to compute: cpu, cuda, or hybrid (alias hybrid-f32)")
+      ->capture_default_str();
+  app->add_option("-t,--threads", threads, "CPU threads (default: the number of physical cores)");
+  if (with_context) {
+    app->add_option("-c,--ctx-size", ctx_size,
+                    "KV cache size in tokens (default: the model's context length, at most 4096)");
+  }
+  app->add_option("-b,--batch-size", batch_size, "Most prompt tokens in one forward call")->capture_default_str();
+  app->add_option("--cache-type", cache_type, "KV cache element type: f16 or f32")->capture_default_str();
+  app->add_option("--gpu-layers", gpu_layers, "With --backend hybrid: layers to put on the GPU (default: all)");
+}
+
+engine::EngineOptions EngineCliOptions::to_engine_options() const {
+  engine::EngineOptions o;
+  try {
+    o.backend = engine::parse_backend_kind(backend);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
+  if (threads < 0) throw UsageError("--threads must be positive");
+  if (ctx_size < 0) throw UsageError("--ctx-size must be positive");
+  if (batch_size <= 0) throw UsageError("--batch-size must be positive");
+  if (cache_type == "f16") {
+    o.kv_type = KvCacheType::F16;
+  } else if (cache_type == "f32") {
+    o.kv_type = KvCacheType::F32;
+  } else {
+    throw UsageError("--cache-type must be f16 or f32, not '" + cache_type + "'");
+  }
+  o.n_threads = threads;
+  o.n_ctx = ctx_size;
+  o.n_batch = batch_size;
+  o.gpu_layers = gpu_layers;
+  return o;
+}
+
+namespace {
+
+// Reads every page of the tensor data once, so that loading shows progress and the first token is not slowed
+// by page faults.
+void read_in_with_progress(const gguf::File& file, bool quiet) {
+  const std::span<const uint8_t> bytes = file.bytes();
+  const bool tty = isatty(STDERR_FILENO) != 0;
+  constexpr size_t kChunk = size_t{64} << 20;
+  constexpr size_t kPage = 4096;
+  volatile uint8_t sink = 0;
+  int last_percent = -1;
+  for (size_t off = 0; off < bytes.size(); off += kChunk) {
+    const size_t end = std::min(bytes.size(), off + kChunk);
+    for (size_t p = off; p < end; p += kPage) sink = sink + bytes[p];
+    const int percent = static_cast<int>(100.0 * static_cast<double>(end) / static_cast<double>(bytes.size()));
+    if (!quiet && tty && percent != last_percent) {
+      const int filled = percent / 5;
+      std::fprintf(stderr, "\rloading [%s%s] %3d%%", std::string(filled, '#').c_str(),
+                   std::string(20 - filled, ' ').c_str(), percent);
+      last_percent = percent;
+    }
+  }
+  if (!quiet && tty) std::fputc('\n', stderr);
+}
+
+}  // namespace
+
+LoadedModel load_model(const EngineCliOptions& options, bool quiet) {
+  const engine::EngineOptions eo = options.to_engine_options();
+  if (!std::filesystem::exists(options.model)) throw std::runtime_error("model file '" + options.model + "' not found");
+  LoadedModel loaded;
+  loaded.file = std::make_unique<gguf::File>(gguf::File::open(options.model));
+  read_in_with_progress(*loaded.file, quiet);
+  loaded.engine = std::make_unique<engine::Engine>(*loaded.file, eo);
+  if (!quiet) {
+    const auto& c = loaded.engine->model().config;
+    std::fprintf(stderr, "%s", fmt::format("model: {} layers, {} embd, {} heads ({} KV), vocab {}, {:.1f} MiB of weights; "
+                                          "backend {}; KV cache {} tokens {} = {:.1f} MiB\n",
+                                          c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_vocab,
+                                          loaded.engine->model().weight_bytes() / 1048576.0,
+                                          loaded.engine->backend().name(), loaded.engine->n_ctx(), options.cache_type,
+                                          loaded.engine->kv_cache_bytes() / 1048576.0)
+                                  .c_str());
+  }
+  return loaded;
+}
+
+}  // namespace tessera::cli

@@ -1,0 +1,34 @@
+// Options shared by every command that loads a model into an engine (run, logits, bench).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "engine/engine.h"
+#include "gguf/gguf.h"
+
+namespace tessera::cli {
+
+struct EngineCliOptions {
+  std::string model;
+  std::string backend = "cpu";
+  int threads = 0;
+  int ctx_size = 0;
+  int batch_size = 512;
+  std::string cache_type = "f16";
+  int gpu_layers = -1;
+
+  void add_to(CLI::App* app, bool with_context = true);
+  engine::EngineOptions to_engine_options() const;  // throws UsageError on bad values
+};
+
+// A model file mapped and its pages read in with a progress bar on stderr, then an engine over it. The file
+// outlives the engine (the engine's weights point into it).
+struct LoadedModel {
+  std::unique_ptr<gguf::File> file;
+  std::unique_ptr<engine::Engine> engine;
+};
+LoadedModel load_model(const EngineCliOptions& options, bool quiet = false);
+
+}  // namespace tessera::cli

@@ -1,0 +1,240 @@
+// Models written by our own GGUF writer, run by the engine and by a plain double-precision forward pass written
+// here from the definition of the llama architecture: covers tied embeddings, MQA (one KV head), GQA and
+// multi-sequence batches.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "engine/engine.h"
+#include "gguf/gguf.h"
+
+namespace tessera {
+namespace {
+
+struct Shape {
+  int n_vocab = 61, n_embd = 32, n_layer = 2, n_head = 4, n_head_kv = 1, n_ff = 40;
+  bool tied = true;
+  float rope_base = 10000;
+};
+
+struct Weights {
+  std::vector<float> token_embd, output, output_norm;
+  struct Layer {
+    std::vector<float> attn_norm, wq, wk, wv, wo, ffn_norm, gate, up, down;
+  };
+  std::vector<Layer> layers;
+};
+
+Weights random_weights(const Shape& s, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.2f);
+  auto make = [&](size_t n, float mean = 0) {
+    std::vector<float> v(n);
+    for (float& x : v) x = mean + normal(rng);
+    return v;
+  };
+  const int hd = s.n_embd / s.n_head, kv = s.n_head_kv * hd;
+  Weights w;
+  w.token_embd = make(static_cast<size_t>(s.n_vocab) * s.n_embd);
+  if (!s.tied) w.output = make(static_cast<size_t>(s.n_vocab) * s.n_embd);
+  w.output_norm = make(s.n_embd, 1.0f);
+  for (int l = 0; l < s.n_layer; ++l) {
+    w.layers.push_back({make(s.n_embd, 1.0f), make(s.n_embd * s.n_embd), make(static_cast<size_t>(kv) * s.n_embd),
+                        make(static_cast<size_t>(kv) * s.n_embd), make(s.n_embd * s.n_embd), make(s.n_embd, 1.0f),
+                        make(static_cast<size_t>(s.n_ff) * s.n_embd), make(static_cast<size_t>(s.n_ff) * s.n_embd),
+                        make(static_cast<size_t>(s.n_embd) * s.n_ff)});
+  }
+  return w;
+}
+
+std::vector<uint8_t> write_model(const Shape& s, const Weights& w) {
+  gguf::Writer out;
+  out.set("general.architecture", "llama");
+  out.set("llama.context_length", uint32_t{256});
+  out.set("llama.embedding_length", static_cast<uint32_t>(s.n_embd));
+  out.set("llama.block_count", static_cast<uint32_t>(s.n_layer));
+  out.set("llama.feed_forward_length", static_cast<uint32_t>(s.n_ff));
+  out.set("llama.attention.head_count", static_cast<uint32_t>(s.n_head));
+  out.set("llama.attention.head_count_kv", static_cast<uint32_t>(s.n_head_kv));
+  out.set("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  out.set("llama.rope.freq_base", s.rope_base);
+  auto bytes = [](const std::vector<float>& v) {
+    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float));
+  };
+  const uint64_t E = s.n_embd, hd = s.n_embd / s.n_head, kv = s.n_head_kv * hd, F = s.n_ff;
+  out.add_tensor("token_embd.weight", GgmlType::F32, {E, static_cast<uint64_t>(s.n_vocab)}, bytes(w.token_embd));
+  out.add_tensor("output_norm.weight", GgmlType::F32, {E}, bytes(w.output_norm));
+  if (!s.tied) out.add_tensor("output.weight", GgmlType::F32, {E, static_cast<uint64_t>(s.n_vocab)}, bytes(w.output));
+  for (int l = 0; l < s.n_layer; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    const Weights::Layer& L = w.layers[l];
+    out.add_tensor(p + "attn_norm.weight", GgmlType::F32, {E}, bytes(L.attn_norm));
+    out.add_tensor(p + "attn_q.weight", GgmlType::F32, {E, E}, bytes(L.wq));
+    out.add_tensor(p + "attn_k.weight", GgmlType::F32, {E, kv}, bytes(L.wk));
+    out.add_tensor(p + "attn_v.weight", GgmlType::F32, {E, kv}, bytes(L.wv));
+    out.add_tensor(p + "attn_output.weight", GgmlType::F32, {E, E}, bytes(L.wo));
+    out.add_tensor(p + "ffn_norm.weight", GgmlType::F32, {E}, bytes(L.ffn_norm));
+    out.add_tensor(p + "ffn_gate.weight", GgmlType::F32, {E, F}, bytes(L.gate));
+    out.add_tensor(p + "ffn_up.weight", GgmlType::F32, {E, F}, bytes(L.up));
+    out.add_tensor(p + "ffn_down.weight", GgmlType::F32, {F, E}, bytes(L.down));
+  }
+  return out.to_bytes();
+}
+
+// y = W x for W stored as rows of n_cols.
+std::vector<double> matvec(const std::vector<float>& w, const std::vector<double>& x, size_t n_rows) {
+  const size_t n_cols = x.size();
+  std::vector<double> y(n_rows, 0.0);
+  for (size_t r = 0; r < n_rows; ++r) {
+    for (size_t c = 0; c < n_cols; ++c) y[r] += static_cast<double>(w[r * n_cols + c]) * x[c];
+  }
+  return y;
+}
+
+std::vector<double> rms_norm(const std::vector<double>& x, const std::vector<float>& weight) {
+  double ss = 0;
+  for (double v : x) ss += v * v;
+  const double scale = 1.0 / std::sqrt(ss / x.size() + 1e-5);
+  std::vector<double> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * scale * weight[i];
+  return y;
+}
+
+void rope(std::vector<double>& v, int n_heads, int hd, int pos, double base) {
+  for (int h = 0; h < n_heads; ++h) {
+    for (int i = 0; i < hd / 2; ++i) {
+      const double angle = pos * std::pow(base, -2.0 * i / hd);
+      double& a = v[h * hd + 2 * i];
+      double& b = v[h * hd + 2 * i + 1];
+      const double a0 = a, b0 = b;
+      a = a0 * std::cos(angle) - b0 * std::sin(angle);
+      b = a0 * std::sin(angle) + b0 * std::cos(angle);
+    }
+  }
+}
+
+// The llama forward pass for one sequence, straight from its definition, in double precision.
+std::vector<std::vector<double>> reference_logits(const Shape& s, const Weights& w, const std::vector<int32_t>& tokens) {
+  const int hd = s.n_embd / s.n_head, group = s.n_head / s.n_head_kv;
+  std::vector<std::vector<std::vector<double>>> keys(s.n_layer), values(s.n_layer);
+  std::vector<std::vector<double>> result;
+  for (size_t pos = 0; pos < tokens.size(); ++pos) {
+    std::vector<double> x(w.token_embd.begin() + tokens[pos] * s.n_embd,
+                          w.token_embd.begin() + (tokens[pos] + 1) * s.n_embd);
+    for (int l = 0; l < s.n_layer; ++l) {
+      const Weights::Layer& L = w.layers[l];
+      const std::vector<double> h = rms_norm(x, L.attn_norm);
+      std::vector<double> q = matvec(L.wq, h, s.n_embd);
+      std::vector<double> k = matvec(L.wk, h, s.n_head_kv * hd);
+      const std::vector<double> v = matvec(L.wv, h, s.n_head_kv * hd);
+      rope(q, s.n_head, hd, static_cast<int>(pos), s.rope_base);
+      rope(k, s.n_head_kv, hd, static_cast<int>(pos), s.rope_base);
+      keys[l].push_back(k);
+      values[l].push_back(v);
+      std::vector<double> attn(s.n_embd, 0.0);
+      for (int head = 0; head < s.n_head; ++head) {
+        const int kvh = head / group;
+        std::vector<double> scores(pos + 1);
+        double max_score = -1e300, sum = 0;
+        for (size_t j = 0; j <= pos; ++j) {
+          double dot = 0;
+          for (int d = 0; d < hd; ++d) dot += q[head * hd + d] * keys[l][j][kvh * hd + d];
+          scores[j] = dot / std::sqrt(static_cast<double>(hd));
+          max_score = std::max(max_score, scores[j]);
+        }
+        for (double& sc : scores) sum += (sc = std::exp(sc - max_score));
+        for (size_t j = 0; j <= pos; ++j) {
+          for (int d = 0; d < hd; ++d) attn[head * hd + d] += scores[j] / sum * values[l][j][kvh * hd + d];
+        }
+      }
+      const std::vector<double> o = matvec(L.wo, attn, s.n_embd);
+      for (int i = 0; i < s.n_embd; ++i) x[i] += o[i];
+      const std::vector<double> h2 = rms_norm(x, L.ffn_norm);
+      const std::vector<double> g = matvec(L.gate, h2, s.n_ff);
+      const std::vector<double> u = matvec(L.up, h2, s.n_ff);
+      std::vector<double> act(s.n_ff);
+      for (int i = 0; i < s.n_ff; ++i) act[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
+      const std::vector<double> d = matvec(L.down, act, s.n_embd);
+      for (int i = 0; i < s.n_embd; ++i) x[i] += d[i];
+    }
+    result.push_back(matvec(s.tied ? w.token_embd : w.output, rms_norm(x, w.output_norm), s.n_vocab));
+  }
+  return result;
+}
+
+engine::EngineOptions f32_cache_options() {
+  engine::EngineOptions o;
+  o.n_threads = 2;
+  o.n_ctx = 64;
+  o.kv_type = KvCacheType::F32;
+  return o;
+}
+
+void expect_matches_reference(const Shape& shape, uint32_t seed) {
+  const Weights w = random_weights(shape, seed);
+  const std::vector<uint8_t> bytes = write_model(shape, w);
+  const gguf::File file = gguf::File::parse(bytes);
+  engine::Engine eng(file, f32_cache_options());
+  EXPECT_EQ(eng.model().tied_embeddings, shape.tied);
+  const std::vector<int32_t> tokens = {1, 17, 60, 5, 33, 33, 2, 40, 59};
+  const auto expected = reference_logits(shape, w, tokens);
+  const std::span<const float> got = eng.eval(eng.new_sequence(), tokens, true);
+  for (size_t pos = 0; pos < tokens.size(); ++pos) {
+    for (int v = 0; v < shape.n_vocab; ++v) {
+      ASSERT_NEAR(got[pos * shape.n_vocab + v], expected[pos][v], 2e-4) << "position " << pos << ", vocab " << v;
+    }
+  }
+}
+
+TEST(ReferenceForward, TiedEmbeddingsWithMqa) { expect_matches_reference(Shape{}, 1); }
+
+TEST(ReferenceForward, SeparateOutputWithGqa) {
+  Shape s;
+  s.tied = false;
+  s.n_head_kv = 2;
+  s.rope_base = 500000;
+  expect_matches_reference(s, 2);
+}
+
+// Two prompts in one batch, interleaved, give each the logits it gets alone; so does a decode step that
+// advances both sequences at once.
+TEST(ReferenceForward, BatchOfTwoSequencesEqualsEachAlone) {
+  const Shape shape;
+  const int V = shape.n_vocab;
+  const Weights w = random_weights(shape, 3);
+  const std::vector<uint8_t> bytes = write_model(shape, w);
+  const gguf::File file = gguf::File::parse(bytes);
+  const std::vector<int32_t> a = {1, 4, 9, 16, 25, 36, 7}, b = {1, 50, 3, 7, 8};
+
+  auto run_alone = [&](const std::vector<int32_t>& tokens) {
+    engine::Engine eng(file, f32_cache_options());
+    const std::span<const float> l = eng.eval(eng.new_sequence(), tokens, true);
+    return std::vector<float>(l.begin(), l.end());
+  };
+  const std::vector<float> logits_a = run_alone(a), logits_b = run_alone(b);
+
+  engine::Engine together(file, f32_cache_options());
+  const int32_t sa = together.new_sequence(), sb = together.new_sequence();
+  std::vector<engine::Engine::Item> prompt_items;
+  for (size_t i = 0; i + 1 < std::max(a.size(), b.size()); ++i) {
+    if (i + 1 < a.size()) prompt_items.push_back({sa, a[i], true});
+    if (i + 1 < b.size()) prompt_items.push_back({sb, b[i], true});
+  }
+  const std::span<const float> mixed = together.decode(prompt_items);
+  size_t ia = 0, ib = 0;
+  for (size_t r = 0; r < prompt_items.size(); ++r) {
+    const float* expected = prompt_items[r].seq == sa ? &logits_a[V * ia++] : &logits_b[V * ib++];
+    for (int v = 0; v < V; ++v) ASSERT_NEAR(mixed[r * V + v], expected[v], 1e-5) << "row " << r << ", vocab " << v;
+  }
+  // The last token of each prompt as one decode step over both sequences.
+  const std::vector<engine::Engine::Item> step = {{sa, a.back(), true}, {sb, b.back(), true}};
+  const std::span<const float> last = together.decode(step);
+  for (int v = 0; v < V; ++v) {
+    ASSERT_NEAR(last[v], logits_a[V * (a.size() - 1) + v], 1e-5) << "sequence a, vocab " << v;
+    ASSERT_NEAR(last[V + v], logits_b[V * (b.size() - 1) + v], 1e-5) << "sequence b, vocab " << v;
+  }
+}
+
+}  // namespace
+}  // namespace tessera
