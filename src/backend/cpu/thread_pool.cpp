@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -29,23 +30,28 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads
 
 ThreadPool::~ThreadPool() {
   stop_.store(true);
-  epoch_.fetch_add(1);
+  epoch_.fetch_add(1);  // no job under this epoch: woken workers see stop_ and leave
   epoch_.notify_all();
   for (auto& w : workers_) w.join();
 }
 
-void ThreadPool::run_tasks(int thread) {
+void ThreadPool::run_tasks(uint32_t epoch, int thread) {
+  uint64_t claim = claim_.load(std::memory_order_acquire);
   for (;;) {
-    const int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
-    if (task >= n_tasks_) break;
+    if (static_cast<uint32_t>(claim >> 32) != epoch) return;
+    const int64_t task = static_cast<int64_t>(claim & 0xffffffffu);
+    if (task >= n_tasks_) return;
+    if (!claim_.compare_exchange_weak(claim, claim + 1, std::memory_order_acq_rel)) continue;
     (*job_)(task, thread);
+    done_.fetch_add(1, std::memory_order_acq_rel);
+    claim = claim_.load(std::memory_order_acquire);
   }
 }
 
 void ThreadPool::worker(int thread) {
-  uint64_t seen = 0;
+  uint32_t seen = 0;
   for (;;) {
-    uint64_t now = epoch_.load(std::memory_order_acquire);
+    uint32_t now = epoch_.load(std::memory_order_acquire);
     for (int i = 0; now == seen && i < kSpinRounds; ++i) {
       cpu_relax();
       now = epoch_.load(std::memory_order_acquire);
@@ -56,8 +62,7 @@ void ThreadPool::worker(int thread) {
     }
     seen = now;
     if (stop_.load()) return;
-    run_tasks(thread);
-    busy_.fetch_sub(1, std::memory_order_acq_rel);
+    run_tasks(now, thread);
   }
 }
 
@@ -67,15 +72,24 @@ void ThreadPool::parallel_for(int64_t n_tasks, const std::function<void(int64_t,
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
     return;
   }
+  if (n_tasks > 0xffffffffLL) throw std::length_error("parallel_for: too many tasks");
   job_ = &fn;
   n_tasks_ = n_tasks;
-  next_task_.store(0, std::memory_order_relaxed);
-  busy_.store(n_threads_ - 1, std::memory_order_relaxed);
-  epoch_.fetch_add(1, std::memory_order_release);
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t epoch = epoch_.load(std::memory_order_relaxed) + 1;
+  claim_.store(static_cast<uint64_t>(epoch) << 32, std::memory_order_release);
+  epoch_.store(epoch, std::memory_order_release);
   epoch_.notify_all();
-  run_tasks(0);
-  while (busy_.load(std::memory_order_acquire) != 0) cpu_relax();
-  job_ = nullptr;
+  run_tasks(epoch, 0);
+  // Tasks claimed by other threads may still be running; yield while waiting so that they can run on a busy
+  // machine.
+  for (int spins = 0; done_.load(std::memory_order_acquire) != n_tasks; ++spins) {
+    if (spins < 4096) {
+      cpu_relax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 int physical_core_count() {

@@ -25,15 +25,19 @@ class ThreadPool {
 
  private:
   void worker(int thread);
-  void run_tasks(int thread);
+  void run_tasks(uint32_t epoch, int thread);
 
   int n_threads_;
   std::vector<std::thread> workers_;
+  // Hand-off: `claim_` holds (job epoch << 32 | next task index). A worker claims a task with a
+  // compare-exchange that also checks the epoch, so a worker that wakes late can never run a task of a newer
+  // job with an older job's function; the caller waits for finished tasks, not for every worker to wake, so a
+  // descheduled worker (an oversubscribed machine) does not stall the loop.
   const std::function<void(int64_t, int)>* job_ = nullptr;
   int64_t n_tasks_ = 0;
-  std::atomic<int64_t> next_task_{0};
-  std::atomic<uint64_t> epoch_{0};
-  std::atomic<int> busy_{0};
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<uint32_t> epoch_{0};
   std::atomic<bool> stop_{false};
 };
 
