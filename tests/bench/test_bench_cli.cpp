@@ -8,27 +8,13 @@
 #include <string>
 #include <unistd.h>
 
-#include "common/fixtures.h"
+#include "common/run_tessera.h"
 
 namespace {
 
-struct Result {
-  int exit_code = -1;
-  std::string out;  // stdout only; stderr goes to the test log
-};
+using Result = tessera::test::CommandResult;
 
-Result run(const std::string& args) {
-  const std::string command = tessera::test::tessera_binary() + " " + args;
-  Result r;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return r;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) r.out.append(buffer, n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+Result run(const std::string& args) { return tessera::test::run_tessera(args); }
 
 class BenchCli : public ::testing::Test {
  protected:

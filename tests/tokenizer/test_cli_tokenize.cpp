@@ -7,25 +7,13 @@
 #include <string>
 #include <vector>
 
-#include "common/fixtures.h"
+#include "common/run_tessera.h"
 
 namespace {
 
-struct Result {
-  int exit_code;
-  std::string out;  // stdout only
-};
+using Result = tessera::test::CommandResult;
 
-Result run(const std::string& args) {
-  const std::string command = tessera::test::tessera_binary() + " " + args + " 2>/dev/null";
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return {-1, ""};
-  std::string out;
-  char buffer[4096];
-  for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;) out.append(buffer, n);
-  int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+Result run(const std::string& args) { return tessera::test::run_tessera(args); }
 
 std::string stories() { return tessera::test::fixture("trained/stories260K.gguf").string(); }
 
