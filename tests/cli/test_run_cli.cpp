@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/run_tessera.h"
-#include "model/golden.h"
+#include "common/golden.h"
 
 namespace tessera {
 namespace {

@@ -7,7 +7,7 @@
 
 #include "engine/engine.h"
 #include "engine/sampler.h"
-#include "model/golden.h"
+#include "common/golden.h"
 #include "tokenizer/tokenizer.h"
 
 namespace tessera {

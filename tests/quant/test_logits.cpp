@@ -10,21 +10,13 @@
 #include <string>
 #include <vector>
 
-#include "common/fixtures.h"
+#include "common/golden.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
 #include "quant/quantize_model.h"
 
 namespace tessera::quant {
 namespace {
-
-std::vector<float> read_floats(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  std::vector<float> v(static_cast<size_t>(in.tellg()) / sizeof(float));
-  in.seekg(0);
-  in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
-  return v;
-}
 
 struct Distance {
   double mean = 0;
@@ -64,8 +56,8 @@ TEST_P(LogitsQuality, NoWorseThanLlamaCppFixture) {
   }
   std::filesystem::remove(out);
 
-  const std::vector<float> golden_f32 = read_floats(test::fixture("models/tiny-llama-F32.logits.f32"));
-  const std::vector<float> llama_cpp = read_floats(test::fixture("models/tiny-llama-" + preset + ".logits.f32"));
+  const std::vector<float> golden_f32 = test::read_f32(test::fixture("models/tiny-llama-F32.logits.f32"));
+  const std::vector<float> llama_cpp = test::read_f32(test::fixture("models/tiny-llama-" + preset + ".logits.f32"));
   ASSERT_EQ(ours.size(), golden_f32.size());
   const Distance mine = distance(ours, golden_f32);
   const Distance theirs = distance(llama_cpp, golden_f32);
