@@ -43,6 +43,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const tessera::gguf::File file = tessera::gguf::File::parse(std::span<const uint8_t>(data, size));
     volatile uint64_t sink = touch_everything(file);
     (void)sink;
+    // A valid file may declare a huge general.alignment (any power of two); rewriting it would pad to that
+    // size, which tests the writer's memset rather than the reader, so only modest alignments are rewritten.
+    if (file.alignment() > size + 64) return 0;
     const std::vector<uint8_t> bytes = rewrite(file);
     const tessera::gguf::File again = tessera::gguf::File::parse(bytes);
     if (rewrite(again) != bytes) {
