@@ -120,6 +120,8 @@ void print_text(const std::string& path, const gguf::File& file) {
     fmt::print("  {:<11} {} tensors, {} bytes\n", fmt::format("{}:", type), count_bytes.first, count_bytes.second);
   if (const std::optional<uint64_t> file_type = file.get_uint("general.file_type"))
     fmt::print("  file type:  {} ({})\n", file_type_name(*file_type), *file_type);
+  else
+    fmt::print("  file type:  not stated (no general.file_type key)\n");
   const std::string arch = file.architecture();
   if (!arch.empty()) {
     fmt::print("  architecture: {}\n", arch);
