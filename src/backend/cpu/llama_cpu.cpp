@@ -120,9 +120,8 @@ void LlamaCpu::store_kv(int il, const ForwardBatch& batch) {
   const int kv_dim = c.kv_dim();
   const int64_t n_tokens = static_cast<int64_t>(batch.tokens.size());
   pool_.parallel_for(n_tokens, [&](int64_t t, int) {
-    const RopeAngles angles = rope_angles(c.rope, batch.positions[t]);
-    apply_rope(q_.data() + t * c.q_dim(), c.n_head, c.head_dim, angles);
-    apply_rope(k_.data() + t * kv_dim, c.n_head_kv, c.head_dim, angles);
+    apply_rope(q_.data() + t * c.q_dim(), c.n_head, c.head_dim, rope_[t]);
+    apply_rope(k_.data() + t * kv_dim, c.n_head_kv, c.head_dim, rope_[t]);
     const int32_t slot = batch.sequences[batch.seq_index[t]].slots[batch.positions[t]];
     const float* k = k_.data() + t * kv_dim;
     const float* v = v_.data() + t * kv_dim;
@@ -244,6 +243,9 @@ void LlamaCpu::run_layers(const ForwardBatch& batch, float* x, bool last_is_fina
   grow(proj_, n_tokens * c.n_embd);
   grow(gate_, n_tokens * c.n_ff);
   grow(up_, n_tokens * c.n_ff);
+  grow(rope_, n_tokens);
+  pool_.parallel_for(static_cast<int64_t>(n_tokens),
+                     [&](int64_t t, int) { rope_[t] = rope_angles(c.rope, batch.positions[t]); });
   for (int il = first_layer_; il < last_layer_; ++il) {
     layer(il, batch, x, last_is_final && il == last_layer_ - 1);
   }

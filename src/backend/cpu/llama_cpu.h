@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/ops.h"
 #include "backend/cpu/thread_pool.h"
 #include "model/llama.h"
 
@@ -26,7 +27,6 @@ class LlamaCpu {
   void output(const float* x, int64_t n_rows, float* logits);
 
   uint64_t kv_cache_bytes() const;
-  ThreadPool& pool() { return pool_; }
 
   // y[t] = W x[t] for each (W, y) pair, all in one parallel loop; x is quantized once per activation type.
   struct MatmulJob {
@@ -51,6 +51,7 @@ class LlamaCpu {
   std::vector<std::vector<uint8_t>> v_cache_;  // per layer: [n_slots][kv_dim] f16 or f32
 
   // Activations, grown to the largest batch seen and then reused.
+  std::vector<RopeAngles> rope_;  // [n_tokens]: depend only on position, so computed once per forward
   std::vector<float> norm_;     // [n_tokens][n_embd]
   std::vector<float> q_;        // [n_tokens][q_dim]
   std::vector<float> k_;        // [n_tokens][kv_dim]
