@@ -144,6 +144,17 @@ struct File::Mapping {
   }
 };
 
+void File::release_pages(const uint8_t* data, size_t n) const {
+  if (!mapping_ || !mapping_->address) return;
+  const auto begin = reinterpret_cast<uintptr_t>(mapping_->address);
+  const auto first = reinterpret_cast<uintptr_t>(data);
+  if (first < begin || n > mapping_->size || first - begin > mapping_->size - n) return;
+  // Whole pages inside the range only: the neighbours' bytes share the pages at its ends.
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t from = (first + page - 1) / page * page, to = (first + n) / page * page;
+  if (to > from) madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
+}
+
 File::File(File&&) noexcept = default;
 File& File::operator=(File&&) noexcept = default;
 File::~File() = default;

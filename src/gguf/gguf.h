@@ -102,6 +102,11 @@ class File {
   uint64_t data_offset() const { return data_offset_; }   // absolute offset of the data section
   std::span<const uint8_t> bytes() const { return bytes_; }
 
+  // Says that [data, data + n) of the mapping will not be read again soon: its pages leave the process's resident
+  // memory (they are read back from the file if touched). For a backend that keeps its own copy of a tensor in
+  // another layout. Does nothing for parsed buffers, which the caller owns.
+  void release_pages(const uint8_t* data, size_t n) const;
+
   const std::vector<std::pair<std::string, Value>>& metadata() const { return metadata_; }  // file order
   const Value* find(std::string_view key) const;
 

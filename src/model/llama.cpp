@@ -73,6 +73,7 @@ LlamaModel LlamaModel::load(const gguf::File& file) {
   if (arch != "llama") throw FormatError(fmt::format("unsupported architecture '{}' (supported: llama)", arch));
 
   LlamaModel m;
+  m.file = &file;
   LlamaConfig& c = m.config;
   c.n_embd = required_int(file, "llama.embedding_length", 1);
   c.n_layer = required_int(file, "llama.block_count", 1);

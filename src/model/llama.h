@@ -67,6 +67,7 @@ struct LlamaModel {
   MatrixView output;                   // [n_vocab][n_embd]; token_embd when the file ties them
   bool tied_embeddings = false;
   std::vector<LlamaLayer> layers;
+  const gguf::File* file = nullptr;    // where the weights live
 
   // Reads hyper-parameters and weight views. The File must outlive the model. Throws gguf::FormatError naming
   // the architecture, key or tensor that is missing or wrong (e.g. "missing tensor 'blk.3.ffn_up.weight'").

@@ -6,6 +6,7 @@
 
 #include "backend/cpu/f16_convert.h"
 #include "backend/cpu/ops.h"
+#include "quant/interleaved.h"
 #include "quant/quant.h"
 
 namespace tessera::cpu {
@@ -37,6 +38,27 @@ LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options
     v_cache_[il].resize(layer_bytes);
   }
   scratch_.resize(pool_.size());
+  interleave_weights();
+}
+
+void LlamaCpu::interleave_weights() {
+  std::vector<const model::MatrixView*> matrices;
+  for (int il = first_layer_; il < last_layer_; ++il) {
+    const model::LlamaLayer& w = model_.layers[il];
+    for (const model::MatrixView* m : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) matrices.push_back(m);
+  }
+  // A tied output matrix is also the embedding table, whose rows are read in GGUF layout.
+  if (last_layer_ == model_.config.n_layer && !model_.tied_embeddings) matrices.push_back(&model_.output);
+  for (const model::MatrixView* m : matrices) {
+    if (!quant::interleaved_available(m->type, m->n_rows, m->n_cols)) continue;
+    auto packed = std::make_unique_for_overwrite<uint8_t[]>(quant::interleaved_bytes(m->type, m->n_rows, m->n_cols));
+    pool_.parallel_for(m->n_rows / quant::kInterleavedRows, [&](int64_t g, int) {
+      quant::interleave_rows(m->type, m->data, m->row_bytes, m->n_cols, g * quant::kInterleavedRows,
+                             (g + 1) * quant::kInterleavedRows, packed.get());
+    });
+    if (model_.file) model_.file->release_pages(m->data, m->bytes());
+    interleaved_.emplace(m, std::move(packed));
+  }
 }
 
 uint64_t LlamaCpu::kv_cache_bytes() const {
@@ -97,7 +119,7 @@ void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, in
   int64_t total_rows = 0;
   for (const MatmulJob& job : jobs) total_rows += job.w->n_rows;
   const int64_t target = std::max<int64_t>(16, total_rows / (pool_.size() * 8));
-  const int64_t rows_per_chunk = (target + 15) / 16 * 16;
+  const int64_t rows_per_chunk = (target + 15) / 16 * 16;  // whole 16-row groups of the interleaved layout
   for (size_t j = 0; j < jobs.size(); ++j) {
     const int64_t n_rows = (jobs.begin() + j)->w->n_rows;
     for (int64_t r = 0; r < n_rows; r += rows_per_chunk) chunks.push_back({j, r, std::min(n_rows, r + rows_per_chunk)});
@@ -106,8 +128,15 @@ void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, in
     const Chunk& chunk = chunks[c];
     const MatmulJob& job = *(jobs.begin() + chunk.job);
     const Prepared& p = prepared[job_input[chunk.job]];
+    const auto interleaved = interleaved_.find(job.w);
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemmTokenBlock) {
       const int64_t nt = std::min(kGemmTokenBlock, n_tokens - t0);
+      if (interleaved != interleaved_.end()) {
+        quant::gemm_interleaved(job.w->type, interleaved->second.get(), job.w->n_cols, chunk.row_begin, chunk.row_end,
+                                xq_.data() + p.offset + t0 * p.row_bytes, p.row_bytes, nt, job.y + t0 * job.w->n_rows,
+                                job.w->n_rows);
+        continue;
+      }
       quant::gemm(job.w->type, job.w->data, job.w->row_bytes, job.w->n_cols, chunk.row_begin, chunk.row_end,
                   xq_.data() + p.offset + t0 * p.row_bytes, p.row_bytes, nt, job.y + t0 * job.w->n_rows,
                   job.w->n_rows);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "backend/backend.h"
@@ -36,6 +37,7 @@ class LlamaCpu {
   void matmuls(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens);
 
  private:
+  void interleave_weights();
   void layer(int il, const ForwardBatch& batch, float* x, bool final_layer);
   void store_kv(int il, const ForwardBatch& batch);
   void attention(int il, const ForwardBatch& batch);
@@ -46,6 +48,10 @@ class LlamaCpu {
   int first_layer_;
   int last_layer_;
   ThreadPool pool_;
+
+  // The matrices this CPU has an interleaved kernel for, rearranged once (quant/interleaved.h); the file's pages
+  // of each are released afterwards, so the model stays resident once.
+  std::unordered_map<const model::MatrixView*, std::unique_ptr<uint8_t[]>> interleaved_;
 
   std::vector<std::vector<uint8_t>> k_cache_;  // per layer: [n_slots][kv_dim] f16 or f32
   std::vector<std::vector<uint8_t>> v_cache_;  // per layer: [n_slots][kv_dim] f16 or f32

@@ -1,0 +1,225 @@
+// The interleaved layouts (plain per-value loops: they run once per matrix at load) and the kernel dispatch.
+#include "quant/interleaved.h"
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "quant/interleaved_tiles.h"
+#include "quant/kernels.h"
+#include "quant/quant.h"
+
+namespace tessera::quant {
+namespace {
+
+using detail::TileQ4_K;
+using detail::TileQ6_K;
+
+// Column c (0..255) of a Q4_K block: 64-value chunks, low nibbles first, then high nibbles of the same 32 bytes.
+void set_q4_k_level(BlockQ4_K& b, int c, int level) {
+  uint8_t& byte = b.qs[32 * (c / 64) + c % 32];
+  const int shift = 4 * ((c % 64) / 32);
+  byte = static_cast<uint8_t>((byte & ~(0xF << shift)) | (level << shift));
+}
+
+// Column c of a Q6_K block: two halves of 128; in each, 4 runs of 32 take ql's low nibbles (bytes 0..31, then
+// 32..63) and then its high nibbles, and qh's bit pairs 0..3 in turn.
+struct Q6Position {
+  int ql_byte, ql_shift, qh_byte, qh_shift;
+};
+Q6Position q6_k_position(int c) {
+  const int half = c / 128, run = (c % 128) / 32, l = c % 32;
+  return {64 * half + l + 32 * (run % 2), 4 * (run / 2), 32 * half + l, 2 * run};
+}
+void set_q6_k_level(BlockQ6_K& b, int c, int level) {
+  const Q6Position p = q6_k_position(c);
+  b.ql[p.ql_byte] = static_cast<uint8_t>((b.ql[p.ql_byte] & ~(0xF << p.ql_shift)) | ((level & 0xF) << p.ql_shift));
+  b.qh[p.qh_byte] = static_cast<uint8_t>((b.qh[p.qh_byte] & ~(3 << p.qh_shift)) | ((level >> 4) << p.qh_shift));
+}
+
+// Nibble of column `col` of row r within a sub-block's parts: 8 columns per part, the low nibble holding the first 4.
+int get_nibble(const uint8_t (*parts)[64], int r, int col) {
+  return (parts[col / 8][4 * r + col % 4] >> (4 * ((col % 8) / 4))) & 0xF;
+}
+
+// Interleaving runs over whole models at load, so it unpacks each block's levels into bytes once and then writes
+// the tile bytes in order (deinterleave, the reference, goes value by value).
+void interleave_q4_k(const BlockQ4_K* rows[16], TileQ4_K& tile) {
+  for (int r = 0; r < 16; ++r) {
+    const BlockQ4_K& b = *rows[r];
+    tile.d[r] = b.d;
+    tile.dmin[r] = b.dmin;
+    for (int k = 0; k < 8; ++k) {
+      uint8_t scale, min;
+      scale_min_k4(k, b.scales, &scale, &min);
+      tile.scales[k][r] = scale;
+      tile.min_pairs[k / 2][r][k % 2] = min;
+    }
+    uint8_t levels[kQK_K];
+    for (int chunk = 0; chunk < 4; ++chunk) {
+      for (int l = 0; l < 32; ++l) {
+        levels[64 * chunk + l] = b.qs[32 * chunk + l] & 0xF;
+        levels[64 * chunk + 32 + l] = b.qs[32 * chunk + l] >> 4;
+      }
+    }
+    for (int k = 0; k < 8; ++k) {
+      for (int p = 0; p < 4; ++p) {
+        for (int j = 0; j < 4; ++j) {
+          const uint8_t* col = levels + 32 * k + 8 * p + j;
+          tile.qs[k][p][4 * r + j] = static_cast<uint8_t>(col[0] | (col[4] << 4));
+        }
+      }
+    }
+  }
+}
+
+void deinterleave_q4_k(const TileQ4_K& tile, int r, BlockQ4_K& b) {
+  b.d = tile.d[r];
+  b.dmin = tile.dmin[r];
+  uint8_t scale[8], min[8];
+  for (int k = 0; k < 8; ++k) {
+    scale[k] = tile.scales[k][r];
+    min[k] = tile.min_pairs[k / 2][r][k % 2];
+  }
+  // The inverse of scale_min_k4.
+  for (int j = 0; j < 4; ++j) {
+    b.scales[j] = static_cast<uint8_t>(scale[j] | ((scale[j + 4] >> 4) << 6));
+    b.scales[j + 4] = static_cast<uint8_t>(min[j] | ((min[j + 4] >> 4) << 6));
+    b.scales[j + 8] = static_cast<uint8_t>((scale[j + 4] & 0xF) | ((min[j + 4] & 0xF) << 4));
+  }
+  for (int c = 0; c < kQK_K; ++c) set_q4_k_level(b, c, get_nibble(tile.qs[c / 32], r, c % 32));
+}
+
+void interleave_q6_k(const BlockQ6_K* rows[16], TileQ6_K& tile) {
+  for (int r = 0; r < 16; ++r) {
+    const BlockQ6_K& b = *rows[r];
+    tile.d[r] = b.d;
+    for (int k = 0; k < 16; ++k) tile.scale_pairs[k / 2][r][k % 2] = b.scales[k];
+    uint8_t levels[kQK_K];
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* ql = b.ql + 64 * half;
+      const uint8_t* qh = b.qh + 32 * half;
+      uint8_t* out = levels + 128 * half;
+      for (int l = 0; l < 32; ++l) {
+        out[l] = static_cast<uint8_t>((ql[l] & 0xF) | ((qh[l] & 3) << 4));
+        out[l + 32] = static_cast<uint8_t>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+        out[l + 64] = static_cast<uint8_t>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+        out[l + 96] = static_cast<uint8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+      }
+    }
+    for (int k = 0; k < 16; ++k) {
+      const uint8_t* sub = levels + 16 * k;
+      for (int j = 0; j < 4; ++j) {
+        for (int p = 0; p < 2; ++p) {
+          tile.ql[k][p][4 * r + j] = static_cast<uint8_t>((sub[8 * p + j] & 0xF) | ((sub[8 * p + 4 + j] & 0xF) << 4));
+        }
+        tile.qh[k][4 * r + j] = static_cast<uint8_t>((sub[j] >> 4) | ((sub[4 + j] >> 4) << 2) |
+                                                     ((sub[8 + j] >> 4) << 4) | ((sub[12 + j] >> 4) << 6));
+      }
+    }
+  }
+}
+
+void deinterleave_q6_k(const TileQ6_K& tile, int r, BlockQ6_K& b) {
+  b.d = tile.d[r];
+  for (int k = 0; k < 16; ++k) b.scales[k] = tile.scale_pairs[k / 2][r][k % 2];
+  for (int c = 0; c < kQK_K; ++c) {
+    const int k = c / 16, col = c % 16;
+    const int high = (tile.qh[k][4 * r + col % 4] >> (2 * (col / 4))) & 3;
+    set_q6_k_level(b, c, get_nibble(tile.ql[k], r, col) | (high << 4));
+  }
+}
+
+void require_layout(GgmlType type, int64_t n_cols) {
+  if (!interleaved_layout_exists(type)) {
+    throw std::invalid_argument("no interleaved layout for tensor type " + std::string(ggml_type_name(type)));
+  }
+  if (n_cols <= 0 || n_cols % kQK_K != 0) {
+    throw std::invalid_argument("interleaved rows need a multiple of 256 columns, not " + std::to_string(n_cols));
+  }
+}
+
+void require_row_range(int64_t row_begin, int64_t row_end) {
+  if (row_begin < 0 || row_end < row_begin || row_begin % kInterleavedRows != 0 || row_end % kInterleavedRows != 0) {
+    throw std::invalid_argument("interleaved row range [" + std::to_string(row_begin) + ", " + std::to_string(row_end) +
+                                ") is not in whole groups of 16 rows");
+  }
+}
+
+}  // namespace
+
+bool interleaved_layout_exists(GgmlType type) { return type == GgmlType::Q4_K || type == GgmlType::Q6_K; }
+
+bool interleaved_available(GgmlType type, int64_t n_rows, int64_t n_cols) {
+  return interleaved_layout_exists(type) && active_simd_level() == SimdLevel::Avx512Vnni && n_rows > 0 &&
+         n_rows % kInterleavedRows == 0 && n_cols > 0 && n_cols % kQK_K == 0 &&
+         detail::interleaved_kernel_avx512(type) != nullptr;
+}
+
+size_t interleaved_tile_bytes(GgmlType type) {
+  switch (type) {
+    case GgmlType::Q4_K: return sizeof(TileQ4_K);
+    case GgmlType::Q6_K: return sizeof(TileQ6_K);
+    default: throw std::invalid_argument("no interleaved layout for tensor type " + std::string(ggml_type_name(type)));
+  }
+}
+
+size_t interleaved_bytes(GgmlType type, int64_t n_rows, int64_t n_cols) {
+  require_layout(type, n_cols);
+  require_row_range(0, n_rows);
+  return static_cast<size_t>(n_rows / kInterleavedRows) * static_cast<size_t>(n_cols / kQK_K) *
+         interleaved_tile_bytes(type);
+}
+
+void interleave_rows(GgmlType type, const void* src, size_t src_row_bytes, int64_t n_cols, int64_t row_begin,
+                     int64_t row_end, void* dst) {
+  require_layout(type, n_cols);
+  require_row_range(row_begin, row_end);
+  const int64_t nb = n_cols / kQK_K;
+  const size_t tile_bytes = interleaved_tile_bytes(type);
+  const auto* in = static_cast<const uint8_t*>(src);
+  auto* out = static_cast<uint8_t*>(dst);
+  for (int64_t g = row_begin / kInterleavedRows; g < row_end / kInterleavedRows; ++g) {
+    for (int64_t i = 0; i < nb; ++i) {
+      uint8_t* tile = out + static_cast<size_t>(g * nb + i) * tile_bytes;
+      if (type == GgmlType::Q4_K) {
+        const BlockQ4_K* rows[16];
+        for (int r = 0; r < 16; ++r) rows[r] = reinterpret_cast<const BlockQ4_K*>(in + (16 * g + r) * src_row_bytes) + i;
+        interleave_q4_k(rows, *reinterpret_cast<TileQ4_K*>(tile));
+      } else {
+        const BlockQ6_K* rows[16];
+        for (int r = 0; r < 16; ++r) rows[r] = reinterpret_cast<const BlockQ6_K*>(in + (16 * g + r) * src_row_bytes) + i;
+        interleave_q6_k(rows, *reinterpret_cast<TileQ6_K*>(tile));
+      }
+    }
+  }
+}
+
+void deinterleave_row(GgmlType type, const void* interleaved, int64_t n_cols, int64_t row, void* dst_row) {
+  require_layout(type, n_cols);
+  const int64_t nb = n_cols / kQK_K, g = row / kInterleavedRows;
+  const int r = static_cast<int>(row % kInterleavedRows);
+  const size_t tile_bytes = interleaved_tile_bytes(type);
+  const auto* in = static_cast<const uint8_t*>(interleaved);
+  for (int64_t i = 0; i < nb; ++i) {
+    const uint8_t* tile = in + static_cast<size_t>(g * nb + i) * tile_bytes;
+    if (type == GgmlType::Q4_K) {
+      deinterleave_q4_k(*reinterpret_cast<const TileQ4_K*>(tile), r, static_cast<BlockQ4_K*>(dst_row)[i]);
+    } else {
+      deinterleave_q6_k(*reinterpret_cast<const TileQ6_K*>(tile), r, static_cast<BlockQ6_K*>(dst_row)[i]);
+    }
+  }
+}
+
+void gemm_interleaved(GgmlType type, const void* interleaved, int64_t n_cols, int64_t row_begin, int64_t row_end,
+                      const void* xq, size_t xq_row_bytes, int64_t n_tokens, float* y, int64_t ldy) {
+  require_layout(type, n_cols);
+  require_row_range(row_begin, row_end);
+  const detail::InterleavedGemmKernel kernel =
+      active_simd_level() == SimdLevel::Avx512Vnni ? detail::interleaved_kernel_avx512(type) : nullptr;
+  if (!kernel) throw std::logic_error("gemm_interleaved called without an interleaved kernel for this CPU");
+  if (row_end == row_begin || n_tokens <= 0) return;
+  kernel(interleaved, n_cols, row_begin, row_end, xq, xq_row_bytes, n_tokens, y, ldy);
+}
+
+}  // namespace tessera::quant

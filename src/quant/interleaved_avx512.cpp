@@ -1,0 +1,194 @@
+// AVX-512 VNNI kernels for the interleaved layouts (interleaved.h): each 32-bit lane of a vector is one of the 16
+// rows of a tile, so vpdpbusd multiplies 4 columns of 16 rows by 4 broadcast activation bytes at once, the per-row
+// scales apply lane by lane, and the 16 row results are stored as they are.
+#include <immintrin.h>
+
+// GCC 12 reports its own intrinsics' placeholder operands (_mm512_undefined_epi32) as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+#include <cstring>
+
+#include "quant/interleaved_tiles.h"
+
+namespace tessera::quant::detail {
+namespace {
+
+// Tokens per pass over a row group's tiles: the decoded weights of a sub-block stay in registers for all of them.
+constexpr int kTokens = 8;
+
+inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline __m512i broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return _mm512_set1_epi32(v);
+}
+inline __m512 f16x16(const uint16_t* p) { return _mm512_cvtph_ps(load256(p)); }
+
+inline const BlockQ8_K* activation_block(const uint8_t* x, size_t x_stride, int t, int64_t i) {
+  return reinterpret_cast<const BlockQ8_K*>(x + t * x_stride) + i;
+}
+
+// One 16-row group (its n_blocks tiles) times NT activation rows: y[t * ldy + r] for r < 16.
+template <int NT>
+void q4_k_group(const TileQ4_K* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, float* y, int64_t ldy) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    const TileQ4_K& tile = tiles[i];
+    __m512i sum[NT];
+    for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
+#pragma GCC unroll 1
+    for (int k = 0; k < 8; ++k) {
+      const __m512i scale = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tile.scales[k])));
+      __m512i w[8];  // w[2p]: columns 8p..8p+3 of the sub-block, w[2p + 1]: columns 8p+4..8p+7
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const __m512i packed = load512(tile.qs[k][p]);
+        w[2 * p] = _mm512_and_si512(packed, low4);
+        w[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+      }
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* xq = activation_block(x, x_stride, t, i)->qs + 32 * k;
+        __m512i even = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], broadcast4(xq));
+        __m512i odd = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], broadcast4(xq + 4));
+#pragma GCC unroll 4
+        for (int p = 1; p < 4; ++p) {
+          even = _mm512_dpbusd_epi32(even, w[2 * p], broadcast4(xq + 8 * p));
+          odd = _mm512_dpbusd_epi32(odd, w[2 * p + 1], broadcast4(xq + 8 * p + 4));
+        }
+        sum[t] = _mm512_add_epi32(sum[t], _mm512_mullo_epi32(_mm512_add_epi32(even, odd), scale));
+      }
+    }
+    // The mins: sum over sub-blocks of min[k] * (sum of the 32 activations of sub-block k), two per vpdpwssd.
+    const __m512 d = f16x16(tile.d), dmin = f16x16(tile.dmin);
+    __m512i min_pairs[4];
+    for (int j = 0; j < 4; ++j) min_pairs[j] = _mm512_cvtepu8_epi16(load256(tile.min_pairs[j]));
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const BlockQ8_K* xb = activation_block(x, x_stride, t, i);
+      // Adjacent bsums added: int16 sums of sub-blocks (0,1), (2,3) in 32-bit lanes 0, 1 and (4,5), (6,7) in 4, 5.
+      const __m256i bsums = load256(xb->bsums);
+      alignas(32) int32_t pairs[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pairs), _mm256_hadd_epi16(bsums, bsums));
+      __m512i mins = _mm512_dpwssd_epi32(_mm512_setzero_si512(), min_pairs[0], _mm512_set1_epi32(pairs[0]));
+      mins = _mm512_dpwssd_epi32(mins, min_pairs[1], _mm512_set1_epi32(pairs[1]));
+      mins = _mm512_dpwssd_epi32(mins, min_pairs[2], _mm512_set1_epi32(pairs[4]));
+      mins = _mm512_dpwssd_epi32(mins, min_pairs[3], _mm512_set1_epi32(pairs[5]));
+      const __m512 xd = _mm512_set1_ps(xb->d);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), _mm512_mul_ps(d, xd), acc[t]);
+      acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, xd), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+
+template <int NT>
+void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, float* y, int64_t ldy) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    const TileQ6_K& tile = tiles[i];
+    __m512i sum[NT];
+    for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
+#pragma GCC unroll 1
+    for (int j = 0; j < 8; ++j) {
+      // Lane r: int16 scales of sub-blocks 2j and 2j + 1 of row r.
+      const __m512i scale_pair = _mm512_cvtepi8_epi16(load256(tile.scale_pairs[j]));
+      const __m512i scales[2] = {_mm512_srai_epi32(_mm512_slli_epi32(scale_pair, 16), 16),
+                                 _mm512_srai_epi32(scale_pair, 16)};
+      // Levels are 0..63 for values level - 32: the 32 comes off as -32 * scale * (sum of the 16 activations).
+      const __m512i offset_pair = _mm512_sub_epi16(_mm512_setzero_si512(), _mm512_slli_epi16(scale_pair, 5));
+#pragma GCC unroll 2
+      for (int e = 0; e < 2; ++e) {
+        const int k = 2 * j + e;
+        const __m512i ql0 = load512(tile.ql[k][0]), ql1 = load512(tile.ql[k][1]), qh = load512(tile.qh[k]);
+        // w[c]: columns 4c..4c+3 of the sub-block.
+        const __m512i w[4] = {
+            _mm512_or_si512(_mm512_and_si512(ql0, low4), _mm512_and_si512(_mm512_slli_epi16(qh, 4), bits45)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql0, 4), low4),
+                            _mm512_and_si512(_mm512_slli_epi16(qh, 2), bits45)),
+            _mm512_or_si512(_mm512_and_si512(ql1, low4), _mm512_and_si512(qh, bits45)),
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql1, 4), low4),
+                            _mm512_and_si512(_mm512_srli_epi16(qh, 2), bits45))};
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+          const int8_t* xq = activation_block(x, x_stride, t, i)->qs + 16 * k;
+          __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], broadcast4(xq));
+          s = _mm512_dpbusd_epi32(s, w[1], broadcast4(xq + 4));
+          s = _mm512_dpbusd_epi32(s, w[2], broadcast4(xq + 8));
+          s = _mm512_dpbusd_epi32(s, w[3], broadcast4(xq + 12));
+          sum[t] = _mm512_add_epi32(sum[t], _mm512_mullo_epi32(s, scales[e]));
+        }
+      }
+#pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        int32_t bsum_pair;
+        std::memcpy(&bsum_pair, activation_block(x, x_stride, t, i)->bsums + 2 * j, sizeof bsum_pair);
+        sum[t] = _mm512_dpwssd_epi32(sum[t], offset_pair, _mm512_set1_epi32(bsum_pair));
+      }
+    }
+    const __m512 d = f16x16(tile.d);
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const __m512 xd = _mm512_set1_ps(activation_block(x, x_stride, t, i)->d);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), _mm512_mul_ps(d, xd), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+
+// Row groups outermost, so a group's tiles stay in cache while every token tile passes over them.
+template <class Tile, template <int> class Group>
+void gemm_groups(const void* interleaved, int64_t n_cols, int64_t row_begin, int64_t row_end, const void* xq,
+                 size_t xq_row_bytes, int64_t n_tokens, float* y, int64_t ldy) {
+  const int64_t n_blocks = n_cols / kQK_K;
+  const auto* x = static_cast<const uint8_t*>(xq);
+  for (int64_t g = row_begin / 16; g < row_end / 16; ++g) {
+    const Tile* tiles = static_cast<const Tile*>(interleaved) + g * n_blocks;
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokens) {
+      const int nt = static_cast<int>(std::min<int64_t>(kTokens, n_tokens - t0));
+      const uint8_t* xt = x + t0 * xq_row_bytes;
+      float* yt = y + t0 * ldy + 16 * g;
+      switch (nt) {
+        case 1: Group<1>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
+        case 2: Group<2>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
+        case 3: Group<3>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
+        case 4: Group<4>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
+        case 5: Group<5>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
+        case 6: Group<6>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
+        case 7: Group<7>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
+        default: Group<kTokens>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
+      }
+    }
+  }
+}
+
+template <int NT>
+struct Q4_KGroup {
+  static void run(const TileQ4_K* tiles, int64_t nb, const uint8_t* x, size_t stride, float* y, int64_t ldy) {
+    q4_k_group<NT>(tiles, nb, x, stride, y, ldy);
+  }
+};
+template <int NT>
+struct Q6_KGroup {
+  static void run(const TileQ6_K* tiles, int64_t nb, const uint8_t* x, size_t stride, float* y, int64_t ldy) {
+    q6_k_group<NT>(tiles, nb, x, stride, y, ldy);
+  }
+};
+
+}  // namespace
+
+InterleavedGemmKernel interleaved_kernel_avx512(GgmlType weight_type) {
+  switch (weight_type) {
+    case GgmlType::Q4_K: return gemm_groups<TileQ4_K, Q4_KGroup>;
+    case GgmlType::Q6_K: return gemm_groups<TileQ6_K, Q6_KGroup>;
+    default: return nullptr;
+  }
+}
+
+}  // namespace tessera::quant::detail
