@@ -4,7 +4,10 @@
 # the CUDA tests read, and .deps/gpu-build.sh, which unpacks the packages into .deps/prefix (never into /) and
 # builds tessera, tessera_cuda and test_cuda with -j16 for sm_90. The sources built there are a snapshot of the
 # last commit (.deps/tree), so other engineers' unfinished edits in the shared working tree cannot break the
-# build; commit before bundling.
+# build; commit before bundling, or name your own uncommitted paths in TESSERA_BUNDLE_OVERLAY (space-separated
+# files or folders, copied from the working tree over the snapshot). TESSERA_BUNDLE_BASELINE=<commit> also packs
+# that commit into .deps/baseline, for before/after measurements in one device call
+# (TESSERA_TREE=baseline bash .deps/gpu-build.sh builds it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fixtures=${TESSERA_FIXTURES:-$(pwd)/../shared/fixtures}
@@ -21,14 +24,24 @@ cp "$fixtures"/trained/stories260K* .deps/fixtures/trained/
 cp "$fixtures"/README.md .deps/fixtures/
 mkdir -p .deps/tree
 git archive HEAD | tar -x -C .deps/tree
+for path in ${TESSERA_BUNDLE_OVERLAY:-}; do
+  rm -rf ".deps/tree/$path"
+  mkdir -p ".deps/tree/$(dirname "$path")"
+  cp -r "$path" ".deps/tree/$path"
+done
+if [ -n "${TESSERA_BUNDLE_BASELINE:-}" ]; then
+  mkdir -p .deps/baseline
+  git archive "$TESSERA_BUNDLE_BASELINE" | tar -x -C .deps/baseline
+fi
 
 cat > .deps/gpu-build.sh <<'BUILD'
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root: unpack the carried packages, configure and build the
-# snapshot in .deps/tree (build folder .deps/tree/build-gpu). Extra arguments go to the CMake configure step.
+# snapshot in .deps/tree, or .deps/$TESSERA_TREE (build folder build-gpu in it); TESSERA_TARGETS replaces the
+# default targets (tessera test_cuda). Extra arguments go to the CMake configure step.
 set -euo pipefail
 root=$(pwd)
-src=$root/.deps/tree
+src=$root/.deps/${TESSERA_TREE:-tree}
 prefix=$root/.deps/prefix
 rm -rf "$prefix"
 mkdir -p "$prefix"
@@ -42,7 +55,7 @@ pkg_config=$(command -v pkg-config || echo "$prefix/usr/bin/pkgconf")
 cmake -S "$src" -B "$src/build-gpu" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_PREFIX_PATH="$prefix/usr" -DPKG_CONFIG_EXECUTABLE="$pkg_config" \
   -DTESSERA_FIXTURES_DIR="$root/.deps/fixtures" "$@" >/dev/null
-cmake --build "$src/build-gpu" -j16 --target tessera test_cuda ${TESSERA_EXTRA_TARGETS:-}
+cmake --build "$src/build-gpu" -j16 --target ${TESSERA_TARGETS:-tessera test_cuda} ${TESSERA_EXTRA_TARGETS:-}
 BUILD
 chmod +x .deps/gpu-build.sh
 du -sh .deps

@@ -79,6 +79,63 @@ std::vector<float> dequantize_ref(GgmlType type, const std::vector<uint8_t>& byt
   return out;
 }
 
+// What the GPU's Q8Rows hold for the rows x (whole 32-value blocks, row after row): the integers of the CPU engine's activation quantizer
+// (quant::quantize_activations to Q8_1, whose blocks are f16 d, f16 s, int8 qs[32]), with d = amax / 127 and
+// s = d * sum(q) kept in f32.
+struct HostQ8 {
+  std::vector<int8_t> q;
+  std::vector<float> d, s;
+};
+
+HostQ8 quantize_q8_cpu(const std::vector<float>& x) {
+  constexpr int64_t kBlock = 32, kQ8_1Bytes = 36;
+  HostQ8 out;
+  std::vector<uint8_t> blocks(quant::activation_row_bytes(GgmlType::Q4_1, static_cast<int64_t>(x.size())));
+  quant::quantize_activations(GgmlType::Q4_1, x.data(), blocks.data(), static_cast<int64_t>(x.size()));
+  for (size_t b = 0; b < x.size() / kBlock; ++b) {
+    float amax = 0;
+    int sum = 0;
+    for (int64_t i = 0; i < kBlock; ++i) {
+      amax = std::max(amax, std::fabs(x[b * kBlock + i]));
+      const int8_t q = static_cast<int8_t>(blocks[b * kQ8_1Bytes + 4 + i]);
+      out.q.push_back(q);
+      sum += q;
+    }
+    out.d.push_back(amax / 127.0f);
+    out.s.push_back(out.d.back() * static_cast<float>(sum));
+  }
+  return out;
+}
+
+std::vector<float> dequantize_q8_cpu(const HostQ8& xq) {
+  std::vector<float> x(xq.q.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(xq.q[i]) * xq.d[i / 32];
+  return x;
+}
+
+// Device Q8Rows of n_rows x n values, and their contents on the host.
+struct DeviceQ8 {
+  DeviceQ8(int64_t n_rows, int64_t n) : q(n_rows * n), ds(n_rows * n / 32), rows{q.get(), ds.get(), n} {}
+  HostQ8 download() const {
+    HostQ8 out;
+    for (const int8_t v : q.download()) out.q.push_back(v);
+    for (const float2 v : ds.download()) out.d.push_back(v.x), out.s.push_back(v.y);
+    return out;
+  }
+  DeviceBuffer<int8_t> q;
+  DeviceBuffer<float2> ds;
+  Q8Rows rows;
+};
+
+void expect_same_q8(const HostQ8& got, const HostQ8& want, const std::string& what) {
+  ASSERT_EQ(got.q.size(), want.q.size()) << what;
+  size_t bad_q = 0;
+  for (size_t i = 0; i < got.q.size(); ++i) bad_q += got.q[i] != want.q[i];
+  EXPECT_EQ(bad_q, 0u) << what << ": quants differ";
+  EXPECT_EQ(got.d, want.d) << what << ": scales differ";
+  EXPECT_EQ(got.s, want.s) << what << ": sums differ";
+}
+
 const GgmlType kAllTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1,
                               GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K,
                               GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
@@ -107,7 +164,8 @@ TEST_P(CudaTypes, DequantizeMatchesReference) {
 }
 
 // y = W x for 1, 3 and 8 tokens, with a second and third matrix in the same launch and the accumulate mode;
-// 3328 columns with 8 tokens take two shared-memory tiles of x.
+// 3328 columns with 8 tokens take two shared-memory tiles of x. The integer kernels (matvec_reads_q8) take x
+// quantized by quantize_q8, and the reference multiplies with that quantized x (the CPU engine's integers).
 TEST_P(CudaTypes, MatvecMatchesReference) {
   TESSERA_REQUIRE_GPU();
   for (const int64_t n_cols : {768, 3328}) {
@@ -123,9 +181,15 @@ void matvec_case(GgmlType type, int64_t n_cols) {
     bytes.push_back(random_matrix(type, rows[j], n_cols, 100 + j));
     weights.push_back(std::make_unique<DeviceBuffer<uint8_t>>(bytes.back()));
   }
+  const bool q8 = matvec_reads_q8(type);
   for (int n_tokens : {1, 3, 8}) {
-    const std::vector<float> x = random_floats(n_tokens * n_cols, -1, 1, 7 + n_tokens);
+    std::vector<float> x = random_floats(n_tokens * n_cols, -1, 1, 7 + n_tokens);
     DeviceBuffer<float> d_x(x);
+    DeviceQ8 d_xq(n_tokens, n_cols);
+    if (q8) {
+      quantize_q8(d_x.get(), n_cols, n_tokens, d_xq.rows, nullptr);
+      x = dequantize_q8_cpu(quantize_q8_cpu(x));
+    }
     std::vector<std::unique_ptr<DeviceBuffer<float>>> ys;
     std::vector<std::vector<float>> initial;
     MatvecJob jobs[3];
@@ -135,7 +199,7 @@ void matvec_case(GgmlType type, int64_t n_cols) {
       jobs[j] = MatvecJob{DeviceMatrix{type, weights[j]->get(), ggml_row_bytes(type, n_cols), n_cols, rows[j]},
                           ys[j]->get(), rows[j], j == 1};
     }
-    matvec(jobs, 3, d_x.get(), n_cols, n_tokens, nullptr);
+    matvec(jobs, 3, d_x.get(), n_cols, q8 ? d_xq.rows : Q8Rows{}, n_tokens, nullptr);
     for (int j = 0; j < 3; ++j) {
       const std::vector<float> w = dequantize_ref(type, bytes[j], rows[j], n_cols);
       std::vector<float> want(n_tokens * rows[j]);
@@ -200,12 +264,43 @@ TEST(CudaOps, RmsNormMatchesCpu) {
   const std::vector<int32_t> rows = {4, 1, 3};
   DeviceBuffer<float> d_x(x), d_w(w), d_y(rows.size() * n);
   DeviceBuffer<int32_t> d_rows(rows);
-  rms_norm(d_x.get(), d_rows.get(), d_w.get(), d_y.get(), nullptr, static_cast<int64_t>(rows.size()), n, 1e-5f,
-           nullptr);
+  rms_norm(d_x.get(), d_rows.get(), d_w.get(), d_y.get(), nullptr, Q8Rows{}, static_cast<int64_t>(rows.size()), n,
+           1e-5f, nullptr);
   std::vector<float> want(rows.size() * n);
   for (size_t r = 0; r < rows.size(); ++r)
     cpu::rms_norm(x.data() + rows[r] * n, w.data(), want.data() + r * n, n, 1e-5f);
   expect_close(d_y.download(), want, 1e-6, 1e-5, "rms_norm");
+}
+
+// quantize_q8 gives the CPU engine's activation integers, for rows read out of a wider matrix.
+TEST(CudaOps, QuantizeQ8MatchesCpu) {
+  TESSERA_REQUIRE_GPU();
+  const int n_rows = 3, n = 96, ldx = 100;
+  std::vector<float> x = random_floats(n_rows * ldx, -3, 3, 8);
+  std::fill_n(x.begin() + ldx + 32, 32, 0.0f);  // an all-zero block: d = 0, q = 0
+  DeviceBuffer<float> d_x(x);
+  DeviceQ8 d_q8(n_rows, n);
+  quantize_q8(d_x.get(), ldx, n_rows, d_q8.rows, nullptr);
+  std::vector<float> rows;
+  for (int r = 0; r < n_rows; ++r) rows.insert(rows.end(), x.begin() + r * ldx, x.begin() + r * ldx + n);
+  expect_same_q8(d_q8.download(), quantize_q8_cpu(rows), "quantize_q8");
+}
+
+// RMSNorm and SwiGLU quantize their outputs on the way for decode: the same integers as quantizing those outputs.
+TEST(CudaOps, FusedQ8OutputsMatchCpu) {
+  TESSERA_REQUIRE_GPU();
+  const int n = 352, n_rows = 3;
+  const std::vector<float> x = random_floats(n * n_rows, -2, 2, 1), w = random_floats(n, 0.5f, 1.5f, 2);
+  DeviceBuffer<float> d_x(x), d_w(w), d_y(n * n_rows);
+  DeviceQ8 d_q8(n_rows, n);
+  rms_norm(d_x.get(), nullptr, d_w.get(), d_y.get(), nullptr, d_q8.rows, n_rows, n, 1e-5f, nullptr);
+  expect_same_q8(d_q8.download(), quantize_q8_cpu(d_y.download()), "rms_norm q8");
+
+  const std::vector<float> g = random_floats(n * n_rows, -6, 6, 3), u = random_floats(n * n_rows, -2, 2, 4);
+  DeviceBuffer<float> d_g(g), d_u(u), d_out(n * n_rows);
+  DeviceQ8 d_sq8(n_rows, n);
+  swiglu(d_g.get(), d_u.get(), d_out.get(), nullptr, d_sq8.rows, n * n_rows, nullptr);
+  expect_same_q8(d_sq8.download(), quantize_q8_cpu(d_out.download()), "swiglu q8");
 }
 
 TEST(CudaOps, SwigluMatchesCpu) {
@@ -214,7 +309,7 @@ TEST(CudaOps, SwigluMatchesCpu) {
   const std::vector<float> g = random_floats(n, -6, 6, 1), u = random_floats(n, -2, 2, 2);
   DeviceBuffer<float> d_g(g), d_u(u), d_out(n);
   DeviceBuffer<__half> d_out16(n);
-  swiglu(d_g.get(), d_u.get(), d_out.get(), d_out16.get(), n, nullptr);
+  swiglu(d_g.get(), d_u.get(), d_out.get(), d_out16.get(), Q8Rows{}, n, nullptr);
   std::vector<float> want(n);
   cpu::swiglu(g.data(), u.data(), want.data(), n);
   expect_close(d_out.download(), want, 1e-6, 1e-5, "swiglu");

@@ -35,8 +35,28 @@ struct MatvecJob {
   int64_t ldy = 0;
   bool accumulate = false;  // y += W x (fuses the residual add)
 };
-// Every job must have the same weight type and n_cols; they share x ([n_tokens][ldx] f32). One launch.
-void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, int n_tokens, cudaStream_t stream);
+
+// Activation rows quantized to 8 bits for the integer decode kernels, like llama.cpp's Q8_1: per 32 consecutive
+// values of a row, q = round-to-nearest-even(x * 127 / amax), d = amax / 127 and s = d * sum(q) (which carries
+// the weights' offset terms). Unlike Q8_1, d and s stay f32 and q and (d, s) are separate planes, so that a lane
+// loads 16 values with one aligned 128-bit load. Rows are contiguous: q [n_rows][ld], ds [n_rows][ld / 32].
+// Where a kernel takes one optionally, q == nullptr means none.
+struct Q8Rows {
+  int8_t* q = nullptr;
+  float2* ds = nullptr;
+  int64_t ld = 0;  // values per row, a multiple of 32
+};
+constexpr int kQ8Block = 32;
+// x [n_rows][ldx] (f32, n_rows <= kMaxMatvecTokens) -> out (its ld columns of each row).
+void quantize_q8(const float* x, int64_t ldx, int n_rows, const Q8Rows& out, cudaStream_t stream);
+
+// Whether the decode kernel for this weight type takes x quantized (Q8Rows, int8 dot products) instead of f32.
+bool matvec_reads_q8(GgmlType type);
+
+// Every job must have the same weight type and n_cols; they share x ([n_tokens][ldx] f32) or, for the types of
+// matvec_reads_q8, the same rows quantized (xq, ld == n_cols; may be none for the other types). One launch.
+void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, const Q8Rows& xq, int n_tokens,
+            cudaStream_t stream);
 
 // ---- dequantization -----------------------------------------------------------------------------------------
 // out[i] = row row_ids[i] of w (all rows in order when row_ids is null) as f32, n_out rows of n_cols.
@@ -54,12 +74,15 @@ void gemm(cublasHandle_t handle, const DeviceMatrix& w, const float* x32, const 
 
 // ---- elementwise ops ---------------------------------------------------------------------------------------
 // y[r] = x[rows ? rows[r] : r] / sqrt(mean(x^2) + eps) * weight; rows of n values (ld = n). y16 (optional) gets
-// an f16 copy for the tensor-core path.
-void rms_norm(const float* x, const int32_t* rows, const float* weight, float* y, __half* y16, int64_t n_rows, int n,
-              float eps, cudaStream_t stream);
+// an f16 copy for the tensor-core path, q8 (optional; n a multiple of 32, q8.ld == n) y quantized for the decode
+// kernels.
+void rms_norm(const float* x, const int32_t* rows, const float* weight, float* y, __half* y16, const Q8Rows& q8,
+              int64_t n_rows, int n, float eps, cudaStream_t stream);
 
-// out = silu(gate) * up, n_tokens rows of n; out16 (optional) gets an f16 copy.
-void swiglu(const float* gate, const float* up, float* out, __half* out16, int64_t count, cudaStream_t stream);
+// out = silu(gate) * up over count values (rows of n, contiguous); out16 (optional) gets an f16 copy, q8
+// (optional; n a multiple of 32, q8.ld == n) out quantized for the decode kernels.
+void swiglu(const float* gate, const float* up, float* out, __half* out16, const Q8Rows& q8, int64_t count,
+            cudaStream_t stream);
 
 // RoPE ("normal" mode: adjacent pairs) on q [n_tokens][n_head][head_dim] in place and on k, whose rotated rows
 // go, with v's, straight into the cache rows slots[t] of ([n_slots][n_head_kv * head_dim], f16 or f32); the k

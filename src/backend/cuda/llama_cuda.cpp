@@ -225,6 +225,8 @@ void LlamaCuda::allocate_activations(int capacity) {
   const size_t o_up = layout.add(n * c.n_ff * sizeof(float));
   const size_t o_logits = layout.add(with_output_ ? n * c.n_vocab * sizeof(float) : 0);
   const size_t o_x16 = layout.add(n * max_width * sizeof(__half));
+  const size_t o_q8 = layout.add(kMaxMatvecTokens * max_width * sizeof(int8_t));
+  const size_t o_q8_ds = layout.add(kMaxMatvecTokens * (max_width / kQ8Block) * sizeof(float2));
   void* arena = nullptr;
   if (const cudaError_t err = cudaMalloc(&arena, layout.size()); err != cudaSuccess) {
     size_t free_bytes = 0, total_bytes = 0;
@@ -246,6 +248,8 @@ void LlamaCuda::allocate_activations(int capacity) {
   up_ = reinterpret_cast<float*>(b + o_up);
   logits_ = reinterpret_cast<float*>(b + o_logits);
   x16_ = reinterpret_cast<__half*>(b + o_x16);
+  q8_ = reinterpret_cast<int8_t*>(b + o_q8);
+  q8_ds_ = reinterpret_cast<float2*>(b + o_q8_ds);
 
   capacity_ = capacity;
   const size_t step_ints = 5ull * capacity_ + table_capacity_;
@@ -319,24 +323,37 @@ void LlamaCuda::upload_step(const ForwardBatch& batch) {
       cudaMemcpyAsync(step_device_, step_host_, step_used_ * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 }
 
-void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float* x, int n_tokens, bool accumulate) {
+Q8Rows LlamaCuda::decode_q8(int width, int n_tokens) const {
+  if (n_tokens > kMaxMatvecTokens || width % kQ8Block != 0) return Q8Rows{};
+  return Q8Rows{q8_, q8_ds_, width};
+}
+
+void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float* x, const Q8Rows& x_q8, int n_tokens,
+                        bool accumulate) {
   if (n_tokens == 0) return;
+  const int64_t n_cols = targets.begin()->w->n_cols;
   if (n_tokens <= kMaxMatvecTokens) {
+    // The integer kernels read x quantized; quantize it here unless the kernel that made x already did.
+    const bool wants_q8 = std::any_of(targets.begin(), targets.end(),
+                                      [](const MatmulTarget& target) { return matvec_reads_q8(target.w->type); });
+    Q8Rows xq = x_q8;
+    if (wants_q8 && !xq.q) {
+      xq = decode_q8(static_cast<int>(n_cols), n_tokens);
+      quantize_q8(x, n_cols, n_tokens, xq, stream_);
+    }
     // Consecutive matrices of one type and width share a launch.
     MatvecJob jobs[kMaxMatvecJobs];
     int n_jobs = 0;
     for (const MatmulTarget& target : targets) {
-      if (n_jobs > 0 &&
-          (n_jobs == kMaxMatvecJobs || jobs[0].w.type != target.w->type || jobs[0].w.n_cols != target.w->n_cols)) {
-        matvec(jobs, n_jobs, x, target.w->n_cols, n_tokens, stream_);
+      if (n_jobs > 0 && (n_jobs == kMaxMatvecJobs || jobs[0].w.type != target.w->type)) {
+        matvec(jobs, n_jobs, x, n_cols, xq, n_tokens, stream_);
         n_jobs = 0;
       }
       jobs[n_jobs++] = MatvecJob{*target.w, target.y, target.w->n_rows, accumulate};
     }
-    matvec(jobs, n_jobs, x, jobs[0].w.n_cols, n_tokens, stream_);
+    matvec(jobs, n_jobs, x, n_cols, xq, n_tokens, stream_);
     return;
   }
-  const int64_t n_cols = targets.begin()->w->n_cols;
   convert_f32_to_f16(x, x16_, n_cols * n_tokens, stream_);
   for (const MatmulTarget& target : targets) {
     gemm(cublas_, *target.w, x, x16_, n_tokens, target.y, target.w->n_rows, accumulate, w16_, stream_);
@@ -356,27 +373,32 @@ void LlamaCuda::enqueue_layers(int n_tokens) {
   rope.freq_factors = freq_factors_;
   const AttentionParams ap{c.n_head, c.n_head_kv, c.head_dim, f16_cache_};
   const int n_splits = n_tokens <= kMaxMatvecTokens ? max_splits_ : 1;
+  // In decode steps the RMSNorm and SwiGLU kernels also quantize their outputs for the integer matvec kernels.
   for (int il = 0; il < n_layers_; ++il) {
     const LayerWeights& w = layers_[il];
-    rms_norm(x_, nullptr, w.attn_norm, norm_, nullptr, n_tokens, c.n_embd, c.rms_eps, stream_);
-    matmuls({{&w.wq, q_}, {&w.wk, k_}, {&w.wv, v_}}, norm_, n_tokens, false);
+    const Q8Rows norm_q8 = decode_q8(c.n_embd, n_tokens);
+    rms_norm(x_, nullptr, w.attn_norm, norm_, nullptr, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
+    matmuls({{&w.wq, q_}, {&w.wk, k_}, {&w.wv, v_}}, norm_, norm_q8, n_tokens, false);
     rope_and_store_kv(rope, q_, k_, v_, positions_d(), write_slots_d(), n_tokens, k_cache_[il], v_cache_[il],
                       f16_cache_, stream_);
     attention(ap, q_, k_cache_[il], v_cache_[il], positions_d(), slot_offsets_d(), slot_table_d(), n_tokens, n_splits,
               partials_, attn_, stream_);
-    matmuls({{&w.wo, x_}}, attn_, n_tokens, true);
-    rms_norm(x_, nullptr, w.ffn_norm, norm_, nullptr, n_tokens, c.n_embd, c.rms_eps, stream_);
-    matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, norm_, n_tokens, false);
-    swiglu(gate_, up_, gate_, nullptr, static_cast<int64_t>(n_tokens) * c.n_ff, stream_);
-    matmuls({{&w.w_down, x_}}, gate_, n_tokens, true);
+    matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, n_tokens, true);
+    rms_norm(x_, nullptr, w.ffn_norm, norm_, nullptr, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
+    matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, norm_, norm_q8, n_tokens, false);
+    const Q8Rows ff_q8 = decode_q8(c.n_ff, n_tokens);
+    swiglu(gate_, up_, gate_, nullptr, ff_q8, static_cast<int64_t>(n_tokens) * c.n_ff, stream_);
+    matmuls({{&w.w_down, x_}}, gate_, ff_q8, n_tokens, true);
   }
 }
 
 void LlamaCuda::enqueue_output(int n_tokens, int n_out) {
   (void)n_tokens;
   if (n_out == 0) return;
-  rms_norm(x_, output_rows_d(), output_norm_, norm_, nullptr, n_out, config_.n_embd, config_.rms_eps, stream_);
-  matmuls({{&output_, logits_}}, norm_, n_out, false);
+  const Q8Rows norm_q8 = decode_q8(config_.n_embd, n_out);
+  rms_norm(x_, output_rows_d(), output_norm_, norm_, nullptr, norm_q8, n_out, config_.n_embd, config_.rms_eps,
+           stream_);
+  matmuls({{&output_, logits_}}, norm_, norm_q8, n_out, false);
   TESSERA_CUDA_CHECK(cudaMemcpyAsync(logits_host_, logits_,
                                      static_cast<size_t>(n_out) * config_.n_vocab * sizeof(float),
                                      cudaMemcpyDeviceToHost, stream_));

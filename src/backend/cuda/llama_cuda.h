@@ -52,7 +52,12 @@ class LlamaCuda {
   void upload_step(const ForwardBatch& batch);
   void enqueue_layers(int n_tokens);
   void enqueue_output(int n_tokens, int n_out);
-  void matmuls(std::initializer_list<MatmulTarget> targets, const float* x, int n_tokens, bool accumulate);
+  // y = W x for each target (all of one width); xq: x already quantized (decode only), or none.
+  void matmuls(std::initializer_list<MatmulTarget> targets, const float* x, const Q8Rows& xq, int n_tokens,
+               bool accumulate);
+  // The quantized-activation buffer as rows of `width`, or none where the decode kernels cannot use it (more than
+  // kMaxMatvecTokens tokens, or a width that is not whole Q8 blocks).
+  Q8Rows decode_q8(int width, int n_tokens) const;
   void free_graphs();
   void synchronize(const char* what);
 
@@ -94,6 +99,8 @@ class LlamaCuda {
   float* up_ = nullptr;        // [n_tokens][n_ff]
   float* logits_ = nullptr;    // [n_tokens][n_vocab]
   __half* x16_ = nullptr;      // f16 copy of a matmul input [n_tokens][max(n_embd, q_dim, n_ff)]
+  int8_t* q8_ = nullptr;       // a decode matvec input quantized [kMaxMatvecTokens][max width] (Q8Rows)
+  float2* q8_ds_ = nullptr;    // and its block scales [kMaxMatvecTokens][max width / 32]
   __half* w16_ = nullptr;      // one weight matrix decoded to f16, for the tensor-core path
   float* partials_ = nullptr;  // flash-decoding partial results
   int max_splits_ = 1;

@@ -1,7 +1,8 @@
-// Decode matrix-vector products: each warp takes kRowsPerWarp weight rows, each lane decoding whole chunks of a
-// row into registers and dotting them with up to kMaxMatvecTokens activation rows, which the block stages in
-// shared memory a tile at a time (read from global memory, the lanes' chunk-strided reads were uncoalesced and
-// made the kernel L1-bound). Up to three matrices of one type and width (e.g. Wq, Wk, Wv) share one launch.
+// Decode matrix-vector products for the weight types without an integer kernel (matvec_q8.cu has those): each
+// warp takes kRowsPerWarp weight rows, each lane decoding whole chunks of a row into registers and dotting them
+// with up to kMaxMatvecTokens f32 activation rows, which the block stages in shared memory a tile at a time (read
+// from global memory, the lanes' chunk-strided reads were uncoalesced and made the kernel L1-bound). Up to three
+// matrices of one type and width (e.g. Wq, Wk, Wv) share one launch.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -9,6 +10,8 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/dequant.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/matvec_jobs.cuh"
+#include "backend/cuda/matvec_q8.h"
 
 namespace tessera::cuda {
 namespace {
@@ -20,10 +23,8 @@ constexpr int kSharedBytes = 96 * 1024;  // x staging: whole rows of x for one t
 constexpr int kBlocksPerSm = 2;
 
 struct MatvecLaunch {
-  MatvecJob jobs[kMaxMatvecJobs];
-  int group_start[kMaxMatvecJobs + 1];  // first row group (kRowsPerBlock rows) of each job
-  int n_jobs;
-  int tile_cols;  // columns of x staged at a time; >= n_cols means x is staged once per block
+  MatvecGroups groups;  // of kRowsPerBlock rows
+  int tile_cols;        // columns of x staged at a time; >= n_cols means x is staged once per block
 };
 
 // Where column e of a tile lives in shared memory: each lane reads one chunk as consecutive float4s, so chunks
@@ -43,17 +44,12 @@ __device__ void stage_x(float* xs, int tile_stride, const float* x, int64_t ldx,
   }
 }
 
-__device__ __forceinline__ int job_of(const MatvecLaunch& launch, int group) {
-  return launch.n_jobs > 1 && group >= launch.group_start[1]
-             ? (launch.n_jobs > 2 && group >= launch.group_start[2] ? 2 : 1)
-             : 0;
-}
-
 // L2 prefetch of a row group's weights, so that DRAM latency overlaps the work on the group before it.
 __device__ __forceinline__ void prefetch_group(const MatvecLaunch& launch, int group, int warp, int lane) {
-  const int j = job_of(launch, group);
-  const MatvecJob& job = launch.jobs[j];
-  const int64_t first_row = static_cast<int64_t>(group - launch.group_start[j]) * kRowsPerBlock + warp * kRowsPerWarp;
+  const int j = job_of(launch.groups, group);
+  const MatvecJob& job = launch.groups.jobs[j];
+  const int64_t first_row =
+      static_cast<int64_t>(group - launch.groups.group_start[j]) * kRowsPerBlock + warp * kRowsPerWarp;
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     if (first_row + r < job.w.n_rows) {
@@ -74,11 +70,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   extern __shared__ float4 shared_x4[];
   float* xs = reinterpret_cast<float*>(shared_x4);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t n_cols = launch.jobs[0].w.n_cols;
+  const int64_t n_cols = launch.groups.jobs[0].w.n_cols;
   const int tile_cols = launch.tile_cols;
   const bool single_tile = tile_cols >= n_cols;
   const int tile_stride = padded<kChunk>(tile_cols);
-  const int n_groups = launch.group_start[launch.n_jobs];
+  const int n_groups = launch.groups.group_start[launch.groups.n_jobs];
 
   if (static_cast<int>(blockIdx.x) < n_groups) prefetch_group(launch, blockIdx.x, warp, lane);
   if (single_tile) {
@@ -87,9 +83,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   }
   for (int group = blockIdx.x; group < n_groups; group += gridDim.x) {
     if (group + static_cast<int>(gridDim.x) < n_groups) prefetch_group(launch, group + gridDim.x, warp, lane);
-    const int j = job_of(launch, group);
-    const MatvecJob job = j == 0 ? launch.jobs[0] : j == 1 ? launch.jobs[1] : launch.jobs[2];
-    const int64_t first_row = static_cast<int64_t>(group - launch.group_start[j]) * kRowsPerBlock + warp * kRowsPerWarp;
+    const int j = job_of(launch.groups, group);
+    const MatvecJob job = job_at(launch.groups, j);
+    const int64_t first_row =
+        static_cast<int64_t>(group - launch.groups.group_start[j]) * kRowsPerBlock + warp * kRowsPerWarp;
 
     float acc[kRowsPerWarp][kMaxMatvecTokens] = {};
     for (int64_t tile0 = 0; tile0 < n_cols; tile0 += tile_cols) {
@@ -154,10 +151,6 @@ int multiprocessor_count() {
   return count;
 }
 
-}  // namespace
-
-namespace {
-
 struct NoOp {
   template <GgmlType T>
   void operator()() const {}
@@ -173,20 +166,24 @@ struct GranuleOf {
 
 struct LaunchMatvec {
   const MatvecLaunch* launch;
-  int groups;
   const float* x;
   int64_t ldx;
   int n_tokens;
   cudaStream_t stream;
   template <GgmlType T>
   void operator()() const {
+    // The integer kernels serve these types; matvec() never gets here with them.
+    if constexpr (!has_q8_kernel(T)) launch_f32<T>();
+  }
+  template <GgmlType T>
+  void launch_f32() const {
     constexpr int kChunk = Chunk<T>::kSize;
     // Shared memory beyond 48 KiB must be asked for, once per kernel.
     static const cudaError_t configured =
         cudaFuncSetAttribute(matvec_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes);
     check_cuda(configured, "cudaFuncSetAttribute(matvec_kernel)");
     // The widest tile (a multiple of 256 columns, or the whole row) whose padded rows of x fit.
-    const int64_t n_cols = launch->jobs[0].w.n_cols;
+    const int64_t n_cols = launch->groups.jobs[0].w.n_cols;
     const int64_t budget = kSharedBytes / (static_cast<int64_t>(sizeof(float)) * n_tokens);  // floats per token
     int64_t tile = kChunk >= 8 ? budget * kChunk / (kChunk + 4) : budget;  // padding: 4 floats per chunk
     tile = tile >= n_cols ? n_cols : tile / 256 * 256;
@@ -194,6 +191,7 @@ struct LaunchMatvec {
     l.tile_cols = static_cast<int>(tile);
     const int tile_floats = kChunk >= 8 ? l.tile_cols + l.tile_cols / kChunk * 4 : l.tile_cols;
     const size_t shared = static_cast<size_t>(n_tokens) * tile_floats * sizeof(float);
+    const int groups = l.groups.group_start[l.groups.n_jobs];
     const int grid = std::min(groups, kBlocksPerSm * multiprocessor_count());
     matvec_kernel<T><<<grid, kWarpsPerBlock * 32, shared, stream>>>(l, x, ldx, n_tokens);
   }
@@ -209,26 +207,22 @@ int column_granule(GgmlType type) {
   return granule;
 }
 
-void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, int n_tokens, cudaStream_t stream) {
+bool matvec_reads_q8(GgmlType type) { return has_q8_kernel(type); }
+
+void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, const Q8Rows& xq, int n_tokens,
+            cudaStream_t stream) {
   if (n_jobs < 1 || n_jobs > kMaxMatvecJobs || n_tokens < 1 || n_tokens > kMaxMatvecTokens) {
     throw std::runtime_error("matvec: bad job or token count");
   }
-  MatvecLaunch launch{};
-  launch.n_jobs = n_jobs;
-  int groups = 0;
-  for (int j = 0; j < n_jobs; ++j) {
-    if (jobs[j].w.type != jobs[0].w.type || jobs[j].w.n_cols != jobs[0].w.n_cols) {
-      throw std::runtime_error("matvec: the matrices of one launch must share type and width");
-    }
-    launch.jobs[j] = jobs[j];
-    launch.group_start[j] = groups;
-    groups += static_cast<int>((jobs[j].w.n_rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  const GgmlType type = jobs[0].w.type;
+  if (has_q8_kernel(type)) {
+    if (!xq.q || xq.ld != jobs[0].w.n_cols) throw std::runtime_error("matvec: this weight type needs x as Q8Rows");
+    matvec_q8(make_matvec_groups(jobs, n_jobs, kQ8RowsPerGroup), xq, n_tokens, stream);
+    return;
   }
-  launch.group_start[n_jobs] = groups;
-  const bool known = dispatch_type(jobs[0].w.type, LaunchMatvec{&launch, groups, x, ldx, n_tokens, stream});
-  if (!known) {
-    throw std::runtime_error("the CUDA backend has no kernel for weight type " +
-                             std::string(ggml_type_name(jobs[0].w.type)));
+  MatvecLaunch launch{make_matvec_groups(jobs, n_jobs, kRowsPerBlock), 0};
+  if (!dispatch_type(type, LaunchMatvec{&launch, x, ldx, n_tokens, stream})) {
+    throw std::runtime_error("the CUDA backend has no kernel for weight type " + std::string(ggml_type_name(type)));
   }
   check_launch("matvec_kernel");
 }

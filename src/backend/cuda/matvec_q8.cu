@@ -1,0 +1,351 @@
+// Decode matrix-vector products with 8-bit integer dot products (dp4a), for the block types that dominate
+// quantized models. x arrives quantized per 32 values (Q8Rows); a weight row is read in "units" of 16 or 32
+// values whose packed quants one lane loads with one or a few wide loads, and the 32 lanes of a warp take 32
+// consecutive units, so a warp reads one contiguous run of the row (coalesced). Each lane issues the loads of
+// kUnitsInFlight units of each of its warp's kRowsPerWarp rows before it uses any of them: these kernels are
+// bound by memory latency, and loads in flight are what hides it. The integer sums are exact and the block
+// scales are applied in f32 (with the x block's d, and its s = d * sum(q) for the weights' offsets), so the result
+// is the dot product of the dequantized weights with the dequantized x, up to f32 rounding.
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/dequant.cuh"
+#include "backend/cuda/matvec_q8.h"
+
+namespace tessera::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 4;
+constexpr int kRowsPerWarp = kQ8RowsPerGroup / kWarpsPerBlock;
+constexpr int kUnitsInFlight = 2;
+static_assert(kRowsPerWarp * kWarpsPerBlock == kQ8RowsPerGroup);
+
+// Loads through the read-only data path: nothing a decode kernel reads is written during it.
+__device__ __forceinline__ uint4 load16(const uint8_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+__device__ __forceinline__ uint32_t load4_a2(const uint8_t* p) {  // 2-byte aligned
+  const unsigned short* h = reinterpret_cast<const unsigned short*>(p);
+  return static_cast<uint32_t>(__ldg(h)) | (static_cast<uint32_t>(__ldg(h + 1)) << 16);
+}
+__device__ __forceinline__ float load_f16(const uint8_t* p) {
+  return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(p))));
+}
+__device__ __forceinline__ int4 load_x16(const int8_t* p) { return __ldg(reinterpret_cast<const int4*>(p)); }
+__device__ __forceinline__ int2 load_x8(const int8_t* p) { return __ldg(reinterpret_cast<const int2*>(p)); }
+__device__ __forceinline__ float2 load_ds(const float2* p) { return __ldg(p); }
+
+__device__ __forceinline__ int low_nibbles(uint32_t q) { return static_cast<int>(q & 0x0F0F0F0Fu); }
+__device__ __forceinline__ int high_nibbles(uint32_t q) { return static_cast<int>((q >> 4) & 0x0F0F0F0Fu); }
+
+// Sum over four words of dp4a(a[i], b[i]): 16 products of signed bytes.
+__device__ __forceinline__ int dot16(const int a[4], const int4& b) {
+  return __dp4a(a[3], b.w, __dp4a(a[2], b.z, __dp4a(a[1], b.y, __dp4a(a[0], b.x, 0))));
+}
+
+// The 6-bit scale and min j (0..7) of a Q4_K / Q5_K super-block, whose 12 packed bytes are the words y, z, w of
+// the block's first 16 bytes (x holds d and dmin); the packing is scale_min_k4 in dequant.cuh.
+__device__ __forceinline__ void k4_scale_min(const uint4& head, int j, int& sc, int& m) {
+  const int shift = 8 * (j % 4);
+  const uint32_t a = head.y >> shift, b = head.z >> shift, c = head.w >> shift;
+  if (j < 4) {
+    sc = a & 63;
+    m = b & 63;
+  } else {
+    sc = (c & 0xF) | (((a >> 6) & 3) << 4);
+    m = ((c >> 4) & 0xF) | (((b >> 6) & 3) << 4);
+  }
+}
+
+template <GgmlType T>
+struct Q8Dot;
+
+// Q4_K (144-byte super-blocks of 256 values, 16-byte aligned in a row: d, dmin, 12 bytes of scales and mins,
+// qs[128]). Unit k (8 per super-block) is qs[16k..16k+15]: its low nibbles are values 64g+16h+i (sub-block 2g;
+// g = k/2, h = k%2), its high nibbles values 64g+32+16h+i (sub-block 2g+1).
+template <>
+struct Q8Dot<GgmlType::Q4_K> {
+  static constexpr int kValues = 32;
+  struct Weights {
+    uint4 head, qs;
+  };
+  struct Act {
+    int4 lo, hi;
+    float2 ds_lo, ds_hi;
+  };
+  __device__ static Weights load(const uint8_t* row, int u) {
+    const uint8_t* b = row + (u / 8) * 144;
+    return {load16(b), load16(b + 16 + 16 * (u % 8))};
+  }
+  __device__ static Act load_act(const int8_t* xq, const float2* ds, int u) {
+    const int k = u % 8, v = (u / 8) * 256 + 64 * (k / 2) + 16 * (k % 2);
+    return {load_x16(xq + v), load_x16(xq + v + 32), load_ds(ds + v / 32), load_ds(ds + v / 32 + 1)};
+  }
+  __device__ static float dot(const Weights& w, const Act& x, int u) {
+    const int k = u % 8, g = k / 2;
+    const uint32_t q[4] = {w.qs.x, w.qs.y, w.qs.z, w.qs.w};
+    int lo[4], hi[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) lo[i] = low_nibbles(q[i]), hi[i] = high_nibbles(q[i]);
+    int sc_lo, m_lo, sc_hi, m_hi;
+    k4_scale_min(w.head, 2 * g, sc_lo, m_lo);
+    k4_scale_min(w.head, 2 * g + 1, sc_hi, m_hi);
+    const float d = f16_bits_to_float(w.head.x & 0xFFFF), dmin = f16_bits_to_float(w.head.x >> 16);
+    float r = d * (static_cast<float>(sc_lo) * x.ds_lo.x * static_cast<float>(dot16(lo, x.lo)) +
+                   static_cast<float>(sc_hi) * x.ds_hi.x * static_cast<float>(dot16(hi, x.hi)));
+    // The min terms need the sum over the whole 32-value x block (s); of the two lanes sharing it, h = 0 adds them.
+    if (k % 2 == 0) r -= dmin * (static_cast<float>(m_lo) * x.ds_lo.y + static_cast<float>(m_hi) * x.ds_hi.y);
+    return r;
+  }
+};
+
+// Q5_K (176-byte super-blocks, 16-byte aligned: d, dmin, scales[12], qh[32], qs[128]): Q4_K's units plus the
+// fifth bits, bit 2g (low nibbles) and 2g+1 (high nibbles) of qh[16h + i].
+template <>
+struct Q8Dot<GgmlType::Q5_K> {
+  static constexpr int kValues = 32;
+  struct Weights {
+    uint4 head, qh, qs;
+  };
+  using Act = Q8Dot<GgmlType::Q4_K>::Act;
+  __device__ static Weights load(const uint8_t* row, int u) {
+    const uint8_t* b = row + (u / 8) * 176;
+    const int k = u % 8;
+    return {load16(b), load16(b + 16 + 16 * (k % 2)), load16(b + 48 + 16 * k)};
+  }
+  __device__ static Act load_act(const int8_t* xq, const float2* ds, int u) {
+    return Q8Dot<GgmlType::Q4_K>::load_act(xq, ds, u);
+  }
+  __device__ static float dot(const Weights& w, const Act& x, int u) {
+    const int k = u % 8, g = k / 2;
+    const uint32_t q[4] = {w.qs.x, w.qs.y, w.qs.z, w.qs.w}, qh[4] = {w.qh.x, w.qh.y, w.qh.z, w.qh.w};
+    int lo[4], hi[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      lo[i] = low_nibbles(q[i]) | static_cast<int>(((qh[i] >> (2 * g)) & 0x01010101u) << 4);
+      hi[i] = high_nibbles(q[i]) | static_cast<int>(((qh[i] >> (2 * g + 1)) & 0x01010101u) << 4);
+    }
+    int sc_lo, m_lo, sc_hi, m_hi;
+    k4_scale_min(w.head, 2 * g, sc_lo, m_lo);
+    k4_scale_min(w.head, 2 * g + 1, sc_hi, m_hi);
+    const float d = f16_bits_to_float(w.head.x & 0xFFFF), dmin = f16_bits_to_float(w.head.x >> 16);
+    float r = d * (static_cast<float>(sc_lo) * x.ds_lo.x * static_cast<float>(dot16(lo, x.lo)) +
+                   static_cast<float>(sc_hi) * x.ds_hi.x * static_cast<float>(dot16(hi, x.hi)));
+    if (k % 2 == 0) r -= dmin * (static_cast<float>(m_lo) * x.ds_lo.y + static_cast<float>(m_hi) * x.ds_hi.y);
+    return r;
+  }
+};
+
+// Q6_K (210-byte super-blocks, only 2-byte aligned: ql[128], qh[64], int8 scales[16], d). Value 128h + 32k + l
+// (h < 2, k < 4, l < 32) has its low 4 bits in ql[64h + 32(k%2) + l] (low nibble for k < 2, high for k >= 2), its
+// top 2 bits in qh[32h + l] >> 2k, and scale scales[8h + 2k + l/16]. Unit j (8 per super-block; h = j/4, l from
+// 8(j%4)) takes 8 consecutive l for all four k: 32 values, in four runs of 8.
+template <>
+struct Q8Dot<GgmlType::Q6_K> {
+  static constexpr int kValues = 32;
+  struct Weights {
+    uint32_t ql_a[2], ql_b[2], qh[2];  // ql[64h + l..], ql[64h + 32 + l..], qh[32h + l..]
+    uint32_t scales;                   // scales[8h + l/16 + 2k] in byte k
+    float d;
+  };
+  struct Act {
+    int2 x[4];
+    float2 ds[4];
+  };
+  __device__ static Weights load(const uint8_t* row, int u) {
+    const uint8_t* b = row + (u / 8) * 210;
+    const int j = u % 8, h = j / 4, l = 8 * (j % 4);
+    Weights w;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      w.ql_a[i] = load4_a2(b + 64 * h + l + 4 * i);
+      w.ql_b[i] = load4_a2(b + 64 * h + 32 + l + 4 * i);
+      w.qh[i] = load4_a2(b + 128 + 32 * h + l + 4 * i);
+    }
+    // Bytes 8h + {0..7}: the scale of run k is byte 2k + l/16.
+    const uint32_t s0 = load4_a2(b + 192 + 8 * h), s1 = load4_a2(b + 196 + 8 * h);
+    w.scales = __byte_perm(s0, s1, l >= 16 ? 0x7531 : 0x6420);
+    w.d = load_f16(b + 208);
+    return w;
+  }
+  __device__ static Act load_act(const int8_t* xq, const float2* ds, int u) {
+    const int j = u % 8, v = (u / 8) * 256 + 128 * (j / 4) + 8 * (j % 4);
+    Act a;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) a.x[k] = load_x8(xq + v + 32 * k), a.ds[k] = load_ds(ds + v / 32 + k);
+    return a;
+  }
+  __device__ static float dot(const Weights& w, const Act& x, int) {
+    float r = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      int sum = 0;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const uint32_t ql = k % 2 == 0 ? w.ql_a[i] : w.ql_b[i];
+        const uint32_t low = k < 2 ? ql & 0x0F0F0F0Fu : (ql >> 4) & 0x0F0F0F0Fu;
+        const uint32_t high = ((w.qh[i] >> (2 * k)) & 0x03030303u) << 4;
+        // q - 32 in each byte: q + 0x60 stays below 0x100, and flipping bit 7 subtracts 0x80 mod 256.
+        const int centered = static_cast<int>(((low | high) + 0x60606060u) ^ 0x80808080u);
+        sum = __dp4a(centered, i == 0 ? x.x[k].x : x.x[k].y, sum);
+      }
+      const int scale = static_cast<int8_t>((w.scales >> (8 * k)) & 0xFF);
+      r += static_cast<float>(scale) * x.ds[k].x * static_cast<float>(sum);
+    }
+    return w.d * r;
+  }
+};
+
+// Q4_0 (18-byte blocks of 32, 2-byte aligned: d, qs[16]; value i is d * (q - 8), low nibbles first). One unit is
+// one block; the -8 offset comes out of the x block's s.
+template <>
+struct Q8Dot<GgmlType::Q4_0> {
+  static constexpr int kValues = 32;
+  struct Weights {
+    uint32_t q[4];
+    float d;
+  };
+  struct Act {
+    int4 lo, hi;
+    float2 ds;
+  };
+  __device__ static Weights load(const uint8_t* row, int u) {
+    const uint8_t* b = row + u * 18;
+    Weights w;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w.q[i] = load4_a2(b + 2 + 4 * i);
+    w.d = load_f16(b);
+    return w;
+  }
+  __device__ static Act load_act(const int8_t* xq, const float2* ds, int u) {
+    return {load_x16(xq + 32 * u), load_x16(xq + 32 * u + 16), load_ds(ds + u)};
+  }
+  __device__ static float dot(const Weights& w, const Act& x, int) {
+    int lo[4], hi[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) lo[i] = low_nibbles(w.q[i]), hi[i] = high_nibbles(w.q[i]);
+    const int sum = dot16(lo, x.lo) + dot16(hi, x.hi);
+    return w.d * (x.ds.x * static_cast<float>(sum) - 8.0f * x.ds.y);
+  }
+};
+
+// Q8_0 (34-byte blocks of 32, 2-byte aligned: d, int8 qs[32]). One unit is half a block.
+template <>
+struct Q8Dot<GgmlType::Q8_0> {
+  static constexpr int kValues = 16;
+  struct Weights {
+    int q[4];
+    float d;
+  };
+  struct Act {
+    int4 x;
+    float2 ds;
+  };
+  __device__ static Weights load(const uint8_t* row, int u) {
+    const uint8_t* b = row + (u / 2) * 34;
+    Weights w;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w.q[i] = static_cast<int>(load4_a2(b + 2 + 16 * (u % 2) + 4 * i));
+    w.d = load_f16(b);
+    return w;
+  }
+  __device__ static Act load_act(const int8_t* xq, const float2* ds, int u) {
+    return {load_x16(xq + 16 * u), load_ds(ds + u / 2)};
+  }
+  __device__ static float dot(const Weights& w, const Act& x, int) {
+    return w.d * x.ds.x * static_cast<float>(dot16(w.q, x.x));
+  }
+};
+
+// One block per group of kQ8RowsPerGroup rows, each warp kRowsPerWarp of them; kTokens activation rows.
+template <GgmlType T, int kTokens>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    matvec_q8_kernel(const MatvecGroups groups, const int8_t* __restrict__ xq, const float2* __restrict__ xds,
+                     int64_t ld) {
+  using Dot = Q8Dot<T>;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = blockIdx.x;
+  const int j = job_of(groups, group);
+  const MatvecJob job = job_at(groups, j);
+  const int64_t first_row =
+      static_cast<int64_t>(group - groups.group_start[j]) * kQ8RowsPerGroup + warp * kRowsPerWarp;
+  if (first_row >= job.w.n_rows) return;
+  // Rows past the end read the last row again (their sums are dropped), so that no load needs a condition.
+  const uint8_t* rows[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    rows[r] = job.w.data + min(first_row + r, job.w.n_rows - 1) * static_cast<int64_t>(job.w.row_bytes);
+  }
+  const int n_units = static_cast<int>(job.w.n_cols / Dot::kValues);
+  const int64_t ld_ds = ld / kQ8Block;
+
+  float acc[kRowsPerWarp][kTokens] = {};
+  for (int u0 = lane; u0 < n_units; u0 += 32 * kUnitsInFlight) {
+    typename Dot::Weights w[kUnitsInFlight][kRowsPerWarp];
+#pragma unroll
+    for (int i = 0; i < kUnitsInFlight; ++i) {
+      const int u = min(u0 + 32 * i, n_units - 1);  // past the end: loads a valid unit, its sum is dropped below
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) w[i][r] = Dot::load(rows[r], u);
+    }
+#pragma unroll
+    for (int i = 0; i < kUnitsInFlight; ++i) {
+      const int u = u0 + 32 * i;
+      if (u < n_units) {
+#pragma unroll
+        for (int t = 0; t < kTokens; ++t) {
+          const typename Dot::Act a = Dot::load_act(xq + t * ld, xds + t * ld_ds, u);
+#pragma unroll
+          for (int r = 0; r < kRowsPerWarp; ++r) acc[r][t] += Dot::dot(w[i][r], a, u);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t) {
+      float s = acc[r][t];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xFFFFFFFFu, s, offset);
+      if (lane == 0 && first_row + r < job.w.n_rows) {
+        float* out = job.y + t * job.ldy + first_row + r;
+        *out = job.accumulate ? *out + s : s;
+      }
+    }
+  }
+}
+
+struct LaunchQ8 {
+  const MatvecGroups* groups;
+  const Q8Rows* xq;
+  int n_tokens;
+  cudaStream_t stream;
+
+  template <GgmlType T>
+  void operator()() const {
+    if constexpr (has_q8_kernel(T)) {
+      switch (n_tokens) {
+        case 1: return launch<T, 1>();
+        case 2: return launch<T, 2>();
+        case 3: return launch<T, 3>();
+        case 4: return launch<T, 4>();
+        case 5: return launch<T, 5>();
+        case 6: return launch<T, 6>();
+        case 7: return launch<T, 7>();
+        default: return launch<T, 8>();
+      }
+    }
+  }
+  template <GgmlType T, int kTokens>
+  void launch() const {
+    const int n_groups = groups->group_start[groups->n_jobs];
+    matvec_q8_kernel<T, kTokens>
+        <<<n_groups, kWarpsPerBlock * 32, 0, stream>>>(*groups, xq->q, xq->ds, xq->ld);
+  }
+};
+
+}  // namespace
+
+void matvec_q8(const MatvecGroups& groups, const Q8Rows& xq, int n_tokens, cudaStream_t stream) {
+  dispatch_type(groups.jobs[0].w.type, LaunchQ8{&groups, &xq, n_tokens, stream});
+  check_launch("matvec_q8_kernel");
+}
+
+}  // namespace tessera::cuda

@@ -1,0 +1,20 @@
+// The integer decode kernels (matvec_q8.cu), which matvec() hands the weight types below to.
+#pragma once
+
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/matvec_jobs.cuh"
+
+namespace tessera::cuda {
+
+constexpr bool has_q8_kernel(GgmlType type) {
+  return type == GgmlType::Q4_0 || type == GgmlType::Q8_0 || type == GgmlType::Q4_K || type == GgmlType::Q5_K ||
+         type == GgmlType::Q6_K;
+}
+
+// Rows per thread block (the groups of MatvecGroups).
+constexpr int kQ8RowsPerGroup = 8;
+
+// y = W xq for every job of `groups` (made with kQ8RowsPerGroup); xq.ld == n_cols.
+void matvec_q8(const MatvecGroups& groups, const Q8Rows& xq, int n_tokens, cudaStream_t stream);
+
+}  // namespace tessera::cuda
