@@ -51,10 +51,10 @@ void LlamaCpu::interleave_weights() {
   if (last_layer_ == model_.config.n_layer && !model_.tied_embeddings) matrices.push_back(&model_.output);
   for (const model::MatrixView* m : matrices) {
     if (!quant::interleaved_available(m->type, m->n_rows, m->n_cols)) continue;
-    auto packed = std::make_unique_for_overwrite<uint8_t[]>(quant::interleaved_bytes(m->type, m->n_rows, m->n_cols));
+    HugePageBuffer packed(quant::interleaved_bytes(m->type, m->n_rows, m->n_cols));
     pool_.parallel_for(m->n_rows / quant::kInterleavedRows, [&](int64_t g, int) {
       quant::interleave_rows(m->type, m->data, m->row_bytes, m->n_cols, g * quant::kInterleavedRows,
-                             (g + 1) * quant::kInterleavedRows, packed.get());
+                             (g + 1) * quant::kInterleavedRows, packed.data());
     });
     if (model_.file) model_.file->release_pages(m->data, m->bytes());
     interleaved_.emplace(m, std::move(packed));
@@ -132,7 +132,7 @@ void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, in
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemmTokenBlock) {
       const int64_t nt = std::min(kGemmTokenBlock, n_tokens - t0);
       if (interleaved != interleaved_.end()) {
-        quant::gemm_interleaved(job.w->type, interleaved->second.get(), job.w->n_cols, chunk.row_begin, chunk.row_end,
+        quant::gemm_interleaved(job.w->type, interleaved->second.data(), job.w->n_cols, chunk.row_begin, chunk.row_end,
                                 xq_.data() + p.offset + t0 * p.row_bytes, p.row_bytes, nt, job.y + t0 * job.w->n_rows,
                                 job.w->n_rows);
         continue;

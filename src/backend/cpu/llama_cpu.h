@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/huge_page_buffer.h"
 #include "backend/cpu/ops.h"
 #include "backend/cpu/thread_pool.h"
 #include "model/llama.h"
@@ -51,7 +52,7 @@ class LlamaCpu {
 
   // The matrices this CPU has an interleaved kernel for, rearranged once (quant/interleaved.h); the file's pages
   // of each are released afterwards, so the model stays resident once.
-  std::unordered_map<const model::MatrixView*, std::unique_ptr<uint8_t[]>> interleaved_;
+  std::unordered_map<const model::MatrixView*, HugePageBuffer> interleaved_;
 
   std::vector<std::vector<uint8_t>> k_cache_;  // per layer: [n_slots][kv_dim] f16 or f32
   std::vector<std::vector<uint8_t>> v_cache_;  // per layer: [n_slots][kv_dim] f16 or f32
