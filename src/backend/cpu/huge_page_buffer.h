@@ -10,6 +10,7 @@ namespace tessera::cpu {
 
 class HugePageBuffer {
  public:
+  HugePageBuffer() = default;  // empty
   explicit HugePageBuffer(size_t bytes);  // uninitialised; throws std::bad_alloc when memory runs out
 
   uint8_t* data() const { return data_.get(); }

@@ -49,15 +49,24 @@ void LlamaCpu::interleave_weights() {
   }
   // A tied output matrix is also the embedding table, whose rows are read in GGUF layout.
   if (last_layer_ == model_.config.n_layer && !model_.tied_embeddings) matrices.push_back(&model_.output);
+  // One buffer for all of them: huge pages are only worth it without a partly used page per matrix.
+  std::vector<std::pair<const model::MatrixView*, size_t>> placed;  // matrix, offset in the buffer
+  size_t total = 0;
   for (const model::MatrixView* m : matrices) {
     if (!quant::interleaved_available(m->type, m->n_rows, m->n_cols)) continue;
-    HugePageBuffer packed(quant::interleaved_bytes(m->type, m->n_rows, m->n_cols));
+    placed.emplace_back(m, total);
+    total += (quant::interleaved_bytes(m->type, m->n_rows, m->n_cols) + 63) / 64 * 64;
+  }
+  if (placed.empty()) return;
+  interleaved_buffer_ = HugePageBuffer(total);
+  for (const auto& [m, offset] : placed) {
+    uint8_t* packed = interleaved_buffer_.data() + offset;
     pool_.parallel_for(m->n_rows / quant::kInterleavedRows, [&](int64_t g, int) {
       quant::interleave_rows(m->type, m->data, m->row_bytes, m->n_cols, g * quant::kInterleavedRows,
-                             (g + 1) * quant::kInterleavedRows, packed.data());
+                             (g + 1) * quant::kInterleavedRows, packed);
     });
     if (model_.file) model_.file->release_pages(m->data, m->bytes());
-    interleaved_.emplace(m, std::move(packed));
+    interleaved_.emplace(m, packed);
   }
 }
 
@@ -132,7 +141,7 @@ void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, in
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemmTokenBlock) {
       const int64_t nt = std::min(kGemmTokenBlock, n_tokens - t0);
       if (interleaved != interleaved_.end()) {
-        quant::gemm_interleaved(job.w->type, interleaved->second.data(), job.w->n_cols, chunk.row_begin, chunk.row_end,
+        quant::gemm_interleaved(job.w->type, interleaved->second, job.w->n_cols, chunk.row_begin, chunk.row_end,
                                 xq_.data() + p.offset + t0 * p.row_bytes, p.row_bytes, nt, job.y + t0 * job.w->n_rows,
                                 job.w->n_rows);
         continue;

@@ -52,7 +52,8 @@ class LlamaCpu {
 
   // The matrices this CPU has an interleaved kernel for, rearranged once (quant/interleaved.h); the file's pages
   // of each are released afterwards, so the model stays resident once.
-  std::unordered_map<const model::MatrixView*, HugePageBuffer> interleaved_;
+  HugePageBuffer interleaved_buffer_;
+  std::unordered_map<const model::MatrixView*, const uint8_t*> interleaved_;
 
   std::vector<std::vector<uint8_t>> k_cache_;  // per layer: [n_slots][kv_dim] f16 or f32
   std::vector<std::vector<uint8_t>> v_cache_;  // per layer: [n_slots][kv_dim] f16 or f32
