@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/attention.h"
 #include "backend/cpu/f16_convert.h"
 #include "backend/cpu/ops.h"
 #include "quant/interleaved.h"
@@ -207,10 +208,10 @@ void LlamaCpu::attention(int il, const ForwardBatch& batch) {
     const std::span<const int32_t> slots = batch.sequences[batch.seq_index[b.t0]].slots;
     const int n_keys = b.max_pos + 1;
     std::vector<float>& s = scratch_[thread];
-    grow(s, static_cast<size_t>(n_keys) * hd * 2 + n_keys);
+    grow(s, static_cast<size_t>(n_keys) * hd * 2 + attend_block_scratch_floats(n_keys, hd));
     float* keys = s.data();
     float* values = keys + static_cast<int64_t>(n_keys) * hd;
-    float* scores = values + static_cast<int64_t>(n_keys) * hd;
+    float* attend_scratch = values + static_cast<int64_t>(n_keys) * hd;
     for (int j = 0; j < n_keys; ++j) {
       const int64_t offset = static_cast<int64_t>(slots[j]) * kv_dim + h * hd;
       if (f16) {
@@ -221,12 +222,13 @@ void LlamaCpu::attention(int il, const ForwardBatch& batch) {
         std::memcpy(values + j * hd, reinterpret_cast<const float*>(v_cache_[il].data()) + offset, hd * sizeof(float));
       }
     }
-    for (int64_t t = b.t0; t < b.t1; ++t) {
-      for (int hq = h * group; hq < (h + 1) * group; ++hq) {
-        const int64_t qo = t * c.q_dim() + static_cast<int64_t>(hq) * hd;
-        attend(q_.data() + qo, keys, values, hd, batch.positions[t] + 1, hd, scale, f16, scores, attn_.data() + qo);
-      }
-    }
+    int32_t token_keys[kAttentionTokenBlock];
+    for (int64_t t = b.t0; t < b.t1; ++t) token_keys[t - b.t0] = batch.positions[t] + 1;
+    const int64_t first = b.t0 * c.q_dim() + static_cast<int64_t>(h) * group * hd;
+    const AttentionBlock block{q_.data() + first, attn_.data() + first, c.q_dim(), static_cast<int>(b.t1 - b.t0),
+                               group,             token_keys,           keys,      values,
+                               hd,                hd,                   scale,     f16};
+    attend_block(block, attend_scratch);
   });
 }
 

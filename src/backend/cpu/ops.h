@@ -34,7 +34,8 @@ float round_to_f16(float x);
 
 // One query head's attention over n_keys keys and values (rows of head_dim floats, row stride `stride`):
 // out = softmax(q.k * scale) V. With f16_rounding, q and the softmax weights are rounded to f16 first, as ggml
-// does when K and V are f16. `scores` is scratch of n_keys floats.
+// does when K and V are f16. `scores` is scratch of n_keys floats. The forward pass runs attend_block
+// (attention.h), which computes this for many query rows at once; this is its reference.
 void attend(const float* q, const float* keys, const float* values, int64_t stride, int n_keys, int head_dim,
             float scale, bool f16_rounding, float* scores, float* out);
 

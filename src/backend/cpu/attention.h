@@ -1,0 +1,44 @@
+// Grouped-query attention for prompt processing: every query head that shares one KV head, over a run of query
+// tokens of one sequence, at once. The scores are a small matrix product (queries x keys), the softmax uses a
+// vectorized exp, and the weighted sum of values is a second product, so each key and value is loaded once per
+// tile of query rows instead of once per query. The numerics are attend()'s (ops.h) up to float reassociation
+// and the exp's last bit or two: attend() is the reference this op is tested against.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "quant/quant.h"
+
+namespace tessera::cpu {
+
+struct AttentionBlock {
+  const float* q;          // query row (t, g) is q + t * token_stride + g * head_dim, for t < n_tokens, g < n_heads
+  float* out;              // its output row is at the same offset from out
+  int64_t token_stride;
+  int n_tokens;
+  int n_heads;             // query heads that share this KV head
+  const int32_t* n_keys;   // [n_tokens]: token t attends to keys [0, n_keys[t]), n_keys[t] >= 1
+  const float* keys;       // key j is keys + j * kv_stride, head_dim floats
+  const float* values;     // value j likewise
+  int64_t kv_stride;
+  int head_dim;
+  float scale;             // applied to q.k before the softmax
+  bool f16_rounding;       // round q and the softmax weights to f16, as attend() does for an f16 KV cache
+};
+
+// Floats of scratch that attend_block needs when no token attends to more than max_keys keys.
+size_t attend_block_scratch_floats(int max_keys, int head_dim);
+
+// out = softmax(q.k * scale) V for every query row of the block, at the active SIMD level.
+void attend_block(const AttentionBlock& block, float* scratch);
+
+// The same at a chosen level, which must not exceed what the CPU supports (tests run every level). The scalar
+// level is attend() row by row.
+void attend_block_at(quant::SimdLevel level, const AttentionBlock& block, float* scratch);
+
+// y[i] = exp(x[i]) as the softmax of attend_block computes it at `level` (AVX2 or AVX-512), exposed for its
+// test: within 2 ulp of std::exp for ln(FLT_MIN) <= x <= 88, zero below (where exp is a subnormal or 0).
+void softmax_exp_at(quant::SimdLevel level, const float* x, float* y, int64_t n);
+
+}  // namespace tessera::cpu
