@@ -79,9 +79,9 @@ std::vector<float> dequantize_ref(GgmlType type, const std::vector<uint8_t>& byt
   return out;
 }
 
-// What the GPU's Q8Rows hold for the rows x (whole 32-value blocks, row after row): the integers of the CPU engine's activation quantizer
-// (quant::quantize_activations to Q8_1, whose blocks are f16 d, f16 s, int8 qs[32]), with d = amax / 127 and
-// s = d * sum(q) kept in f32.
+// What the GPU's Q8Rows hold for the rows x (whole 32-value blocks, row after row): the integers of the CPU engine's
+// activation quantizer (quant::quantize_activations to Q8_1, whose blocks are f16 d, f16 s, int8 qs[32]), with d = amax
+// / 127 and s = d * sum(q) kept in f32.
 struct HostQ8 {
   std::vector<int8_t> q;
   std::vector<float> d, s;

@@ -8,6 +8,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace tessera::cuda {
 namespace {
@@ -39,6 +40,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                      const void* __restrict__ v_cache, const int32_t* __restrict__ positions,
                      const int32_t* __restrict__ slot_offsets, const int32_t* __restrict__ slot_table,
                      float* __restrict__ partials, float* __restrict__ out) {
+  wait_for_previous_kernel();
+  allow_next_kernel();
   const int t = blockIdx.x, h0 = blockIdx.y * QH, split = blockIdx.z, n_splits = gridDim.z;
   const int hd = p.head_dim, kv_dim = p.n_head_kv * hd, q_dim = p.n_head * hd;
   const int kv_head = h0 / (p.n_head / p.n_head_kv);
@@ -134,6 +137,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 __global__ void merge_splits_kernel(const AttentionParams p, int n_splits, const float* __restrict__ partials,
                                     float* __restrict__ out) {
+  wait_for_previous_kernel();
+  allow_next_kernel();
   const int t = blockIdx.x, head = blockIdx.y, hd = p.head_dim;
   const float* parts = partials + (static_cast<int64_t>(t) * p.n_head + head) * n_splits * (hd + 2);
   float big = -INFINITY;
@@ -156,8 +161,8 @@ void launch(const AttentionParams& p, const float* q, const void* k_cache, const
             const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table, int n_tokens,
             int n_splits, float* partials, float* out, cudaStream_t stream) {
   const dim3 grid(n_tokens, p.n_head / QH, n_splits);
-  attention_kernel<DPL, QH>
-      <<<grid, kWarps * 32, 0, stream>>>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, partials, out);
+  launch_chained("attention_kernel", attention_kernel<DPL, QH>, grid, dim3(kWarps * 32), 0, stream, p, q, k_cache,
+                 v_cache, positions, slot_offsets, slot_table, partials, out);
 }
 
 template <int DPL>
@@ -220,10 +225,9 @@ void attention(const AttentionParams& p, const float* q, const void* k_cache, co
                       partials, out, stream);
       break;
   }
-  check_launch("attention_kernel");
   if (n_splits > 1) {
-    merge_splits_kernel<<<dim3(n_tokens, p.n_head), 128, 0, stream>>>(p, n_splits, partials, out);
-    check_launch("merge_splits_kernel");
+    launch_chained("merge_splits_kernel", merge_splits_kernel, dim3(n_tokens, p.n_head), dim3(128), 0, stream, p,
+                   n_splits, partials, out);
   }
 }
 

@@ -396,8 +396,7 @@ void LlamaCuda::enqueue_output(int n_tokens, int n_out) {
   (void)n_tokens;
   if (n_out == 0) return;
   const Q8Rows norm_q8 = decode_q8(config_.n_embd, n_out);
-  rms_norm(x_, output_rows_d(), output_norm_, norm_, nullptr, norm_q8, n_out, config_.n_embd, config_.rms_eps,
-           stream_);
+  rms_norm(x_, output_rows_d(), output_norm_, norm_, nullptr, norm_q8, n_out, config_.n_embd, config_.rms_eps, stream_);
   matmuls({{&output_, logits_}}, norm_, norm_q8, n_out, false);
   TESSERA_CUDA_CHECK(cudaMemcpyAsync(logits_host_, logits_,
                                      static_cast<size_t>(n_out) * config_.n_vocab * sizeof(float),

@@ -10,6 +10,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/dequant.cuh"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 #include "backend/cuda/matvec_jobs.cuh"
 #include "backend/cuda/matvec_q8.h"
 
@@ -77,6 +78,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int n_groups = launch.groups.group_start[launch.groups.n_jobs];
 
   if (static_cast<int>(blockIdx.x) < n_groups) prefetch_group(launch, blockIdx.x, warp, lane);
+  wait_for_previous_kernel();
+  allow_next_kernel();
   if (single_tile) {
     stage_x<kChunk>(xs, tile_stride, x, ldx, n_tokens, 0, static_cast<int>(n_cols));
     __syncthreads();
@@ -193,7 +196,8 @@ struct LaunchMatvec {
     const size_t shared = static_cast<size_t>(n_tokens) * tile_floats * sizeof(float);
     const int groups = l.groups.group_start[l.groups.n_jobs];
     const int grid = std::min(groups, kBlocksPerSm * multiprocessor_count());
-    matvec_kernel<T><<<grid, kWarpsPerBlock * 32, shared, stream>>>(l, x, ldx, n_tokens);
+    launch_chained("matvec_kernel", matvec_kernel<T>, dim3(grid), dim3(kWarpsPerBlock * 32), shared, stream, l, x, ldx,
+                   n_tokens);
   }
 };
 
@@ -224,7 +228,6 @@ void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, cons
   if (!dispatch_type(type, LaunchMatvec{&launch, x, ldx, n_tokens, stream})) {
     throw std::runtime_error("the CUDA backend has no kernel for weight type " + std::string(ggml_type_name(type)));
   }
-  check_launch("matvec_kernel");
 }
 
 }  // namespace tessera::cuda

@@ -8,6 +8,7 @@
 // is the dot product of the dequantized weights with the dequantized x, up to f32 rounding.
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/dequant.cuh"
+#include "backend/cuda/launch.cuh"
 #include "backend/cuda/matvec_q8.h"
 
 namespace tessera::cuda {
@@ -263,8 +264,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int group = blockIdx.x;
   const int j = job_of(groups, group);
   const MatvecJob job = job_at(groups, j);
-  const int64_t first_row =
-      static_cast<int64_t>(group - groups.group_start[j]) * kQ8RowsPerGroup + warp * kRowsPerWarp;
+  const int64_t first_row = static_cast<int64_t>(group - groups.group_start[j]) * kQ8RowsPerGroup + warp * kRowsPerWarp;
   if (first_row >= job.w.n_rows) return;
   // Rows past the end read the last row again (their sums are dropped), so that no load needs a condition.
   const uint8_t* rows[kRowsPerWarp];
@@ -275,15 +275,23 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int n_units = static_cast<int>(job.w.n_cols / Dot::kValues);
   const int64_t ld_ds = ld / kQ8Block;
 
-  float acc[kRowsPerWarp][kTokens] = {};
-  for (int u0 = lane; u0 < n_units; u0 += 32 * kUnitsInFlight) {
-    typename Dot::Weights w[kUnitsInFlight][kRowsPerWarp];
+  typename Dot::Weights w[kUnitsInFlight][kRowsPerWarp];
+  auto load_weights = [&](int u0) {
 #pragma unroll
     for (int i = 0; i < kUnitsInFlight; ++i) {
       const int u = min(u0 + 32 * i, n_units - 1);  // past the end: loads a valid unit, its sum is dropped below
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) w[i][r] = Dot::load(rows[r], u);
     }
+  };
+  // The weights do not depend on the previous kernel: the first ones are on their way before waiting for it.
+  load_weights(lane);
+  wait_for_previous_kernel();
+  allow_next_kernel();
+
+  float acc[kRowsPerWarp][kTokens] = {};
+  for (int u0 = lane; u0 < n_units; u0 += 32 * kUnitsInFlight) {
+    if (u0 != lane) load_weights(u0);
 #pragma unroll
     for (int i = 0; i < kUnitsInFlight; ++i) {
       const int u = u0 + 32 * i;
@@ -336,8 +344,8 @@ struct LaunchQ8 {
   template <GgmlType T, int kTokens>
   void launch() const {
     const int n_groups = groups->group_start[groups->n_jobs];
-    matvec_q8_kernel<T, kTokens>
-        <<<n_groups, kWarpsPerBlock * 32, 0, stream>>>(*groups, xq->q, xq->ds, xq->ld);
+    launch_chained("matvec_q8_kernel", matvec_q8_kernel<T, kTokens>, dim3(n_groups), dim3(kWarpsPerBlock * 32), 0,
+                   stream, *groups, xq->q, xq->ds, xq->ld);
   }
 };
 
@@ -345,7 +353,6 @@ struct LaunchQ8 {
 
 void matvec_q8(const MatvecGroups& groups, const Q8Rows& xq, int n_tokens, cudaStream_t stream) {
   dispatch_type(groups.jobs[0].w.type, LaunchQ8{&groups, &xq, n_tokens, stream});
-  check_launch("matvec_q8_kernel");
 }
 
 }  // namespace tessera::cuda

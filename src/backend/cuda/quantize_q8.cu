@@ -4,6 +4,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 #include "backend/cuda/q8.cuh"
 
 namespace tessera::cuda {
@@ -12,6 +13,8 @@ namespace {
 constexpr int kThreads = 256;
 
 __global__ void quantize_q8_kernel(const float* __restrict__ x, int64_t ldx, int64_t n_values, Q8Rows out) {
+  wait_for_previous_kernel();
+  allow_next_kernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   // n_values is a multiple of 32, so a warp is either wholly in range or wholly out.
   if (i >= n_values) return;
@@ -25,9 +28,9 @@ void quantize_q8(const float* x, int64_t ldx, int n_rows, const Q8Rows& out, cud
   if (out.ld % kQ8Block != 0 || out.ld > ldx) throw std::runtime_error("quantize_q8: bad row width");
   const int64_t n_values = static_cast<int64_t>(n_rows) * out.ld;
   if (n_values == 0) return;
-  quantize_q8_kernel<<<static_cast<unsigned>((n_values + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-      x, ldx, n_values, out);
-  check_launch("quantize_q8_kernel");
+  launch_chained("quantize_q8_kernel", quantize_q8_kernel,
+                 dim3(static_cast<unsigned>((n_values + kThreads - 1) / kThreads)), dim3(kThreads), 0, stream, x, ldx,
+                 n_values, out);
 }
 
 }  // namespace tessera::cuda

@@ -3,6 +3,7 @@
 // per pair, in float.
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace tessera::cuda {
 namespace {
@@ -12,6 +13,8 @@ namespace {
 __global__ void rope_store_kernel(const RopeParams p, float* __restrict__ q, const float* __restrict__ k,
                                   const float* __restrict__ v, const int32_t* __restrict__ positions,
                                   const int32_t* __restrict__ slots, void* k_cache, void* v_cache, bool f16_cache) {
+  wait_for_previous_kernel();
+  allow_next_kernel();
   const int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
   if (2 * i >= p.head_dim) return;
   const int q_dim = p.n_head * p.head_dim, kv_dim = p.n_head_kv * p.head_dim;
@@ -52,8 +55,8 @@ void rope_and_store_kv(const RopeParams& p, float* q, const float* k, const floa
   if (n_tokens == 0) return;
   const dim3 grid(n_tokens, p.n_head + p.n_head_kv);
   const int threads = (p.head_dim / 2 + 31) / 32 * 32;
-  rope_store_kernel<<<grid, threads, 0, stream>>>(p, q, k, v, positions, slots, k_cache, v_cache, f16_cache);
-  check_launch("rope_store_kernel");
+  launch_chained("rope_store_kernel", rope_store_kernel, grid, dim3(threads), 0, stream, p, q, k, v, positions, slots,
+                 k_cache, v_cache, f16_cache);
 }
 
 }  // namespace tessera::cuda

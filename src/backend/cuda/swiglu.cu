@@ -4,6 +4,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 #include "backend/cuda/q8.cuh"
 
 namespace tessera::cuda {
@@ -11,6 +12,8 @@ namespace {
 
 __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
                               __half* __restrict__ out16, const Q8Rows q8, int64_t count) {
+  wait_for_previous_kernel();
+  allow_next_kernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   // With q8, count is a multiple of 32: whole warps leave here, and the others quantize together.
   if (i >= count) return;
@@ -29,8 +32,8 @@ void swiglu(const float* gate, const float* up, float* out, __half* out16, const
   if (q8.q && (q8.ld % kQ8Block != 0 || count % q8.ld != 0)) {
     throw std::runtime_error("swiglu: bad width for the Q8 output");
   }
-  swiglu_kernel<<<static_cast<unsigned>((count + 255) / 256), 256, 0, stream>>>(gate, up, out, out16, q8, count);
-  check_launch("swiglu_kernel");
+  launch_chained("swiglu_kernel", swiglu_kernel, dim3(static_cast<unsigned>((count + 255) / 256)), dim3(256), 0, stream,
+                 gate, up, out, out16, q8, count);
 }
 
 }  // namespace tessera::cuda

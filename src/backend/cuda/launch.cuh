@@ -1,0 +1,37 @@
+// Programmatic dependent launch (sm_90) for the kernels of a decode step. A step is a chain of ~12 small kernels
+// per layer, each needing the previous one's output, and with plain launches every kernel starts only after the
+// previous one has drained, so launch latency and the first DRAM round trip add up kernel after kernel.
+// Launched with launch_chained, a kernel may start while the previous one still runs: it does the work that needs
+// nothing from earlier kernels (issuing its weight loads), then wait_for_previous_kernel() blocks until the
+// previous kernel has finished and its writes are visible. Every kernel launched this way must call it before it
+// reads anything an earlier kernel wrote or writes anything an earlier kernel reads (through the previous
+// kernel's own wait, this covers all earlier kernels). After waiting, allow_next_kernel() lets the next kernel in
+// the stream start, so at most one kernel runs ahead. Both are no-ops for a kernel launched the plain way.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "backend/cuda/cuda_check.h"
+
+namespace tessera::cuda {
+
+__device__ __forceinline__ void wait_for_previous_kernel() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void allow_next_kernel() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+
+template <class... Params, class... Args>
+void launch_chained(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+                    cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  check_cuda(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), name);
+}
+
+}  // namespace tessera::cuda
