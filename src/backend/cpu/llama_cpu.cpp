@@ -165,12 +165,8 @@ void LlamaCpu::store_kv(int il, const ForwardBatch& batch) {
     const float* k = k_.data() + t * kv_dim;
     const float* v = v_.data() + t * kv_dim;
     if (kv_type_ == KvCacheType::F16) {
-      auto* kc = reinterpret_cast<uint16_t*>(k_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim;
-      auto* vc = reinterpret_cast<uint16_t*>(v_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim;
-      for (int i = 0; i < kv_dim; ++i) {
-        kc[i] = quant::fp32_to_fp16(k[i]);
-        vc[i] = quant::fp32_to_fp16(v[i]);
-      }
+      f32_to_f16(k, reinterpret_cast<uint16_t*>(k_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim, kv_dim);
+      f32_to_f16(v, reinterpret_cast<uint16_t*>(v_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim, kv_dim);
     } else {
       std::memcpy(reinterpret_cast<float*>(k_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim, k,
                   kv_dim * sizeof(float));
