@@ -46,9 +46,11 @@ struct Avx2 {
   }
   static V round_to_f16(V x) { return _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT)); }
   static Sum sum_zero() { return _mm256_setzero_pd(); }
+  // The halves are added first, so that acc sees one addition per call.
   static Sum sum_add(Sum acc, V x) {
-    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(x)));
-    return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
+    const Sum halves = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)),
+                                     _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
+    return _mm256_add_pd(acc, halves);
   }
   static double reduce_sum(Sum acc) {
     const __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(acc), _mm256_extractf128_pd(acc, 1));

@@ -8,7 +8,7 @@
 // load_first(p, n) / store_first(p, x, n) (the first n lanes, the rest of a load zero), store, sub, mul,
 // fma(a, b, c) = a * b + c, max(a, b) (b where either is NaN), reduce_max, round (to nearest integer),
 // scale_by_pow2(p, n) = p * 2^n for integral n in [-126, 127], zero_where_less(y, x, limit), round_to_f16,
-// sum_zero, sum_add, reduce_sum.
+// sum_zero, sum_add(acc, x) = acc + x in double, reduce_sum.
 #pragma once
 
 #include <cstdint>
@@ -116,13 +116,23 @@ void softmax_row(float* row, int n_keys, int64_t n_padded, bool f16_rounding) {
   V max_v = S::broadcast(-__builtin_inff());
   for (int64_t j = 0; j < n_padded; j += S::kLanes) max_v = S::max(max_v, S::load(row + j));
   const V max_score = S::broadcast(S::reduce_max(max_v));
-  typename S::Sum sum = S::sum_zero();
-  for (int64_t j = 0; j < n_padded; j += S::kLanes) {
-    const V e = exp_of<S>(S::sub(S::load(row + j), max_score));
-    S::store(row + j, e);
-    sum = S::sum_add(sum, e);
+  // One double accumulator per vector of a key tile (n_padded is a multiple of it): the additions of one
+  // accumulator form a chain, and a single chain would be slower than the exps.
+  constexpr int kChains = S::kKeyVectors;
+  typename S::Sum sums[kChains];
+#pragma GCC unroll 16
+  for (int c = 0; c < kChains; ++c) sums[c] = S::sum_zero();
+  for (int64_t j = 0; j < n_padded; j += kChains * S::kLanes) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChains; ++c) {
+      const V e = exp_of<S>(S::sub(S::load(row + j + c * S::kLanes), max_score));
+      S::store(row + j + c * S::kLanes, e);
+      sums[c] = S::sum_add(sums[c], e);
+    }
   }
-  const V inv_sum = S::broadcast(static_cast<float>(1.0 / S::reduce_sum(sum)));
+  double sum = 0;
+  for (int c = 0; c < kChains; ++c) sum += S::reduce_sum(sums[c]);
+  const V inv_sum = S::broadcast(static_cast<float>(1.0 / sum));
   for (int64_t j = 0; j < n_padded; j += S::kLanes) {
     V w = S::mul(S::load(row + j), inv_sum);
     if (f16_rounding) w = S::round_to_f16(w);
@@ -220,6 +230,9 @@ void attend_block_simd(const AttentionBlock& b, float* scratch) {
   transpose_keys<S>(b.keys, b.kv_stride, max_keys, hd, panels);
 
   const int n_rows = b.n_tokens * b.n_heads;
+  const auto row_offset = [&](int r) {
+    return (r / b.n_heads) * b.token_stride + static_cast<int64_t>(r % b.n_heads) * hd;
+  };
   for (int r0 = 0; r0 < n_rows; r0 += kRows) {
     const int rows = static_cast<int>(min_of(kRows, n_rows - r0));
     int row_keys[kRows];
@@ -233,10 +246,9 @@ void attend_block_simd(const AttentionBlock& b, float* scratch) {
         for (int d = 0; d < hd; ++d) query[d] = 0;
         continue;
       }
-      const int t = (r0 + i) / b.n_heads, g = (r0 + i) % b.n_heads;
-      const int64_t offset = t * b.token_stride + static_cast<int64_t>(g) * hd;
+      const int64_t offset = row_offset(r0 + i);
       out_rows[i] = b.out + offset;
-      row_keys[i] = b.n_keys[t];
+      row_keys[i] = b.n_keys[(r0 + i) / b.n_heads];
       tile_keys = row_keys[i] > tile_keys ? row_keys[i] : tile_keys;
       for (int d = 0; d < hd; d += S::kLanes) {
         const int lanes = static_cast<int>(min_of(S::kLanes, hd - d));
@@ -244,6 +256,12 @@ void attend_block_simd(const AttentionBlock& b, float* scratch) {
         if (b.f16_rounding) x = S::round_to_f16(x);
         S::store_first(query + d, x, lanes);
       }
+    }
+    // The next tile's queries are likely out of cache (the projections wrote them long ago): ask for them now,
+    // while this tile computes.
+    for (int i = 0; i < kRows && r0 + kRows + i < n_rows; ++i) {
+      const float* next = b.q + row_offset(r0 + kRows + i);
+      for (int d = 0; d < hd; d += 16) __builtin_prefetch(next + d);
     }
     const int64_t tile_padded = round_up(tile_keys, kKeyTile);
     score_tile<S>(queries, hd, panels, tile_padded, b.scale, scores, key_pad);
