@@ -34,11 +34,11 @@ size_t attend_block_scratch_floats(int max_keys, int head_dim);
 void attend_block(const AttentionBlock& block, float* scratch);
 
 // The same at a chosen level, which must not exceed what the CPU supports (tests run every level). The scalar
-// level is attend() row by row.
+// level is attend() row by row, so head_dim is at most 512 there.
 void attend_block_at(quant::SimdLevel level, const AttentionBlock& block, float* scratch);
 
 // y[i] = exp(x[i]) as the softmax of attend_block computes it at `level` (AVX2 or AVX-512), exposed for its
-// test: within 2 ulp of std::exp for ln(FLT_MIN) <= x <= 88, zero below (where exp is a subnormal or 0).
+// test: within 2 ulp of exp for -87.3365 <= x <= 88, zero below (where exp(x) is about FLT_MIN or less).
 void softmax_exp_at(quant::SimdLevel level, const float* x, float* y, int64_t n);
 
 }  // namespace tessera::cpu
