@@ -78,6 +78,28 @@ TEST(SoftmaxExp, EdgeCases) {
   }
 }
 
+TEST(Swiglu, VectorLevelsMatchTheReference) {
+  // Gates over the whole useful range and beyond (silu saturates at both ends), an odd count for the tail.
+  std::vector<float> gate, up;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  for (float g = -120.0f; g <= 120.0f; g += 0.0173f) {
+    gate.push_back(g);
+    up.push_back(gauss(rng));
+  }
+  const int64_t n = static_cast<int64_t>(gate.size());
+  std::vector<float> want(n), got(n);
+  swiglu(gate.data(), up.data(), want.data(), static_cast<int>(n));
+  for (SimdLevel level : levels_up_to_active()) {
+    swiglu_at(level, gate.data(), up.data(), got.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      // The exp's 2 ulp, the division's and the multiplication's rounding: a few ulp of the result.
+      const float tol = 4e-7f * std::fabs(want[i]) + 1e-30f;
+      ASSERT_NEAR(got[i], want[i], tol) << quant::simd_level_name(level) << " gate " << gate[i] << " up " << up[i];
+    }
+  }
+}
+
 struct Shape {
   int head_dim;
   int n_heads;   // query heads per KV head

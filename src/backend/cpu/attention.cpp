@@ -65,4 +65,18 @@ void softmax_exp_at(quant::SimdLevel level, const float* x, float* y, int64_t n)
   throw std::invalid_argument("softmax_exp_at: the scalar level uses std::exp");
 }
 
+void swiglu_at(quant::SimdLevel level, const float* gate, const float* up, float* out, int64_t n) {
+  switch (level) {
+    case quant::SimdLevel::Avx512Vnni:
+      detail::swiglu_avx512(gate, up, out, n);
+      return;
+    case quant::SimdLevel::Avx2:
+      detail::swiglu_avx2(gate, up, out, n);
+      return;
+    case quant::SimdLevel::Scalar:
+      swiglu(gate, up, out, static_cast<int>(n));
+      return;
+  }
+}
+
 }  // namespace tessera::cpu

@@ -41,4 +41,8 @@ void attend_block_at(quant::SimdLevel level, const AttentionBlock& block, float*
 // test: within 2 ulp of exp for -87.3365 <= x <= 88, zero below (where exp(x) is about FLT_MIN or less).
 void softmax_exp_at(quant::SimdLevel level, const float* x, float* y, int64_t n);
 
+// out = silu(gate) * up with the exp above at `level` (the scalar level is swiglu() of ops.h, the reference).
+// The forward pass calls it at the active level; it differs from the reference by the exp's last bits.
+void swiglu_at(quant::SimdLevel level, const float* gate, const float* up, float* out, int64_t n);
+
 }  // namespace tessera::cpu

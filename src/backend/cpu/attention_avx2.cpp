@@ -27,6 +27,9 @@ struct Avx2 {
   static void store_first(float* p, V x, int n) { _mm256_maskstore_ps(p, first_lanes(n), x); }
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static float reduce_max(V x) {
@@ -62,5 +65,8 @@ struct Avx2 {
 
 void attend_block_avx2(const AttentionBlock& block, float* scratch) { attend_block_simd<Avx2>(block, scratch); }
 void softmax_exp_avx2(const float* x, float* y, int64_t n) { exp_array<Avx2>(x, y, n); }
+void swiglu_avx2(const float* gate, const float* up, float* out, int64_t n) {
+  swiglu_array<Avx2>(gate, up, out, n);
+}
 
 }  // namespace tessera::cpu::detail

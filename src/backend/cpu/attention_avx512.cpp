@@ -28,6 +28,9 @@ struct Avx512 {
   static void store_first(float* p, V x, int n) { _mm512_mask_storeu_ps(p, first_lanes(n), x); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static float reduce_max(V x) { return _mm512_reduce_max_ps(x); }
@@ -53,5 +56,8 @@ struct Avx512 {
 
 void attend_block_avx512(const AttentionBlock& block, float* scratch) { attend_block_simd<Avx512>(block, scratch); }
 void softmax_exp_avx512(const float* x, float* y, int64_t n) { exp_array<Avx512>(x, y, n); }
+void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n) {
+  swiglu_array<Avx512>(gate, up, out, n);
+}
 
 }  // namespace tessera::cpu::detail

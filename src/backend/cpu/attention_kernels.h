@@ -19,5 +19,7 @@ void attend_block_avx2(const AttentionBlock& block, float* scratch);    // needs
 void attend_block_avx512(const AttentionBlock& block, float* scratch);  // needs AVX-512 F/DQ, F16C
 void softmax_exp_avx2(const float* x, float* y, int64_t n);
 void softmax_exp_avx512(const float* x, float* y, int64_t n);
+void swiglu_avx2(const float* gate, const float* up, float* out, int64_t n);
+void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n);
 
 }  // namespace tessera::cpu::detail

@@ -1,4 +1,4 @@
-// The body of attend_block, written once over a small table of vector operations `S` and compiled per instruction
+// The body of attend_block (and SwiGLU, which shares its exp), written once over a small table of vector operations `S` and compiled per instruction
 // set by attention_avx2.cpp and attention_avx512.cpp, each with its own compiler flags. Everything here has
 // internal linkage (anonymous namespace): if the two compilations shared a symbol, the linker could keep the
 // AVX-512 copy and run it on an AVX2 machine. For the same reason this file uses nothing from the standard library.
@@ -6,7 +6,7 @@
 // S provides: V (a vector of kLanes floats), Sum (double accumulator); kRows query rows per tile, kKeyVectors
 // vectors of keys per score tile, kDimVectors vectors of head dimensions per output tile; zero, broadcast, load,
 // load_first(p, n) / store_first(p, x, n) (the first n lanes, the rest of a load zero), store, sub, mul,
-// fma(a, b, c) = a * b + c, max(a, b) (b where either is NaN), reduce_max, round (to nearest integer),
+// add, div, fma(a, b, c) = a * b + c, max(a, b), min(a, b) (b where either is NaN), reduce_max, round (to nearest integer),
 // scale_by_pow2(p, n) = p * 2^n for integral n in [-126, 127], zero_where_less(y, x, limit), round_to_f16,
 // sum_zero, sum_add(acc, x) = acc + x in double, reduce_sum.
 #pragma once
@@ -51,6 +51,24 @@ void exp_array(const float* x, float* y, int64_t n) {
   int64_t i = 0;
   for (; i + S::kLanes <= n; i += S::kLanes) S::store(y + i, exp_of<S>(S::load(x + i)));
   if (i < n) S::store_first(y + i, exp_of<S>(S::load_first(x + i, static_cast<int>(n - i))), static_cast<int>(n - i));
+}
+
+// out = silu(gate) * up = gate / (1 + exp(-gate)) * up. exp(-gate) is clamped to exp(88) (a finite float) so that
+// scale_by_pow2 stays in range; for gate < -88 the result is then below 1e-36 instead of 0.
+template <class S>
+typename S::V swiglu_of(typename S::V gate, typename S::V up) {
+  const typename S::V e = exp_of<S>(S::min(S::sub(S::zero(), gate), S::broadcast(88.0f)));
+  return S::mul(S::div(gate, S::add(e, S::broadcast(1.0f))), up);
+}
+
+template <class S>
+void swiglu_array(const float* gate, const float* up, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + S::kLanes <= n; i += S::kLanes) S::store(out + i, swiglu_of<S>(S::load(gate + i), S::load(up + i)));
+  if (i < n) {
+    const int rest = static_cast<int>(n - i);
+    S::store_first(out + i, swiglu_of<S>(S::load_first(gate + i, rest), S::load_first(up + i, rest)), rest);
+  }
 }
 
 // Keys transposed into panels of kKeyTile keys, [panel][head_dim][kKeyTile], so that one load holds one dimension

@@ -15,6 +15,7 @@ namespace {
 
 constexpr int64_t kAttentionTokenBlock = 32;  // query tokens that share one gather of their sequence's K/V
 constexpr int64_t kGemmTokenBlock = 64;       // activation rows per kernel call: they stay in L2 with the weights
+constexpr int64_t kSwigluRun = 2048;          // values per SwiGLU task
 
 template <class T>
 void grow(std::vector<T>& v, size_t n) {
@@ -261,8 +262,11 @@ void LlamaCpu::layer(int il, const ForwardBatch& batch, float* x, bool final_lay
     rms_norm(x + t * n_embd, w.ffn_norm, norm_.data() + t * n_embd, n_embd, c.rms_eps);
   });
   matmuls({{&w.w_gate, gate_.data()}, {&w.w_up, up_.data()}}, norm_.data(), n_rows);
-  pool_.parallel_for(n_rows, [&](int64_t t, int) {
-    swiglu(gate_.data() + t * c.n_ff, up_.data() + t * c.n_ff, gate_.data() + t * c.n_ff, c.n_ff);
+  // Elementwise over [n_rows][n_ff], so cut into equal runs: one token's row alone still uses every thread.
+  const int64_t n_ff_values = n_rows * c.n_ff;
+  pool_.parallel_for((n_ff_values + kSwigluRun - 1) / kSwigluRun, [&](int64_t run, int) {
+    const int64_t begin = run * kSwigluRun, n = std::min(kSwigluRun, n_ff_values - begin);
+    swiglu_at(quant::active_simd_level(), gate_.data() + begin, up_.data() + begin, gate_.data() + begin, n);
   });
   matmuls({{&w.w_down, proj_.data()}}, gate_.data(), n_rows);
   for (int64_t i = 0; i < n_rows * n_embd; ++i) x[i] += proj_[i];
