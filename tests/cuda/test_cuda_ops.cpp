@@ -440,5 +440,27 @@ TEST(CudaOps, AttentionMatchesCpu) {
   }
 }
 
+// The GEMM path's decode to f16 for every type, on a matrix of 37 rows (several 128-chunk blocks and a partial
+// last one for every chunk size): the f16 rounding of the reference values. The device's f32 values match the
+// reference to 1e-6 (DequantizeMatchesReference), which may move a value across an f16 rounding boundary: one f16
+// step, 2^-10 relative.
+TEST(CudaOps, DequantizeToF16MatchesReference) {
+  TESSERA_REQUIRE_GPU();
+  const int64_t n_rows = 37, n_cols = 768;
+  for (const GgmlType type : kAllTypes) {
+    const std::vector<uint8_t> bytes = random_matrix(type, n_rows, n_cols, 21);
+    std::vector<float> want = dequantize_ref(type, bytes, n_rows, n_cols);
+    for (float& v : want) v = __half2float(__float2half_rn(v));
+    DeviceBuffer<uint8_t> w(bytes);
+    const DeviceMatrix m{type, w.get(), ggml_row_bytes(type, n_cols), n_cols, n_rows};
+    DeviceBuffer<__half> out(n_rows * n_cols);
+    dequantize_rows_f16(m, nullptr, n_rows, out.get(), nullptr);
+    const std::vector<__half> got16 = out.download();
+    std::vector<float> got(got16.size());
+    for (size_t i = 0; i < got.size(); ++i) got[i] = __half2float(got16[i]);
+    expect_close(got, want, 1e-6, 1.0 / 1024, std::string(ggml_type_name(type)) + " f16 rows");
+  }
+}
+
 }  // namespace
 }  // namespace tessera::cuda

@@ -328,8 +328,10 @@ Q8Rows LlamaCuda::decode_q8(int width, int n_tokens) const {
   return Q8Rows{q8_, q8_ds_, width};
 }
 
-void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float* x, const Q8Rows& x_q8, int n_tokens,
-                        bool accumulate) {
+__half* LlamaCuda::prompt_f16(int n_tokens) const { return n_tokens > kMaxMatvecTokens ? x16_ : nullptr; }
+
+void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float* x, const Q8Rows& x_q8,
+                        const __half* x16, int n_tokens, bool accumulate) {
   if (n_tokens == 0) return;
   const int64_t n_cols = targets.begin()->w->n_cols;
   if (n_tokens <= kMaxMatvecTokens) {
@@ -354,9 +356,12 @@ void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float
     matvec(jobs, n_jobs, x, n_cols, xq, n_tokens, stream_);
     return;
   }
-  convert_f32_to_f16(x, x16_, n_cols * n_tokens, stream_);
+  if (!x16) {
+    convert_f32_to_f16(x, x16_, n_cols * n_tokens, stream_);
+    x16 = x16_;
+  }
   for (const MatmulTarget& target : targets) {
-    gemm(cublas_, *target.w, x, x16_, n_tokens, target.y, target.w->n_rows, accumulate, w16_, stream_);
+    gemm(cublas_, *target.w, x, x16, n_tokens, target.y, target.w->n_rows, accumulate, w16_, stream_);
   }
 }
 
@@ -377,18 +382,19 @@ void LlamaCuda::enqueue_layers(int n_tokens) {
   for (int il = 0; il < n_layers_; ++il) {
     const LayerWeights& w = layers_[il];
     const Q8Rows norm_q8 = decode_q8(c.n_embd, n_tokens);
-    rms_norm(x_, nullptr, w.attn_norm, norm_, nullptr, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
-    matmuls({{&w.wq, q_}, {&w.wk, k_}, {&w.wv, v_}}, norm_, norm_q8, n_tokens, false);
+    __half* const x16 = prompt_f16(n_tokens);
+    rms_norm(x_, nullptr, w.attn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
+    matmuls({{&w.wq, q_}, {&w.wk, k_}, {&w.wv, v_}}, norm_, norm_q8, x16, n_tokens, false);
     rope_and_store_kv(rope, q_, k_, v_, positions_d(), write_slots_d(), n_tokens, k_cache_[il], v_cache_[il],
                       f16_cache_, stream_);
     attention(ap, q_, k_cache_[il], v_cache_[il], positions_d(), slot_offsets_d(), slot_table_d(), n_tokens, n_splits,
               partials_, attn_, stream_);
-    matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, n_tokens, true);
-    rms_norm(x_, nullptr, w.ffn_norm, norm_, nullptr, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
-    matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, norm_, norm_q8, n_tokens, false);
+    matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, nullptr, n_tokens, true);
+    rms_norm(x_, nullptr, w.ffn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
+    matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, norm_, norm_q8, x16, n_tokens, false);
     const Q8Rows ff_q8 = decode_q8(c.n_ff, n_tokens);
-    swiglu(gate_, up_, gate_, nullptr, ff_q8, static_cast<int64_t>(n_tokens) * c.n_ff, stream_);
-    matmuls({{&w.w_down, x_}}, gate_, ff_q8, n_tokens, true);
+    swiglu(gate_, up_, gate_, x16, ff_q8, static_cast<int64_t>(n_tokens) * c.n_ff, stream_);
+    matmuls({{&w.w_down, x_}}, gate_, ff_q8, x16, n_tokens, true);
   }
 }
 
@@ -397,7 +403,7 @@ void LlamaCuda::enqueue_output(int n_tokens, int n_out) {
   if (n_out == 0) return;
   const Q8Rows norm_q8 = decode_q8(config_.n_embd, n_out);
   rms_norm(x_, output_rows_d(), output_norm_, norm_, nullptr, norm_q8, n_out, config_.n_embd, config_.rms_eps, stream_);
-  matmuls({{&output_, logits_}}, norm_, norm_q8, n_out, false);
+  matmuls({{&output_, logits_}}, norm_, norm_q8, nullptr, n_out, false);
   TESSERA_CUDA_CHECK(cudaMemcpyAsync(logits_host_, logits_,
                                      static_cast<size_t>(n_out) * config_.n_vocab * sizeof(float),
                                      cudaMemcpyDeviceToHost, stream_));

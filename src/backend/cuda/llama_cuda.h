@@ -52,12 +52,16 @@ class LlamaCuda {
   void upload_step(const ForwardBatch& batch);
   void enqueue_layers(int n_tokens);
   void enqueue_output(int n_tokens, int n_out);
-  // y = W x for each target (all of one width); xq: x already quantized (decode only), or none.
-  void matmuls(std::initializer_list<MatmulTarget> targets, const float* x, const Q8Rows& xq, int n_tokens,
-               bool accumulate);
+  // y = W x for each target (all of one width); xq: x already quantized (decode only), or none; x16: x's f16
+  // copy already made by x's producer (prompt only, see prompt_f16), or none.
+  void matmuls(std::initializer_list<MatmulTarget> targets, const float* x, const Q8Rows& xq, const __half* x16,
+               int n_tokens, bool accumulate);
   // The quantized-activation buffer as rows of `width`, or none where the decode kernels cannot use it (more than
   // kMaxMatvecTokens tokens, or a width that is not whole Q8 blocks).
   Q8Rows decode_q8(int width, int n_tokens) const;
+  // The GEMM path's f16 input buffer, for the kernel that makes a prompt step's matmul input to fill as well (one
+  // f32 -> f16 pass less per matmul), or none in decode steps.
+  __half* prompt_f16(int n_tokens) const;
   void free_graphs();
   void synchronize(const char* what);
 
