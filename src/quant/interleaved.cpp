@@ -4,6 +4,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "quant/interleaved_tiles.h"
 #include "quant/kernels.h"
@@ -13,13 +14,20 @@ namespace tessera::quant {
 namespace {
 
 using detail::TileQ4_K;
+using detail::TileQ5_K;
 using detail::TileQ6_K;
 
-// Column c (0..255) of a Q4_K block: 64-value chunks, low nibbles first, then high nibbles of the same 32 bytes.
-void set_q4_k_level(BlockQ4_K& b, int c, int level) {
+// Column c (0..255) of a Q4_K / Q5_K block: 64-value chunks, low nibbles first, then high nibbles of the same 32
+// bytes; Q5_K's fifth bit of column c is bit c / 32 of qh[c % 32].
+template <class Block>
+void set_q45_k_level(Block& b, int c, int level) {
   uint8_t& byte = b.qs[32 * (c / 64) + c % 32];
   const int shift = 4 * ((c % 64) / 32);
-  byte = static_cast<uint8_t>((byte & ~(0xF << shift)) | (level << shift));
+  byte = static_cast<uint8_t>((byte & ~(0xF << shift)) | ((level & 0xF) << shift));
+  if constexpr (std::is_same_v<Block, BlockQ5_K>) {
+    uint8_t& high = b.qh[c % 32];
+    high = static_cast<uint8_t>((high & ~(1 << (c / 32))) | ((level >> 4) << (c / 32)));
+  }
 }
 
 // Column c of a Q6_K block: two halves of 128; in each, 4 runs of 32 take ql's low nibbles (bytes 0..31, then
@@ -44,9 +52,10 @@ int get_nibble(const uint8_t (*parts)[64], int r, int col) {
 
 // Interleaving runs over whole models at load, so it unpacks each block's levels into bytes once and then writes
 // the tile bytes in order (deinterleave, the reference, goes value by value).
-void interleave_q4_k(const BlockQ4_K* rows[16], TileQ4_K& tile) {
+template <class Block, class Tile>
+void interleave_q45_k(const Block* rows[16], Tile& tile) {
   for (int r = 0; r < 16; ++r) {
-    const BlockQ4_K& b = *rows[r];
+    const Block& b = *rows[r];
     tile.d[r] = b.d;
     tile.dmin[r] = b.dmin;
     for (int k = 0; k < 8; ++k) {
@@ -70,10 +79,23 @@ void interleave_q4_k(const BlockQ4_K* rows[16], TileQ4_K& tile) {
         }
       }
     }
+    if constexpr (std::is_same_v<Block, BlockQ5_K>) {
+      for (int k = 0; k < 8; ++k) {
+        for (int j = 0; j < 4; ++j) {
+          int bits = 0;
+          for (int q = 0; q < 8; ++q) {
+            const int c = 32 * k + 4 * q + j;
+            bits |= ((b.qh[c % 32] >> (c / 32)) & 1) << q;
+          }
+          tile.qh[k][4 * r + j] = static_cast<uint8_t>(bits);
+        }
+      }
+    }
   }
 }
 
-void deinterleave_q4_k(const TileQ4_K& tile, int r, BlockQ4_K& b) {
+template <class Block, class Tile>
+void deinterleave_q45_k(const Tile& tile, int r, Block& b) {
   b.d = tile.d[r];
   b.dmin = tile.dmin[r];
   uint8_t scale[8], min[8];
@@ -87,7 +109,11 @@ void deinterleave_q4_k(const TileQ4_K& tile, int r, BlockQ4_K& b) {
     b.scales[j + 4] = static_cast<uint8_t>(min[j] | ((min[j + 4] >> 4) << 6));
     b.scales[j + 8] = static_cast<uint8_t>((scale[j + 4] & 0xF) | ((min[j + 4] & 0xF) << 4));
   }
-  for (int c = 0; c < kQK_K; ++c) set_q4_k_level(b, c, get_nibble(tile.qs[c / 32], r, c % 32));
+  for (int c = 0; c < kQK_K; ++c) {
+    int level = get_nibble(tile.qs[c / 32], r, c % 32);
+    if constexpr (std::is_same_v<Block, BlockQ5_K>) level |= ((tile.qh[c / 32][4 * r + c % 4] >> ((c % 32) / 4)) & 1) << 4;
+    set_q45_k_level(b, c, level);
+  }
 }
 
 void interleave_q6_k(const BlockQ6_K* rows[16], TileQ6_K& tile) {
@@ -148,7 +174,9 @@ void require_row_range(int64_t row_begin, int64_t row_end) {
 
 }  // namespace
 
-bool interleaved_layout_exists(GgmlType type) { return type == GgmlType::Q4_K || type == GgmlType::Q6_K; }
+bool interleaved_layout_exists(GgmlType type) {
+  return type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K;
+}
 
 bool interleaved_available(GgmlType type, int64_t n_rows, int64_t n_cols) {
   return interleaved_layout_exists(type) && active_simd_level() == SimdLevel::Avx512Vnni && n_rows > 0 &&
@@ -159,6 +187,7 @@ bool interleaved_available(GgmlType type, int64_t n_rows, int64_t n_cols) {
 size_t interleaved_tile_bytes(GgmlType type) {
   switch (type) {
     case GgmlType::Q4_K: return sizeof(TileQ4_K);
+    case GgmlType::Q5_K: return sizeof(TileQ5_K);
     case GgmlType::Q6_K: return sizeof(TileQ6_K);
     default: throw std::invalid_argument("no interleaved layout for tensor type " + std::string(ggml_type_name(type)));
   }
@@ -182,14 +211,22 @@ void interleave_rows(GgmlType type, const void* src, size_t src_row_bytes, int64
   for (int64_t g = row_begin / kInterleavedRows; g < row_end / kInterleavedRows; ++g) {
     for (int64_t i = 0; i < nb; ++i) {
       uint8_t* tile = out + static_cast<size_t>(g * nb + i) * tile_bytes;
+      const auto interleave = [&](auto block_type, auto& tile_ref) {
+        using Block = typename decltype(block_type)::type;
+        const Block* rows[16];
+        for (int r = 0; r < 16; ++r) rows[r] = reinterpret_cast<const Block*>(in + (16 * g + r) * src_row_bytes) + i;
+        if constexpr (std::is_same_v<Block, BlockQ6_K>) {
+          interleave_q6_k(rows, tile_ref);
+        } else {
+          interleave_q45_k(rows, tile_ref);
+        }
+      };
       if (type == GgmlType::Q4_K) {
-        const BlockQ4_K* rows[16];
-        for (int r = 0; r < 16; ++r) rows[r] = reinterpret_cast<const BlockQ4_K*>(in + (16 * g + r) * src_row_bytes) + i;
-        interleave_q4_k(rows, *reinterpret_cast<TileQ4_K*>(tile));
+        interleave(std::type_identity<BlockQ4_K>{}, *reinterpret_cast<TileQ4_K*>(tile));
+      } else if (type == GgmlType::Q5_K) {
+        interleave(std::type_identity<BlockQ5_K>{}, *reinterpret_cast<TileQ5_K*>(tile));
       } else {
-        const BlockQ6_K* rows[16];
-        for (int r = 0; r < 16; ++r) rows[r] = reinterpret_cast<const BlockQ6_K*>(in + (16 * g + r) * src_row_bytes) + i;
-        interleave_q6_k(rows, *reinterpret_cast<TileQ6_K*>(tile));
+        interleave(std::type_identity<BlockQ6_K>{}, *reinterpret_cast<TileQ6_K*>(tile));
       }
     }
   }
@@ -204,7 +241,9 @@ void deinterleave_row(GgmlType type, const void* interleaved, int64_t n_cols, in
   for (int64_t i = 0; i < nb; ++i) {
     const uint8_t* tile = in + static_cast<size_t>(g * nb + i) * tile_bytes;
     if (type == GgmlType::Q4_K) {
-      deinterleave_q4_k(*reinterpret_cast<const TileQ4_K*>(tile), r, static_cast<BlockQ4_K*>(dst_row)[i]);
+      deinterleave_q45_k(*reinterpret_cast<const TileQ4_K*>(tile), r, static_cast<BlockQ4_K*>(dst_row)[i]);
+    } else if (type == GgmlType::Q5_K) {
+      deinterleave_q45_k(*reinterpret_cast<const TileQ5_K*>(tile), r, static_cast<BlockQ5_K*>(dst_row)[i]);
     } else {
       deinterleave_q6_k(*reinterpret_cast<const TileQ6_K*>(tile), r, static_cast<BlockQ6_K*>(dst_row)[i]);
     }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "quant/interleaved_tiles.h"
 
@@ -33,7 +34,6 @@ template <class Tile>
 inline void prefetch_ahead(const Tile* tile, int step) {
   constexpr int kLines = (sizeof(Tile) + 63) / 64, kPerStep = (kLines + 7) / 8;
   const char* base = reinterpret_cast<const char*>(tile + kPrefetchTiles);
-#pragma GCC unroll 8
   for (int l = step * kPerStep; l < (step + 1) * kPerStep && l < kLines; ++l) _mm_prefetch(base + 64 * l, _MM_HINT_T0);
 }
 
@@ -41,14 +41,22 @@ inline const BlockQ8_K* activation_block(const uint8_t* x, size_t x_stride, int 
   return reinterpret_cast<const BlockQ8_K*>(x + t * x_stride) + i;
 }
 
-// One 16-row group (its n_blocks tiles) times NT activation rows: y[t * ldy + r] for r < 16.
-template <int NT>
-void q4_k_group(const TileQ4_K* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, float* y, int64_t ldy) {
+// Bit q of each byte of qh moved to bit 4 (16-bit shifts of at most 4 keep every bit within its byte).
+inline __m512i fifth_bit(__m512i qh, int q) {
+  const __m512i shifted = q <= 4 ? _mm512_slli_epi16(qh, 4 - q) : _mm512_srli_epi16(qh, q - 4);
+  return _mm512_and_si512(shifted, _mm512_set1_epi8(0x10));
+}
+
+// One 16-row group (its n_blocks tiles) times NT activation rows: y[t * ldy + r] for r < 16. Q4_K and Q5_K
+// (TileQ5_K adds the fifth bits of the levels).
+template <class Tile, int NT>
+void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, float* y, int64_t ldy) {
+  constexpr bool kFifthBit = std::is_same_v<Tile, TileQ5_K>;
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t i = 0; i < n_blocks; ++i) {
-    const TileQ4_K& tile = tiles[i];
+    const Tile& tile = tiles[i];
     __m512i sum[NT];
     for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
 #pragma GCC unroll 1
@@ -61,6 +69,11 @@ void q4_k_group(const TileQ4_K* tiles, int64_t n_blocks, const uint8_t* x, size_
         const __m512i packed = load512(tile.qs[k][p]);
         w[2 * p] = _mm512_and_si512(packed, low4);
         w[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+      }
+      if constexpr (kFifthBit) {
+        const __m512i qh = load512(tile.qh[k]);
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; ++q) w[q] = _mm512_or_si512(w[q], fifth_bit(qh, q));
       }
 #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) {
@@ -184,7 +197,13 @@ void gemm_groups(const void* interleaved, int64_t n_cols, int64_t row_begin, int
 template <int NT>
 struct Q4_KGroup {
   static void run(const TileQ4_K* tiles, int64_t nb, const uint8_t* x, size_t stride, float* y, int64_t ldy) {
-    q4_k_group<NT>(tiles, nb, x, stride, y, ldy);
+    q45_k_group<TileQ4_K, NT>(tiles, nb, x, stride, y, ldy);
+  }
+};
+template <int NT>
+struct Q5_KGroup {
+  static void run(const TileQ5_K* tiles, int64_t nb, const uint8_t* x, size_t stride, float* y, int64_t ldy) {
+    q45_k_group<TileQ5_K, NT>(tiles, nb, x, stride, y, ldy);
   }
 };
 template <int NT>
@@ -199,6 +218,7 @@ struct Q6_KGroup {
 InterleavedGemmKernel interleaved_kernel_avx512(GgmlType weight_type) {
   switch (weight_type) {
     case GgmlType::Q4_K: return gemm_groups<TileQ4_K, Q4_KGroup>;
+    case GgmlType::Q5_K: return gemm_groups<TileQ5_K, Q5_KGroup>;
     case GgmlType::Q6_K: return gemm_groups<TileQ6_K, Q6_KGroup>;
     default: return nullptr;
   }

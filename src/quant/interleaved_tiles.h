@@ -14,13 +14,23 @@ struct TileQ4_K {
   uint8_t min_pairs[4][16][2];
   uint8_t qs[8][4][64];
 };
+// Q4_K's tile plus the fifth bits: qh[k] byte 4r + j, bit q = bit 4 of column 32k + 4q + j of row r.
+struct TileQ5_K {
+  uint16_t d[16];
+  uint16_t dmin[16];
+  uint8_t scales[8][16];
+  uint8_t min_pairs[4][16][2];
+  uint8_t qs[8][4][64];
+  uint8_t qh[8][64];
+};
 struct TileQ6_K {
   uint16_t d[16];
   int8_t scale_pairs[8][16][2];
   uint8_t ql[16][2][64];
   uint8_t qh[16][64];
 };
-static_assert(sizeof(TileQ4_K) == 16 * sizeof(BlockQ4_K) + 64 && sizeof(TileQ6_K) == 16 * sizeof(BlockQ6_K));
+static_assert(sizeof(TileQ4_K) == 16 * sizeof(BlockQ4_K) + 64 && sizeof(TileQ5_K) == 16 * sizeof(BlockQ5_K) + 64 &&
+              sizeof(TileQ6_K) == 16 * sizeof(BlockQ6_K));
 
 // gemm_interleaved for one weight type at one SIMD level (nullptr where there is none).
 using InterleavedGemmKernel = void (*)(const void* interleaved, int64_t n_cols, int64_t row_begin, int64_t row_end,

@@ -13,7 +13,7 @@
 namespace tessera::quant {
 namespace {
 
-const GgmlType kTypes[] = {GgmlType::Q4_K, GgmlType::Q6_K};
+const GgmlType kTypes[] = {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
 
 TEST(Interleaved, RoundTripKeepsEveryByte) {
   std::mt19937 rng(7);
@@ -43,7 +43,7 @@ TEST(Interleaved, RejectsShapesWithoutWholeTiles) {
   EXPECT_FALSE(interleaved_available(GgmlType::Q4_K, 32, 200));
   EXPECT_FALSE(interleaved_available(GgmlType::Q8_0, 32, 256));
   EXPECT_THROW(interleaved_bytes(GgmlType::Q6_K, 20, 256), std::invalid_argument);
-  EXPECT_THROW(interleaved_bytes(GgmlType::Q5_K, 32, 256), std::invalid_argument);
+  EXPECT_THROW(interleaved_bytes(GgmlType::Q3_K, 32, 256), std::invalid_argument);
 }
 
 void check_gemm(GgmlType type, int64_t n_rows, int64_t n_cols, int64_t n_tokens) {
