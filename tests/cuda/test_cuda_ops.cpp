@@ -440,6 +440,105 @@ TEST(CudaOps, AttentionMatchesCpu) {
   }
 }
 
+// Prompt attention on the tensor cores against cpu::attend: two sequences in one step, 37 tokens of a fresh
+// sequence (positions 0..36) and 300 tokens continuing one with 20 cached keys (positions 20..319), interleaved in
+// the batch, slots a permutation (paged); GQA, head dims 64 and 80, f16 cache. Once with room for every query row
+// at a time and once with scores for 16 rows, so that queries are taken in chunks.
+TEST(CudaOps, PromptAttentionMatchesCpu) {
+  TESSERA_REQUIRE_GPU();
+  struct Shape {
+    int n_head, n_head_kv, head_dim;
+  };
+  cublasHandle_t handle = nullptr;
+  ASSERT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS);
+  for (const Shape shape : {Shape{6, 2, 80}, Shape{16, 2, 64}, Shape{4, 4, 64}}) {
+    const int n_slots = 400, kv_dim = shape.n_head_kv * shape.head_dim, q_dim = shape.n_head * shape.head_dim;
+    const int hd = shape.head_dim, group = shape.n_head / shape.n_head_kv;
+    std::vector<int32_t> perm(n_slots);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), std::mt19937(5));
+    // Slot table: sequence 0's 37 positions, then sequence 1's 320.
+    const std::vector<int32_t> table(perm.begin(), perm.begin() + 37 + 320);
+    const int offset0 = 0, offset1 = 37;
+    // Batch: sequence 1's first 150 tokens, sequence 0's 37, sequence 1's other 150.
+    std::vector<int32_t> positions, seq_of;
+    for (int i = 0; i < 150; ++i) positions.push_back(20 + i), seq_of.push_back(1);
+    for (int i = 0; i < 37; ++i) positions.push_back(i), seq_of.push_back(0);
+    for (int i = 150; i < 300; ++i) positions.push_back(20 + i), seq_of.push_back(1);
+    const int n_tokens = static_cast<int>(positions.size());
+    std::vector<int32_t> rows;
+    for (int s : {0, 1}) {
+      for (int t = 0; t < n_tokens; ++t) {
+        if (seq_of[t] == s) rows.push_back(t);
+      }
+    }
+    const PromptSequence sequences[2] = {{0, 37, offset0, 37}, {37, 300, offset1, 320}};
+
+    const std::vector<float> k = random_floats(n_slots * kv_dim, -1, 1, 20), v = random_floats(n_slots * kv_dim, -1, 1, 21);
+    const std::vector<float> q = random_floats(n_tokens * q_dim, -1, 1, 22);
+    std::vector<uint8_t> kc(n_slots * kv_dim * 2), vc(kc.size());
+    std::vector<float> k_stored(k.size()), v_stored(v.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      k_stored[i] = cpu::round_to_f16(k[i]);
+      v_stored[i] = cpu::round_to_f16(v[i]);
+      const uint16_t hk = quant::fp32_to_fp16(k[i]), hv = quant::fp32_to_fp16(v[i]);
+      std::memcpy(kc.data() + 2 * i, &hk, 2);
+      std::memcpy(vc.data() + 2 * i, &hv, 2);
+    }
+    std::vector<float> want(n_tokens * q_dim);
+    for (int t = 0; t < n_tokens; ++t) {
+      const int n_keys = positions[t] + 1, offset = seq_of[t] == 0 ? offset0 : offset1;
+      for (int h = 0; h < shape.n_head; ++h) {
+        std::vector<float> keys(n_keys * hd), values(n_keys * hd), scores(n_keys);
+        for (int j = 0; j < n_keys; ++j) {
+          const size_t at = static_cast<size_t>(table[offset + j]) * kv_dim + (h / group) * hd;
+          std::copy_n(k_stored.begin() + at, hd, keys.begin() + j * hd);
+          std::copy_n(v_stored.begin() + at, hd, values.begin() + j * hd);
+        }
+        cpu::attend(q.data() + t * q_dim + h * hd, keys.data(), values.data(), hd, n_keys, hd,
+                    1.0f / std::sqrt(static_cast<float>(hd)), true, scores.data(), want.data() + t * q_dim + h * hd);
+      }
+    }
+
+    DeviceBuffer<uint8_t> d_kc(kc), d_vc(vc);
+    DeviceBuffer<float> d_q(q), d_out(n_tokens * q_dim);
+    DeviceBuffer<__half> d_out16(n_tokens * q_dim);
+    DeviceBuffer<int32_t> d_pos(positions), d_rows(rows), d_table(table);
+    const int64_t max_keys = prompt_attention_padded_keys(320);
+    for (int64_t score_rows : {int64_t{n_tokens}, int64_t{16}}) {
+      PromptAttentionScratch scratch;
+      scratch.max_keys = max_keys;
+      scratch.max_rows = n_tokens;
+      scratch.score_capacity = score_rows * shape.n_head * max_keys;
+      DeviceBuffer<__half> k16(max_keys * kv_dim), v16(max_keys * kv_dim), q16(n_tokens * q_dim),
+          weights(scratch.score_capacity);
+      DeviceBuffer<float> o(n_tokens * q_dim), scores(scratch.score_capacity);
+      scratch.k16 = k16.get();
+      scratch.v16 = v16.get();
+      scratch.q16 = q16.get();
+      scratch.o = o.get();
+      scratch.scores = scores.get();
+      scratch.weights = weights.get();
+      const AttentionParams p{shape.n_head, shape.n_head_kv, hd, true};
+      prompt_attention(handle, p, d_q.get(), d_kc.get(), d_vc.get(), d_pos.get(), d_rows.get(), d_table.get(),
+                       sequences, 2, scratch, d_out.get(), d_out16.get(), nullptr);
+      const std::vector<float> got = d_out.download();
+      const std::string what = "prompt attention heads " + std::to_string(shape.n_head) + "/" +
+                               std::to_string(shape.n_head_kv) + " dim " + std::to_string(hd) + " score rows " +
+                               std::to_string(score_rows);
+      expect_close(got, want, 2e-3, 0, what);
+      const std::vector<__half> got16 = d_out16.download();
+      std::vector<float> got16_f(got16.size()), got_rounded(got.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        got16_f[i] = __half2float(got16[i]);
+        got_rounded[i] = cpu::round_to_f16(got[i]);
+      }
+      expect_close(got16_f, got_rounded, 0, 0, what + " f16 copy");
+    }
+  }
+  cublasDestroy(handle);
+}
+
 // The GEMM path's decode to f16 for every type, on a matrix of 37 rows (several 128-chunk blocks and a partial
 // last one for every chunk size): the f16 rounding of the reference values. The device's f32 values match the
 // reference to 1e-6 (DequantizeMatchesReference), which may move a value across an f16 rounding boundary: one f16

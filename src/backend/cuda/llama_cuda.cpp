@@ -104,7 +104,23 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
   const size_t per_token = sizeof(float) * (2ull * config_.n_embd + 2ull * config_.q_dim() + 2ull * config_.kv_dim() +
                                             2ull * config_.n_ff + config_.n_vocab) +
                            sizeof(__half) * max_width;
-  const uint64_t activation_bytes = per_token * kInitialCapacity + w16_bytes;
+  // Prompt attention scratch (f16 cache): the gathered keys and values of up to n_slots_ keys, queries and
+  // outputs of kInitialCapacity rows, and scores for kInitialCapacity rows of kInitialCapacity keys (longer
+  // sequences take fewer rows per chunk, down to one).
+  if (f16_cache_) {
+    prompt_scratch_.max_keys = prompt_attention_padded_keys(n_slots_);
+    prompt_scratch_.max_rows = kInitialCapacity;
+    prompt_scratch_.score_capacity = static_cast<int64_t>(config_.n_head) *
+                                     std::max<int64_t>(kInitialCapacity * kInitialCapacity, prompt_scratch_.max_keys);
+  }
+  Layout prompt_layout;
+  const size_t o_k16 = prompt_layout.add(prompt_scratch_.max_keys * config_.kv_dim() * sizeof(__half));
+  const size_t o_v16 = prompt_layout.add(prompt_scratch_.max_keys * config_.kv_dim() * sizeof(__half));
+  const size_t o_q16 = prompt_layout.add(static_cast<size_t>(prompt_scratch_.max_rows) * config_.q_dim() * sizeof(__half));
+  const size_t o_o = prompt_layout.add(static_cast<size_t>(prompt_scratch_.max_rows) * config_.q_dim() * sizeof(float));
+  const size_t o_scores = prompt_layout.add(prompt_scratch_.score_capacity * sizeof(float));
+  const size_t o_weights = prompt_layout.add(prompt_scratch_.score_capacity * sizeof(__half));
+  const uint64_t activation_bytes = per_token * kInitialCapacity + w16_bytes + prompt_layout.size();
   const uint64_t needed = weights.size() + kv_bytes_ + activation_bytes + kHeadroomBytes;
   size_t free_bytes = 0, total_bytes = 0;
   TESSERA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -172,6 +188,16 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
   // Flash decoding: enough key splits that one token's heads fill every multiprocessor twice.
   max_splits_ = std::clamp(2 * sm_count_ / std::max(1, config_.n_head_kv), 1, kMaxSplits);
   TESSERA_CUDA_CHECK(cudaMalloc(&w16_, w16_bytes));
+  if (f16_cache_) {
+    TESSERA_CUDA_CHECK(cudaMalloc(&prompt_arena_, prompt_layout.size()));
+    auto* pb = static_cast<uint8_t*>(prompt_arena_);
+    prompt_scratch_.k16 = reinterpret_cast<__half*>(pb + o_k16);
+    prompt_scratch_.v16 = reinterpret_cast<__half*>(pb + o_v16);
+    prompt_scratch_.q16 = reinterpret_cast<__half*>(pb + o_q16);
+    prompt_scratch_.o = reinterpret_cast<float*>(pb + o_o);
+    prompt_scratch_.scores = reinterpret_cast<float*>(pb + o_scores);
+    prompt_scratch_.weights = reinterpret_cast<__half*>(pb + o_weights);
+  }
   AttentionParams ap{config_.n_head, config_.n_head_kv, config_.head_dim, f16_cache_};
   TESSERA_CUDA_CHECK(
       cudaMalloc(&partials_, attention_partials_floats(ap, kMaxMatvecTokens, max_splits_) * sizeof(float)));
@@ -188,6 +214,7 @@ LlamaCuda::~LlamaCuda() {
   cudaFreeHost(logits_host_);
   cudaFree(partials_);
   cudaFree(w16_);
+  cudaFree(prompt_arena_);
   cudaFree(kv_arena_);
   cudaFree(weight_arena_);
   if (cublas_) cublasDestroy(cublas_);
@@ -252,7 +279,7 @@ void LlamaCuda::allocate_activations(int capacity) {
   q8_ds_ = reinterpret_cast<float2*>(b + o_q8_ds);
 
   capacity_ = capacity;
-  const size_t step_ints = 5ull * capacity_ + table_capacity_;
+  const size_t step_ints = 6ull * capacity_ + table_capacity_;
   TESSERA_CUDA_CHECK(cudaMalloc(&step_device_, step_ints * sizeof(int32_t)));
   TESSERA_CUDA_CHECK(cudaMallocHost(&step_host_, step_ints * sizeof(int32_t)));
   if (with_output_) {
@@ -293,7 +320,7 @@ void LlamaCuda::upload_step(const ForwardBatch& batch) {
     allocate_activations(std::max(capacity_, n));
   }
   int32_t* h = step_host_;
-  int32_t* table = h + 5 * capacity_;
+  int32_t* table = h + 6 * capacity_;
   for (size_t s = 0; s < seq_len.size(); ++s) {
     for (int32_t j = 0; j < seq_len[s]; ++j) {
       const int32_t slot = batch.sequences[s].slots[j];
@@ -318,7 +345,28 @@ void LlamaCuda::upload_step(const ForwardBatch& batch) {
     }
     h[4 * capacity_ + r] = row;
   }
-  step_used_ = 5ull * capacity_ + table_used;
+  // Prompt steps: the token indices grouped by sequence, and each sequence's share for prompt_attention. The
+  // tensor-core path needs an f16 cache and every sequence's keys within its scratch.
+  prompt_sequences_.clear();
+  use_prompt_attention_ = f16_cache_ && n > kMaxMatvecTokens;
+  if (n > kMaxMatvecTokens) {
+    int32_t* rows = h + 5 * capacity_;
+    int rows_used = 0;
+    for (size_t s = 0; s < seq_len.size(); ++s) {
+      if (seq_len[s] == 0) continue;
+      PromptSequence seq;
+      seq.row_begin = rows_used;
+      seq.table_offset = seq_offset[s];
+      seq.n_keys = seq_len[s];
+      for (int t = 0; t < n; ++t) {
+        if (batch.seq_index[t] == static_cast<int32_t>(s)) rows[rows_used++] = t;
+      }
+      seq.n_rows = rows_used - seq.row_begin;
+      if (prompt_attention_padded_keys(seq.n_keys) > prompt_scratch_.max_keys) use_prompt_attention_ = false;
+      prompt_sequences_.push_back(seq);
+    }
+  }
+  step_used_ = 6ull * capacity_ + table_used;
   TESSERA_CUDA_CHECK(
       cudaMemcpyAsync(step_device_, step_host_, step_used_ * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 }
@@ -387,9 +435,17 @@ void LlamaCuda::enqueue_layers(int n_tokens) {
     matmuls({{&w.wq, q_}, {&w.wk, k_}, {&w.wv, v_}}, norm_, norm_q8, x16, n_tokens, false);
     rope_and_store_kv(rope, q_, k_, v_, positions_d(), write_slots_d(), n_tokens, k_cache_[il], v_cache_[il],
                       f16_cache_, stream_);
-    attention(ap, q_, k_cache_[il], v_cache_[il], positions_d(), slot_offsets_d(), slot_table_d(), n_tokens, n_splits,
-              partials_, attn_, stream_);
-    matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, nullptr, n_tokens, true);
+    if (use_prompt_attention_) {
+      // Writes Wo's f16 input as well.
+      prompt_attention(cublas_, ap, q_, k_cache_[il], v_cache_[il], positions_d(), prompt_rows_d(), slot_table_d(),
+                       prompt_sequences_.data(), static_cast<int>(prompt_sequences_.size()), prompt_scratch_, attn_,
+                       x16, stream_);
+      matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, x16, n_tokens, true);
+    } else {
+      attention(ap, q_, k_cache_[il], v_cache_[il], positions_d(), slot_offsets_d(), slot_table_d(), n_tokens,
+                n_splits, partials_, attn_, stream_);
+      matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, nullptr, n_tokens, true);
+    }
     rms_norm(x_, nullptr, w.ffn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
     matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, norm_, norm_q8, x16, n_tokens, false);
     const Q8Rows ff_q8 = decode_q8(c.n_ff, n_tokens);

@@ -108,6 +108,12 @@ class LlamaCuda {
   __half* w16_ = nullptr;      // one weight matrix decoded to f16, for the tensor-core path
   float* partials_ = nullptr;  // flash-decoding partial results
   int max_splits_ = 1;
+  // Prompt attention on the tensor cores (f16 cache): scratch sized at setup (its own allocation), and the current
+  // step's sequences, when the step takes that path.
+  void* prompt_arena_ = nullptr;
+  PromptAttentionScratch prompt_scratch_;
+  std::vector<PromptSequence> prompt_sequences_;
+  bool use_prompt_attention_ = false;
 
   // Per-step inputs: host pinned mirror and device copy, sections of capacity_ entries then the slot table.
   int table_capacity_ = 0;
@@ -121,7 +127,8 @@ class LlamaCuda {
   int32_t* write_slots_d() const { return step_device_ + 2 * capacity_; }
   int32_t* slot_offsets_d() const { return step_device_ + 3 * capacity_; }
   int32_t* output_rows_d() const { return step_device_ + 4 * capacity_; }
-  int32_t* slot_table_d() const { return step_device_ + 5 * capacity_; }
+  int32_t* prompt_rows_d() const { return step_device_ + 5 * capacity_; }  // token indices grouped by sequence
+  int32_t* slot_table_d() const { return step_device_ + 6 * capacity_; }
 
   std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;  // (n_tokens, n_out) -> decode step
 };
