@@ -22,6 +22,9 @@ inline void cpu_relax() {
 // Spin this many rounds before sleeping on the epoch: about the gap between two loops of a decode step.
 constexpr int kSpinRounds = 1 << 14;
 
+// The task index of a finished epoch's claim word: no loop has that many tasks.
+constexpr uint64_t kClosed = 0xffffffffu;
+
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
@@ -72,7 +75,7 @@ void ThreadPool::parallel_for(int64_t n_tasks, const std::function<void(int64_t,
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
     return;
   }
-  if (n_tasks > 0xffffffffLL) throw std::length_error("parallel_for: too many tasks");
+  if (n_tasks >= static_cast<int64_t>(kClosed)) throw std::length_error("parallel_for: too many tasks");
   job_ = &fn;
   n_tasks_ = n_tasks;
   done_.store(0, std::memory_order_relaxed);
@@ -90,6 +93,10 @@ void ThreadPool::parallel_for(int64_t n_tasks, const std::function<void(int64_t,
       std::this_thread::yield();
     }
   }
+  // Close this epoch before the next loop rewrites job_ and n_tasks_: a worker may still hold this epoch's last
+  // claim, and would otherwise compare its task index with the next loop's (larger) count and win the
+  // compare-exchange on the unchanged claim word, running a task twice.
+  claim_.store(static_cast<uint64_t>(epoch) << 32 | kClosed, std::memory_order_release);
 }
 
 int physical_core_count() {
