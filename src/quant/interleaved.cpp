@@ -13,7 +13,9 @@
 namespace tessera::quant {
 namespace {
 
+using detail::TileQ4_0;
 using detail::TileQ4_K;
+using detail::TileQ8_0;
 using detail::TileQ5_K;
 using detail::TileQ6_K;
 
@@ -156,12 +158,52 @@ void deinterleave_q6_k(const TileQ6_K& tile, int r, BlockQ6_K& b) {
   }
 }
 
+void interleave_q4_0(const BlockQ4_0* rows[16], TileQ4_0& tile) {
+  for (int r = 0; r < 16; ++r) {
+    tile.d[r] = rows[r]->d;
+    // GGUF: column l in the low nibble of qs[l], column l + 16 in the high nibble.
+    uint8_t levels[kQK];
+    for (int l = 0; l < 16; ++l) {
+      levels[l] = rows[r]->qs[l] & 0xF;
+      levels[l + 16] = rows[r]->qs[l] >> 4;
+    }
+    for (int p = 0; p < 4; ++p) {
+      for (int j = 0; j < 4; ++j) {
+        tile.qs[p][4 * r + j] = static_cast<uint8_t>(levels[8 * p + j] | (levels[8 * p + 4 + j] << 4));
+      }
+    }
+  }
+}
+
+void deinterleave_q4_0(const TileQ4_0& tile, int r, BlockQ4_0& b) {
+  b.d = tile.d[r];
+  for (int l = 0; l < 16; ++l) {
+    b.qs[l] = static_cast<uint8_t>(get_nibble(tile.qs, r, l) | (get_nibble(tile.qs, r, l + 16) << 4));
+  }
+}
+
+void interleave_q8_0(const BlockQ8_0* rows[16], TileQ8_0& tile) {
+  for (int r = 0; r < 16; ++r) {
+    tile.d[r] = rows[r]->d;
+    for (int c = 0; c < kQK; ++c) tile.qs[c / 4][4 * r + c % 4] = static_cast<uint8_t>(rows[r]->qs[c] + 128);
+  }
+}
+
+void deinterleave_q8_0(const TileQ8_0& tile, int r, BlockQ8_0& b) {
+  b.d = tile.d[r];
+  for (int c = 0; c < kQK; ++c) b.qs[c] = static_cast<int8_t>(tile.qs[c / 4][4 * r + c % 4] - 128);
+}
+
+// Values per tile column block: 32 for the legacy formats, 256 for the K-quants.
+int64_t tile_columns(GgmlType type) { return type == GgmlType::Q4_0 || type == GgmlType::Q8_0 ? kQK : kQK_K; }
+
 void require_layout(GgmlType type, int64_t n_cols) {
   if (!interleaved_layout_exists(type)) {
     throw std::invalid_argument("no interleaved layout for tensor type " + std::string(ggml_type_name(type)));
   }
-  if (n_cols <= 0 || n_cols % kQK_K != 0) {
-    throw std::invalid_argument("interleaved rows need a multiple of 256 columns, not " + std::to_string(n_cols));
+  if (n_cols <= 0 || n_cols % tile_columns(type) != 0) {
+    throw std::invalid_argument("interleaved " + std::string(ggml_type_name(type)) + " rows need a multiple of " +
+                                std::to_string(tile_columns(type)) + " columns, not " + std::to_string(n_cols));
   }
 }
 
@@ -175,17 +217,26 @@ void require_row_range(int64_t row_begin, int64_t row_end) {
 }  // namespace
 
 bool interleaved_layout_exists(GgmlType type) {
-  return type == GgmlType::Q4_K || type == GgmlType::Q5_K || type == GgmlType::Q6_K;
+  switch (type) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K: return true;
+    default: return false;
+  }
 }
 
 bool interleaved_available(GgmlType type, int64_t n_rows, int64_t n_cols) {
   return interleaved_layout_exists(type) && active_simd_level() == SimdLevel::Avx512Vnni && n_rows > 0 &&
-         n_rows % kInterleavedRows == 0 && n_cols > 0 && n_cols % kQK_K == 0 &&
+         n_rows % kInterleavedRows == 0 && n_cols > 0 && n_cols % tile_columns(type) == 0 &&
          detail::interleaved_kernel_avx512(type) != nullptr;
 }
 
 size_t interleaved_tile_bytes(GgmlType type) {
   switch (type) {
+    case GgmlType::Q4_0: return sizeof(TileQ4_0);
+    case GgmlType::Q8_0: return sizeof(TileQ8_0);
     case GgmlType::Q4_K: return sizeof(TileQ4_K);
     case GgmlType::Q5_K: return sizeof(TileQ5_K);
     case GgmlType::Q6_K: return sizeof(TileQ6_K);
@@ -196,7 +247,7 @@ size_t interleaved_tile_bytes(GgmlType type) {
 size_t interleaved_bytes(GgmlType type, int64_t n_rows, int64_t n_cols) {
   require_layout(type, n_cols);
   require_row_range(0, n_rows);
-  return static_cast<size_t>(n_rows / kInterleavedRows) * static_cast<size_t>(n_cols / kQK_K) *
+  return static_cast<size_t>(n_rows / kInterleavedRows) * static_cast<size_t>(n_cols / tile_columns(type)) *
          interleaved_tile_bytes(type);
 }
 
@@ -204,7 +255,7 @@ void interleave_rows(GgmlType type, const void* src, size_t src_row_bytes, int64
                      int64_t row_end, void* dst) {
   require_layout(type, n_cols);
   require_row_range(row_begin, row_end);
-  const int64_t nb = n_cols / kQK_K;
+  const int64_t nb = n_cols / tile_columns(type);
   const size_t tile_bytes = interleaved_tile_bytes(type);
   const auto* in = static_cast<const uint8_t*>(src);
   auto* out = static_cast<uint8_t*>(dst);
@@ -215,13 +266,21 @@ void interleave_rows(GgmlType type, const void* src, size_t src_row_bytes, int64
         using Block = typename decltype(block_type)::type;
         const Block* rows[16];
         for (int r = 0; r < 16; ++r) rows[r] = reinterpret_cast<const Block*>(in + (16 * g + r) * src_row_bytes) + i;
-        if constexpr (std::is_same_v<Block, BlockQ6_K>) {
+        if constexpr (std::is_same_v<Block, BlockQ4_0>) {
+          interleave_q4_0(rows, tile_ref);
+        } else if constexpr (std::is_same_v<Block, BlockQ8_0>) {
+          interleave_q8_0(rows, tile_ref);
+        } else if constexpr (std::is_same_v<Block, BlockQ6_K>) {
           interleave_q6_k(rows, tile_ref);
         } else {
           interleave_q45_k(rows, tile_ref);
         }
       };
-      if (type == GgmlType::Q4_K) {
+      if (type == GgmlType::Q4_0) {
+        interleave(std::type_identity<BlockQ4_0>{}, *reinterpret_cast<TileQ4_0*>(tile));
+      } else if (type == GgmlType::Q8_0) {
+        interleave(std::type_identity<BlockQ8_0>{}, *reinterpret_cast<TileQ8_0*>(tile));
+      } else if (type == GgmlType::Q4_K) {
         interleave(std::type_identity<BlockQ4_K>{}, *reinterpret_cast<TileQ4_K*>(tile));
       } else if (type == GgmlType::Q5_K) {
         interleave(std::type_identity<BlockQ5_K>{}, *reinterpret_cast<TileQ5_K*>(tile));
@@ -234,13 +293,17 @@ void interleave_rows(GgmlType type, const void* src, size_t src_row_bytes, int64
 
 void deinterleave_row(GgmlType type, const void* interleaved, int64_t n_cols, int64_t row, void* dst_row) {
   require_layout(type, n_cols);
-  const int64_t nb = n_cols / kQK_K, g = row / kInterleavedRows;
+  const int64_t nb = n_cols / tile_columns(type), g = row / kInterleavedRows;
   const int r = static_cast<int>(row % kInterleavedRows);
   const size_t tile_bytes = interleaved_tile_bytes(type);
   const auto* in = static_cast<const uint8_t*>(interleaved);
   for (int64_t i = 0; i < nb; ++i) {
     const uint8_t* tile = in + static_cast<size_t>(g * nb + i) * tile_bytes;
-    if (type == GgmlType::Q4_K) {
+    if (type == GgmlType::Q4_0) {
+      deinterleave_q4_0(*reinterpret_cast<const TileQ4_0*>(tile), r, static_cast<BlockQ4_0*>(dst_row)[i]);
+    } else if (type == GgmlType::Q8_0) {
+      deinterleave_q8_0(*reinterpret_cast<const TileQ8_0*>(tile), r, static_cast<BlockQ8_0*>(dst_row)[i]);
+    } else if (type == GgmlType::Q4_K) {
       deinterleave_q45_k(*reinterpret_cast<const TileQ4_K*>(tile), r, static_cast<BlockQ4_K*>(dst_row)[i]);
     } else if (type == GgmlType::Q5_K) {
       deinterleave_q45_k(*reinterpret_cast<const TileQ5_K*>(tile), r, static_cast<BlockQ5_K*>(dst_row)[i]);

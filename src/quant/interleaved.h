@@ -7,8 +7,9 @@
 // decoded weights of a sub-block stay in registers while several tokens use them, which is what makes prompt
 // processing compute-bound rather than decode-bound.
 //
-// A matrix is cut into tiles of 16 rows x one 256-value super-block; tile (g, i) (rows 16g.., super-block i) is
-// stored at ((g * n_blocks) + i) * tile_bytes. Tile layouts (values are the GGUF block's levels, unchanged):
+// A matrix is cut into tiles of 16 rows x one block (256 values for the K-quants, 32 for Q4_0 and Q8_0); tile
+// (g, i) (rows 16g.., block i) is stored at ((g * n_blocks) + i) * tile_bytes. Tile layouts (values are the GGUF
+// block's levels, unchanged unless said):
 //   Q4_K (2368 bytes, 64 more than the 16 blocks):
 //     d[16], dmin[16] (f16)  |  scales[8][16] (u8, sub-block k of row r)  |  min pairs[4][16][2] (u8: mins 2j, 2j+1)
 //     qs[8][4][64]: sub-block k, part p, byte 4r + j: low nibble = level of column 32k + 8p + j of row r,
@@ -20,6 +21,8 @@
 //     ql[16][2][64]: sub-block k (16 columns), part p, byte 4r + j: low nibble = low 4 bits of column 16k + 8p + j,
 //                    high nibble = column 16k + 8p + 4 + j
 //     qh[16][64]: sub-block k, byte 4r + j: bits 2c, 2c+1 = top 2 bits of column 16k + 4c + j (c = 0..3)
+//   Q4_0 (288 bytes): d[16] (f16) | qs[4][64] as one Q4_K sub-block (part p, byte 4r + j: columns 8p + j, 8p + 4 + j)
+//   Q8_0 (544 bytes): d[16] (f16) | qs[8][64]: part q, byte 4r + j = value of column 4q + j of row r, plus 128
 #pragma once
 
 #include <cstddef>

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "quant/interleaved_tiles.h"
 
@@ -168,47 +169,134 @@ void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_
   for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 
-// Row groups outermost, so a group's tiles stay in cache while every token tile passes over them.
-template <class Tile, template <int> class Group>
+// Q4_0 and Q8_0, one 32-column block per tile. The levels are unsigned (value + 8, value + 128); offsets[t *
+// n_blocks + i] is that offset times the sum of token t's activations in block i, taken off once per block.
+template <class Tile, int NT>
+void block32_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, const int32_t* offsets,
+                   float* y, int64_t ldy) {
+  constexpr bool kNibbles = std::is_same_v<Tile, TileQ4_0>;
+  constexpr int kLines = (sizeof(Tile) + 63) / 64 + 1;  // tiles are not line-aligned
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    const Tile& tile = tiles[i];
+    const char* ahead = reinterpret_cast<const char*>(&tile) + kPrefetchTiles * sizeof(TileQ4_K);
+    for (int l = 0; l < kLines; ++l) _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);
+    __m512i w[8];  // w[q]: columns 4q..4q+3
+    if constexpr (kNibbles) {
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const __m512i packed = load512(tile.qs[p]);
+        w[2 * p] = _mm512_and_si512(packed, low4);
+        w[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+      }
+    } else {
+#pragma GCC unroll 8
+      for (int q = 0; q < 8; ++q) w[q] = load512(tile.qs[q]);
+    }
+    const __m512 d = f16x16(tile.d);
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const BlockQ8_0& xb = reinterpret_cast<const BlockQ8_0*>(x + t * x_stride)[i];
+      __m512i even = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], broadcast4(xb.qs));
+      __m512i odd = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], broadcast4(xb.qs + 4));
+#pragma GCC unroll 4
+      for (int p = 1; p < 4; ++p) {
+        even = _mm512_dpbusd_epi32(even, w[2 * p], broadcast4(xb.qs + 8 * p));
+        odd = _mm512_dpbusd_epi32(odd, w[2 * p + 1], broadcast4(xb.qs + 8 * p + 4));
+      }
+      const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(even, odd), _mm512_set1_epi32(offsets[t * n_blocks + i]));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, _mm512_set1_ps(_cvtsh_ss(xb.d))), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+
+// offset * (sum of each Q8_0 activation block) for n_tokens rows of n_blocks blocks.
+void activation_offsets(const uint8_t* x, size_t x_stride, int64_t n_tokens, int64_t n_blocks, int offset,
+                        int32_t* out) {
+  const __m256i ones = _mm256_set1_epi8(1);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const auto* blocks = reinterpret_cast<const BlockQ8_0*>(x + t * x_stride);
+    for (int64_t i = 0; i < n_blocks; ++i) {
+      // Sums of 4 bytes (vpdpbusd with unsigned ones), then of the 8 lanes.
+      const __m256i sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, load256(blocks[i].qs));
+      __m128i h = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+      h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+      h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+      out[t * n_blocks + i] = offset * _mm_cvtsi128_si32(h);
+    }
+  }
+}
+
+// Row groups outermost, so a group's tiles stay in cache while every token tile passes over them. kOffset is the
+// unsigned levels' offset of the 32-column formats (0 for the K-quants, which carry it in their scales and mins).
+template <class Tile, template <int> class Group, int kColumns, int kOffset = 0>
 void gemm_groups(const void* interleaved, int64_t n_cols, int64_t row_begin, int64_t row_end, const void* xq,
                  size_t xq_row_bytes, int64_t n_tokens, float* y, int64_t ldy) {
-  const int64_t n_blocks = n_cols / kQK_K;
+  const int64_t n_blocks = n_cols / kColumns;
   const auto* x = static_cast<const uint8_t*>(xq);
+  thread_local std::vector<int32_t> offset_storage;
+  const int32_t* offsets = nullptr;
+  if constexpr (kOffset != 0) {
+    offset_storage.resize(static_cast<size_t>(n_tokens * n_blocks));
+    activation_offsets(x, xq_row_bytes, n_tokens, n_blocks, kOffset, offset_storage.data());
+    offsets = offset_storage.data();
+  }
   for (int64_t g = row_begin / 16; g < row_end / 16; ++g) {
     const Tile* tiles = static_cast<const Tile*>(interleaved) + g * n_blocks;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokens) {
       const int nt = static_cast<int>(std::min<int64_t>(kTokens, n_tokens - t0));
       const uint8_t* xt = x + t0 * xq_row_bytes;
+      const int32_t* ot = offsets ? offsets + t0 * n_blocks : nullptr;
       float* yt = y + t0 * ldy + 16 * g;
       switch (nt) {
-        case 1: Group<1>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
-        case 2: Group<2>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
-        case 3: Group<3>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
-        case 4: Group<4>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
-        case 5: Group<5>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
-        case 6: Group<6>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
-        case 7: Group<7>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
-        default: Group<kTokens>::run(tiles, n_blocks, xt, xq_row_bytes, yt, ldy); break;
+        case 1: Group<1>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 2: Group<2>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 3: Group<3>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 4: Group<4>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 5: Group<5>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 6: Group<6>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 7: Group<7>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        default: Group<kTokens>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
       }
     }
   }
 }
 
 template <int NT>
+struct Q4_0Group {
+  static void run(const TileQ4_0* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t* offsets, float* y,
+                  int64_t ldy) {
+    block32_group<TileQ4_0, NT>(tiles, nb, x, stride, offsets, y, ldy);
+  }
+};
+template <int NT>
+struct Q8_0Group {
+  static void run(const TileQ8_0* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t* offsets, float* y,
+                  int64_t ldy) {
+    block32_group<TileQ8_0, NT>(tiles, nb, x, stride, offsets, y, ldy);
+  }
+};
+template <int NT>
 struct Q4_KGroup {
-  static void run(const TileQ4_K* tiles, int64_t nb, const uint8_t* x, size_t stride, float* y, int64_t ldy) {
+  static void run(const TileQ4_K* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t*, float* y,
+                  int64_t ldy) {
     q45_k_group<TileQ4_K, NT>(tiles, nb, x, stride, y, ldy);
   }
 };
 template <int NT>
 struct Q5_KGroup {
-  static void run(const TileQ5_K* tiles, int64_t nb, const uint8_t* x, size_t stride, float* y, int64_t ldy) {
+  static void run(const TileQ5_K* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t*, float* y,
+                  int64_t ldy) {
     q45_k_group<TileQ5_K, NT>(tiles, nb, x, stride, y, ldy);
   }
 };
 template <int NT>
 struct Q6_KGroup {
-  static void run(const TileQ6_K* tiles, int64_t nb, const uint8_t* x, size_t stride, float* y, int64_t ldy) {
+  static void run(const TileQ6_K* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t*, float* y,
+                  int64_t ldy) {
     q6_k_group<NT>(tiles, nb, x, stride, y, ldy);
   }
 };
@@ -217,9 +305,11 @@ struct Q6_KGroup {
 
 InterleavedGemmKernel interleaved_kernel_avx512(GgmlType weight_type) {
   switch (weight_type) {
-    case GgmlType::Q4_K: return gemm_groups<TileQ4_K, Q4_KGroup>;
-    case GgmlType::Q5_K: return gemm_groups<TileQ5_K, Q5_KGroup>;
-    case GgmlType::Q6_K: return gemm_groups<TileQ6_K, Q6_KGroup>;
+    case GgmlType::Q4_0: return gemm_groups<TileQ4_0, Q4_0Group, kQK, 8>;
+    case GgmlType::Q8_0: return gemm_groups<TileQ8_0, Q8_0Group, kQK, 128>;
+    case GgmlType::Q4_K: return gemm_groups<TileQ4_K, Q4_KGroup, kQK_K>;
+    case GgmlType::Q5_K: return gemm_groups<TileQ5_K, Q5_KGroup, kQK_K>;
+    case GgmlType::Q6_K: return gemm_groups<TileQ6_K, Q6_KGroup, kQK_K>;
     default: return nullptr;
   }
 }

@@ -13,13 +13,13 @@
 namespace tessera::quant {
 namespace {
 
-const GgmlType kTypes[] = {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+const GgmlType kTypes[] = {GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
 
 TEST(Interleaved, RoundTripKeepsEveryByte) {
   std::mt19937 rng(7);
   for (GgmlType type : kTypes) {
     for (int64_t n_cols : {256, 768}) {
-      const int64_t n_rows = 48;
+      const int64_t n_rows = 48;  // 768 columns: 24 blocks of the 32-column formats
       const size_t row_bytes = ggml_row_bytes(type, n_cols);
       // Random bytes: every bit of every field, including scale bits the quantizer rarely sets.
       std::vector<uint8_t> rows(row_bytes * n_rows);
@@ -41,7 +41,8 @@ TEST(Interleaved, RoundTripKeepsEveryByte) {
 TEST(Interleaved, RejectsShapesWithoutWholeTiles) {
   EXPECT_FALSE(interleaved_available(GgmlType::Q4_K, 40, 256));
   EXPECT_FALSE(interleaved_available(GgmlType::Q4_K, 32, 200));
-  EXPECT_FALSE(interleaved_available(GgmlType::Q8_0, 32, 256));
+  EXPECT_FALSE(interleaved_available(GgmlType::Q4_1, 32, 256));
+  EXPECT_FALSE(interleaved_available(GgmlType::Q8_0, 32, 48));
   EXPECT_THROW(interleaved_bytes(GgmlType::Q6_K, 20, 256), std::invalid_argument);
   EXPECT_THROW(interleaved_bytes(GgmlType::Q3_K, 32, 256), std::invalid_argument);
 }
@@ -100,7 +101,8 @@ void check_gemm(GgmlType type, int64_t n_rows, int64_t n_cols, int64_t n_tokens)
 TEST(Interleaved, GemmMatchesReference) {
   if (!interleaved_available(GgmlType::Q4_K, 16, 256)) GTEST_SKIP() << "this CPU has no AVX-512 VNNI";
   for (GgmlType type : kTypes) {
-    for (int64_t n_cols : {256, 768}) {
+    for (int64_t n_cols : {256, 768, 800}) {
+      if (n_cols % ggml_type_traits(type).block_size != 0) continue;
       for (int64_t n_tokens : {1, 2, 5, 8, 13, 17}) {
         check_gemm(type, 48, n_cols, n_tokens);
         if (HasFailure()) return;
