@@ -15,12 +15,7 @@ struct TileQ4_K {
   uint8_t qs[8][4][64];
 };
 // Q4_K's tile plus the fifth bits: qh[k] byte 4r + j, bit q = bit 4 of column 32k + 4q + j of row r.
-struct TileQ5_K {
-  uint16_t d[16];
-  uint16_t dmin[16];
-  uint8_t scales[8][16];
-  uint8_t min_pairs[4][16][2];
-  uint8_t qs[8][4][64];
+struct TileQ5_K : TileQ4_K {
   uint8_t qh[8][64];
 };
 struct TileQ6_K {
