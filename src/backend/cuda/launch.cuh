@@ -6,7 +6,9 @@
 // previous kernel has finished and its writes are visible. Every kernel launched this way must call it before it
 // reads anything an earlier kernel wrote or writes anything an earlier kernel reads (through the previous
 // kernel's own wait, this covers all earlier kernels). After waiting, allow_next_kernel() lets the next kernel in
-// the stream start, so at most one kernel runs ahead. Both are no-ops for a kernel launched the plain way.
+// the stream start, so at most one kernel runs ahead. Both are no-ops for a kernel launched the plain way, and
+// on GPUs before sm_90 (no programmatic launch: there launch_chained is a plain launch and stream order alone
+// separates the kernels).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,8 +17,26 @@
 
 namespace tessera::cuda {
 
-__device__ __forceinline__ void wait_for_previous_kernel() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void allow_next_kernel() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_kernel() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// Whether the current device has programmatic dependent launch (compute capability 9.0 or newer).
+inline bool programmatic_launch_supported() {
+  static const bool supported = [] {
+    int device = 0, major = 0;
+    return cudaGetDevice(&device) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
+  }();
+  return supported;
+}
 
 template <class... Params, class... Args>
 void launch_chained(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
@@ -30,7 +50,7 @@ void launch_chained(const char* name, void (*kernel)(Params...), dim3 grid, dim3
   config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
   config.attrs = &attribute;
-  config.numAttrs = 1;
+  config.numAttrs = programmatic_launch_supported() ? 1 : 0;
   check_cuda(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...), name);
 }
 
