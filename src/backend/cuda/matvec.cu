@@ -221,7 +221,7 @@ void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, cons
   const GgmlType type = jobs[0].w.type;
   if (has_q8_kernel(type)) {
     if (!xq.q || xq.ld != jobs[0].w.n_cols) throw std::runtime_error("matvec: this weight type needs x as Q8Rows");
-    matvec_q8(make_matvec_groups(jobs, n_jobs, kQ8RowsPerGroup), xq, n_tokens, stream);
+    matvec_q8(jobs, n_jobs, xq, n_tokens, stream);
     return;
   }
   MatvecLaunch launch{make_matvec_groups(jobs, n_jobs, kRowsPerBlock), 0};

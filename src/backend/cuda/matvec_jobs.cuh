@@ -16,6 +16,7 @@ struct MatvecGroups {
 };
 
 inline MatvecGroups make_matvec_groups(const MatvecJob* jobs, int n_jobs, int rows_per_group) {
+  if (n_jobs < 1 || n_jobs > kMaxMatvecJobs) throw std::runtime_error("matvec: bad job count");
   MatvecGroups g{};
   g.n_jobs = n_jobs;
   g.rows_per_group = rows_per_group;

@@ -1,9 +1,9 @@
 // Decode matrix-vector products with 8-bit integer dot products (dp4a), for the block types that dominate
 // quantized models. x arrives quantized per 32 values (Q8Rows); a weight row is read in "units" of 16 or 32
 // values whose packed quants one lane loads with one or a few wide loads, and the 32 lanes of a warp take 32
-// consecutive units, so a warp reads one contiguous run of the row (coalesced). Each lane issues the loads of
-// kUnitsInFlight units of each of its warp's kRowsPerWarp rows before it uses any of them: these kernels are
-// bound by memory latency, and loads in flight are what hides it. The integer sums are exact and the block
+// consecutive units, so a warp reads one contiguous run of the row (coalesced). Each thread issues the loads of
+// one unit of each of its kRowsPerThread rows before it uses any of them: these kernels are bound by memory
+// latency, and loads in flight are what hides it. The integer sums are exact and the block
 // scales are applied in f32 (with the x block's d, and its s = d * sum(q) for the weights' offsets), so the result
 // is the dot product of the dequantized weights with the dequantized x, up to f32 rounding.
 #include "backend/cuda/cuda_check.h"
@@ -15,9 +15,7 @@ namespace tessera::cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 4;
-constexpr int kRowsPerWarp = kQ8RowsPerGroup / kWarpsPerBlock;
-constexpr int kUnitsInFlight = 2;
-static_assert(kRowsPerWarp * kWarpsPerBlock == kQ8RowsPerGroup);
+constexpr int kThreadsPerBlock = 32 * kWarpsPerBlock;
 
 // Loads through the read-only data path: nothing a decode kernel reads is written during it.
 __device__ __forceinline__ uint4 load16(const uint8_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
@@ -254,74 +252,91 @@ struct Q8Dot<GgmlType::Q8_0> {
   }
 };
 
-// One block per group of kQ8RowsPerGroup rows, each warp kRowsPerWarp of them; kTokens activation rows.
-template <GgmlType T, int kTokens>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+// Rows whose weights each thread has in flight at once. With more tokens the activations and sums take the
+// registers (4 rows at 8 tokens need ~250 and would halve the resident blocks).
+constexpr int rows_per_thread(int n_tokens) { return n_tokens == 1 ? 4 : 2; }
+
+// One block per group of rows. The block's threads form teams of threads_per_row (32, 64 or 128, fewest that
+// cover a row's units in one pass); a team takes kRowsPerThread rows, and thread i of a team units i,
+// i + threads_per_row, ... of each of them. A 4096-wide Q4_K row is 128 units, so at one token every thread of
+// the block has the loads of one unit of 4 rows in flight before it waits for anything, and a warp's whole work
+// is one round trip to memory: short per-block critical paths, many blocks in flight. Longer rows take more
+// passes. The warps of a team add their sums through shared memory.
+template <GgmlType T, int kTokens, int kRowsPerThread = rows_per_thread(kTokens)>
+__global__ void __launch_bounds__(kThreadsPerBlock)
     matvec_q8_kernel(const MatvecGroups groups, const int8_t* __restrict__ xq, const float2* __restrict__ xds,
                      int64_t ld) {
   using Dot = Q8Dot<T>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int teams = groups.rows_per_group / kRowsPerThread, threads_per_row = kThreadsPerBlock / teams;
+  const int team = threadIdx.x / threads_per_row, first_unit = threadIdx.x % threads_per_row;
   const int group = blockIdx.x;
   const int j = job_of(groups, group);
   const MatvecJob job = job_at(groups, j);
-  const int64_t first_row = static_cast<int64_t>(group - groups.group_start[j]) * kQ8RowsPerGroup + warp * kRowsPerWarp;
-  if (first_row >= job.w.n_rows) return;
+  const int64_t group_row = static_cast<int64_t>(group - groups.group_start[j]) * groups.rows_per_group;
+  const int64_t first_row = group_row + team * kRowsPerThread;
   // Rows past the end read the last row again (their sums are dropped), so that no load needs a condition.
-  const uint8_t* rows[kRowsPerWarp];
+  const uint8_t* rows[kRowsPerThread];
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
+  for (int r = 0; r < kRowsPerThread; ++r) {
     rows[r] = job.w.data + min(first_row + r, job.w.n_rows - 1) * static_cast<int64_t>(job.w.row_bytes);
   }
   const int n_units = static_cast<int>(job.w.n_cols / Dot::kValues);
   const int64_t ld_ds = ld / kQ8Block;
 
-  typename Dot::Weights w[kUnitsInFlight][kRowsPerWarp];
-  auto load_weights = [&](int u0) {
+  typename Dot::Weights w[kRowsPerThread];
+  // Past the end: loads a valid unit, whose sum the loop never adds.
+  auto load_weights = [&](int u) {
+    u = min(u, n_units - 1);
 #pragma unroll
-    for (int i = 0; i < kUnitsInFlight; ++i) {
-      const int u = min(u0 + 32 * i, n_units - 1);  // past the end: loads a valid unit, its sum is dropped below
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) w[i][r] = Dot::load(rows[r], u);
-    }
+    for (int r = 0; r < kRowsPerThread; ++r) w[r] = Dot::load(rows[r], u);
   };
   // The weights do not depend on the previous kernel: the first ones are on their way before waiting for it.
-  load_weights(lane);
+  load_weights(first_unit);
   wait_for_previous_kernel();
   allow_next_kernel();
 
-  float acc[kRowsPerWarp][kTokens] = {};
-  for (int u0 = lane; u0 < n_units; u0 += 32 * kUnitsInFlight) {
-    if (u0 != lane) load_weights(u0);
+  float acc[kRowsPerThread][kTokens] = {};
+  for (int u = first_unit; u < n_units; u += threads_per_row) {
+    if (u != first_unit) load_weights(u);
 #pragma unroll
-    for (int i = 0; i < kUnitsInFlight; ++i) {
-      const int u = u0 + 32 * i;
-      if (u < n_units) {
+    for (int t = 0; t < kTokens; ++t) {
+      const typename Dot::Act a = Dot::load_act(xq + t * ld, xds + t * ld_ds, u);
 #pragma unroll
-        for (int t = 0; t < kTokens; ++t) {
-          const typename Dot::Act a = Dot::load_act(xq + t * ld, xds + t * ld_ds, u);
-#pragma unroll
-          for (int r = 0; r < kRowsPerWarp; ++r) acc[r][t] += Dot::dot(w[i][r], a, u);
-        }
-      }
+      for (int r = 0; r < kRowsPerThread; ++r) acc[r][t] += Dot::dot(w[r], a, u);
     }
   }
+
+  // Warp sums, then the sum over the warps of each team.
+  __shared__ float warp_sums[kWarpsPerBlock][kRowsPerThread][kTokens];
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
+  for (int r = 0; r < kRowsPerThread; ++r) {
 #pragma unroll
     for (int t = 0; t < kTokens; ++t) {
       float s = acc[r][t];
 #pragma unroll
       for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xFFFFFFFFu, s, offset);
-      if (lane == 0 && first_row + r < job.w.n_rows) {
-        float* out = job.y + t * job.ldy + first_row + r;
-        *out = job.accumulate ? *out + s : s;
-      }
+      if (lane == 0) warp_sums[warp][r][t] = s;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < teams * kRowsPerThread * kTokens) {
+    const int out_team = threadIdx.x / (kRowsPerThread * kTokens);
+    const int r = threadIdx.x / kTokens % kRowsPerThread, t = threadIdx.x % kTokens;
+    const int warps_per_team = threads_per_row / 32;
+    float s = 0;
+    for (int k = 0; k < warps_per_team; ++k) s += warp_sums[out_team * warps_per_team + k][r][t];
+    const int64_t row = group_row + out_team * kRowsPerThread + r;
+    if (row < job.w.n_rows) {
+      float* out = job.y + t * job.ldy + row;
+      *out = job.accumulate ? *out + s : s;
     }
   }
 }
 
 struct LaunchQ8 {
-  const MatvecGroups* groups;
+  const MatvecJob* jobs;
+  int n_jobs;
   const Q8Rows* xq;
   int n_tokens;
   cudaStream_t stream;
@@ -343,16 +358,20 @@ struct LaunchQ8 {
   }
   template <GgmlType T, int kTokens>
   void launch() const {
-    const int n_groups = groups->group_start[groups->n_jobs];
-    launch_chained("matvec_q8_kernel", matvec_q8_kernel<T, kTokens>, dim3(n_groups), dim3(kWarpsPerBlock * 32), 0,
-                   stream, *groups, xq->q, xq->ds, xq->ld);
+    const int64_t n_units = jobs[0].w.n_cols / Q8Dot<T>::kValues;
+    const int threads_per_row = n_units <= 32 ? 32 : n_units <= 64 ? 64 : kThreadsPerBlock;
+    const int rows_per_group = rows_per_thread(kTokens) * (kThreadsPerBlock / threads_per_row);
+    const MatvecGroups groups = make_matvec_groups(jobs, n_jobs, rows_per_group);
+    const int n_groups = groups.group_start[groups.n_jobs];
+    launch_chained("matvec_q8_kernel", matvec_q8_kernel<T, kTokens>, dim3(n_groups), dim3(kThreadsPerBlock), 0,
+                   stream, groups, xq->q, xq->ds, xq->ld);
   }
 };
 
 }  // namespace
 
-void matvec_q8(const MatvecGroups& groups, const Q8Rows& xq, int n_tokens, cudaStream_t stream) {
-  dispatch_type(groups.jobs[0].w.type, LaunchQ8{&groups, &xq, n_tokens, stream});
+void matvec_q8(const MatvecJob* jobs, int n_jobs, const Q8Rows& xq, int n_tokens, cudaStream_t stream) {
+  dispatch_type(jobs[0].w.type, LaunchQ8{jobs, n_jobs, &xq, n_tokens, stream});
 }
 
 }  // namespace tessera::cuda

@@ -11,10 +11,7 @@ constexpr bool has_q8_kernel(GgmlType type) {
          type == GgmlType::Q6_K;
 }
 
-// Rows per thread block (the groups of MatvecGroups).
-constexpr int kQ8RowsPerGroup = 8;
-
-// y = W xq for every job of `groups` (made with kQ8RowsPerGroup); xq.ld == n_cols.
-void matvec_q8(const MatvecGroups& groups, const Q8Rows& xq, int n_tokens, cudaStream_t stream);
+// y = W xq for each of the n_jobs jobs (one type and width); xq.ld == n_cols.
+void matvec_q8(const MatvecJob* jobs, int n_jobs, const Q8Rows& xq, int n_tokens, cudaStream_t stream);
 
 }  // namespace tessera::cuda
