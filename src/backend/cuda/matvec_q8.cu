@@ -55,6 +55,23 @@ __device__ __forceinline__ void k4_scale_min(const uint4& head, int j, int& sc, 
 template <GgmlType T>
 struct Q8Dot;
 
+// The dot of one Q4_K / Q5_K unit (k = u % 8) with x, given its levels: lo for sub-block 2g, hi for 2g + 1
+// (g = k / 2), 16 values each as packed bytes. The min terms need the sum over the whole 32-value x block (its
+// ds.y); of the two units sharing it, the one with k even adds them.
+template <class Act>
+__device__ __forceinline__ float k45_unit_dot(const uint4& head, const int (&lo)[4], const int (&hi)[4], const Act& x,
+                                              int k) {
+  const int g = k / 2;
+  int sc_lo, m_lo, sc_hi, m_hi;
+  k4_scale_min(head, 2 * g, sc_lo, m_lo);
+  k4_scale_min(head, 2 * g + 1, sc_hi, m_hi);
+  const float d = f16_bits_to_float(head.x & 0xFFFF), dmin = f16_bits_to_float(head.x >> 16);
+  float r = d * (static_cast<float>(sc_lo) * x.ds_lo.x * static_cast<float>(dot16(lo, x.lo)) +
+                 static_cast<float>(sc_hi) * x.ds_hi.x * static_cast<float>(dot16(hi, x.hi)));
+  if (k % 2 == 0) r -= dmin * (static_cast<float>(m_lo) * x.ds_lo.y + static_cast<float>(m_hi) * x.ds_hi.y);
+  return r;
+}
+
 // Q4_K (144-byte super-blocks of 256 values, 16-byte aligned in a row: d, dmin, 12 bytes of scales and mins,
 // qs[128]). Unit k (8 per super-block) is qs[16k..16k+15]: its low nibbles are values 64g+16h+i (sub-block 2g;
 // g = k/2, h = k%2), its high nibbles values 64g+32+16h+i (sub-block 2g+1).
@@ -77,20 +94,11 @@ struct Q8Dot<GgmlType::Q4_K> {
     return {load_x16(xq + v), load_x16(xq + v + 32), load_ds(ds + v / 32), load_ds(ds + v / 32 + 1)};
   }
   __device__ static float dot(const Weights& w, const Act& x, int u) {
-    const int k = u % 8, g = k / 2;
     const uint32_t q[4] = {w.qs.x, w.qs.y, w.qs.z, w.qs.w};
     int lo[4], hi[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) lo[i] = low_nibbles(q[i]), hi[i] = high_nibbles(q[i]);
-    int sc_lo, m_lo, sc_hi, m_hi;
-    k4_scale_min(w.head, 2 * g, sc_lo, m_lo);
-    k4_scale_min(w.head, 2 * g + 1, sc_hi, m_hi);
-    const float d = f16_bits_to_float(w.head.x & 0xFFFF), dmin = f16_bits_to_float(w.head.x >> 16);
-    float r = d * (static_cast<float>(sc_lo) * x.ds_lo.x * static_cast<float>(dot16(lo, x.lo)) +
-                   static_cast<float>(sc_hi) * x.ds_hi.x * static_cast<float>(dot16(hi, x.hi)));
-    // The min terms need the sum over the whole 32-value x block (s); of the two lanes sharing it, h = 0 adds them.
-    if (k % 2 == 0) r -= dmin * (static_cast<float>(m_lo) * x.ds_lo.y + static_cast<float>(m_hi) * x.ds_hi.y);
-    return r;
+    return k45_unit_dot(w.head, lo, hi, x, u % 8);
   }
 };
 
@@ -120,14 +128,7 @@ struct Q8Dot<GgmlType::Q5_K> {
       lo[i] = low_nibbles(q[i]) | static_cast<int>(((qh[i] >> (2 * g)) & 0x01010101u) << 4);
       hi[i] = high_nibbles(q[i]) | static_cast<int>(((qh[i] >> (2 * g + 1)) & 0x01010101u) << 4);
     }
-    int sc_lo, m_lo, sc_hi, m_hi;
-    k4_scale_min(w.head, 2 * g, sc_lo, m_lo);
-    k4_scale_min(w.head, 2 * g + 1, sc_hi, m_hi);
-    const float d = f16_bits_to_float(w.head.x & 0xFFFF), dmin = f16_bits_to_float(w.head.x >> 16);
-    float r = d * (static_cast<float>(sc_lo) * x.ds_lo.x * static_cast<float>(dot16(lo, x.lo)) +
-                   static_cast<float>(sc_hi) * x.ds_hi.x * static_cast<float>(dot16(hi, x.hi)));
-    if (k % 2 == 0) r -= dmin * (static_cast<float>(m_lo) * x.ds_lo.y + static_cast<float>(m_hi) * x.ds_hi.y);
-    return r;
+    return k45_unit_dot(w.head, lo, hi, x, k);
   }
 };
 
