@@ -7,45 +7,51 @@
 # build; commit before bundling, or name your own uncommitted paths in TESSERA_BUNDLE_OVERLAY (space-separated
 # files or folders, copied from the working tree over the snapshot). TESSERA_BUNDLE_BASELINE=<commit> also packs
 # that commit into .deps/baseline, for before/after measurements in one device call
-# (TESSERA_TREE=baseline bash .deps/gpu-build.sh builds it).
+# (TESSERA_TREE=baseline bash .deps/gpu-build.sh builds it). TESSERA_BUNDLE_DIR (default .deps; a name starting
+# with .deps, so that git ignores it) lets two engineers keep separate bundles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fixtures=${TESSERA_FIXTURES:-$(pwd)/../shared/fixtures}
+bundle=${TESSERA_BUNDLE_DIR:-.deps}
+case "$bundle" in
+  .deps*) ;;
+  *) echo "TESSERA_BUNDLE_DIR must start with .deps (git ignores those folders)" >&2; exit 1 ;;
+esac
 
-rm -rf .deps
-mkdir -p .deps/debs .deps/fixtures/models .deps/fixtures/trained
-(cd .deps/debs && apt-get download libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 \
+rm -rf "$bundle"
+mkdir -p "$bundle"/debs "$bundle"/fixtures/models "$bundle"/fixtures/trained
+(cd "$bundle"/debs && apt-get download libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3 \
   pkgconf-bin libpkgconf3)
 
 # The tiny-llama family (not the 8 MB v32k model) and the trained stories260K model with their goldens.
-cp "$fixtures"/models/tiny-llama-{F32,F16,Q8_0,Q6_K,Q5_K_M,Q5_1,Q5_0,Q4_K_M,Q4_1,Q4_0,Q3_K_M,Q2_K}.* .deps/fixtures/models/
-cp "$fixtures"/models/tiny-llama-v32k-Q4_K_M.* .deps/fixtures/models/
-cp "$fixtures"/trained/stories260K* .deps/fixtures/trained/
-cp "$fixtures"/README.md .deps/fixtures/
-mkdir -p .deps/tree
-git archive HEAD | tar -x -C .deps/tree
+cp "$fixtures"/models/tiny-llama-{F32,F16,Q8_0,Q6_K,Q5_K_M,Q5_1,Q5_0,Q4_K_M,Q4_1,Q4_0,Q3_K_M,Q2_K}.* "$bundle"/fixtures/models/
+cp "$fixtures"/models/tiny-llama-v32k-Q4_K_M.* "$bundle"/fixtures/models/
+cp "$fixtures"/trained/stories260K* "$bundle"/fixtures/trained/
+cp "$fixtures"/README.md "$bundle"/fixtures/
+mkdir -p "$bundle"/tree
+git archive HEAD | tar -x -C "$bundle"/tree
 for path in ${TESSERA_BUNDLE_OVERLAY:-}; do
-  rm -rf ".deps/tree/$path"
-  mkdir -p ".deps/tree/$(dirname "$path")"
-  cp -r "$path" ".deps/tree/$path"
+  rm -rf "$bundle/tree/$path"
+  mkdir -p "$bundle/tree/$(dirname "$path")"
+  cp -r "$path" "$bundle/tree/$path"
 done
 if [ -n "${TESSERA_BUNDLE_BASELINE:-}" ]; then
-  mkdir -p .deps/baseline
-  git archive "$TESSERA_BUNDLE_BASELINE" | tar -x -C .deps/baseline
+  mkdir -p "$bundle"/baseline
+  git archive "$TESSERA_BUNDLE_BASELINE" | tar -x -C "$bundle"/baseline
 fi
 
-cat > .deps/gpu-build.sh <<'BUILD'
+cat > "$bundle"/gpu-build.sh <<'BUILD'
 #!/usr/bin/env bash
-# Runs on the GPU machine from the repository root: unpack the carried packages, configure and build the
-# snapshot in .deps/tree, or .deps/$TESSERA_TREE (build folder build-gpu in it); TESSERA_TARGETS replaces the
-# default targets (tessera test_cuda). Extra arguments go to the CMake configure step.
+# Runs on the GPU machine: unpack the carried packages, configure and build the snapshot in <bundle>/tree, or
+# <bundle>/$TESSERA_TREE (build folder build-gpu in it), where <bundle> is this script's folder; TESSERA_TARGETS
+# replaces the default targets (tessera test_cuda). Extra arguments go to the CMake configure step.
 set -euo pipefail
-root=$(pwd)
-src=$root/.deps/${TESSERA_TREE:-tree}
-prefix=$root/.deps/prefix
+root=$(cd "$(dirname "$0")" && pwd)
+src=$root/${TESSERA_TREE:-tree}
+prefix=$root/prefix
 rm -rf "$prefix"
 mkdir -p "$prefix"
-for deb in "$root"/.deps/debs/*.deb; do dpkg -x "$deb" "$prefix"; done
+for deb in "$root"/debs/*.deb; do dpkg -x "$deb" "$prefix"; done
 libdir=$prefix/usr/lib/x86_64-linux-gnu
 # The .pc files name prefix=/usr; point them at the unpacked tree.
 sed -i "s|^prefix=.*|prefix=$prefix/usr|" "$libdir"/pkgconfig/*.pc
@@ -54,8 +60,8 @@ export PKG_CONFIG_PATH=$libdir/pkgconfig
 pkg_config=$(command -v pkg-config || echo "$prefix/usr/bin/pkgconf")
 cmake -S "$src" -B "$src/build-gpu" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_PREFIX_PATH="$prefix/usr" -DPKG_CONFIG_EXECUTABLE="$pkg_config" \
-  -DTESSERA_FIXTURES_DIR="$root/.deps/fixtures" "$@" >/dev/null
+  -DTESSERA_FIXTURES_DIR="$root/fixtures" "$@" >/dev/null
 cmake --build "$src/build-gpu" -j16 --target ${TESSERA_TARGETS:-tessera test_cuda} ${TESSERA_EXTRA_TARGETS:-}
 BUILD
-chmod +x .deps/gpu-build.sh
-du -sh .deps
+chmod +x "$bundle"/gpu-build.sh
+du -sh "$bundle"
