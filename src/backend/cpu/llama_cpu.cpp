@@ -1,6 +1,8 @@
 #include "backend/cpu/llama_cpu.h"
 
 #include <algorithm>
+#include <array>
+#include <stdexcept>
 #include <cmath>
 #include <cstring>
 
@@ -15,7 +17,8 @@ namespace {
 
 constexpr int64_t kAttentionTokenBlock = 32;  // query tokens that share one gather of their sequence's K/V
 constexpr int64_t kGemmTokenBlock = 64;       // activation rows per kernel call: they stay in L2 with the weights
-constexpr int64_t kSwigluRun = 2048;          // values per SwiGLU task
+constexpr int64_t kSwigluRun = 2048;          // values per SwiGLU task, at least
+constexpr int kGatherAhead = 8;               // keys whose cache lines the K/V gather asks for ahead of use
 
 template <class T>
 void grow(std::vector<T>& v, size_t n) {
@@ -89,68 +92,75 @@ void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
 }
 
 void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens) {
-  // Quantize x once for each distinct activation format the weights need.
+  // Quantize x once for each distinct activation format the weights need (at most one per job).
   struct Prepared {
+    GgmlType weight_type;  // a weight type that needs this activation format
     GgmlType act_type;
     size_t row_bytes;
     size_t offset;
   };
-  std::vector<Prepared> prepared;
-  std::vector<size_t> job_input;
+  struct Resolved {
+    const MatmulJob* job;
+    const uint8_t* interleaved;  // null: the GGUF layout
+    const Prepared* input;
+  };
+  if (jobs.size() > kMaxMatmulJobs) throw std::logic_error("LlamaCpu::matmuls: too many jobs");
+  std::array<Prepared, kMaxMatmulJobs> prepared;
+  std::array<Resolved, kMaxMatmulJobs> resolved;
+  size_t n_prepared = 0, n_resolved = 0, total = 0;
   const int64_t n_cols = jobs.begin()->w->n_cols;
-  size_t total = 0;
+  int64_t total_rows = 0;
   for (const MatmulJob& job : jobs) {
     const GgmlType act = quant::activation_type(job.w->type);
-    auto it = std::find_if(prepared.begin(), prepared.end(), [&](const Prepared& p) { return p.act_type == act; });
-    if (it == prepared.end()) {
+    size_t p = 0;
+    while (p < n_prepared && prepared[p].act_type != act) ++p;
+    if (p == n_prepared) {
       const size_t rb = quant::activation_row_bytes(job.w->type, n_cols);
-      prepared.push_back({act, rb, total});
+      prepared[n_prepared++] = {job.w->type, act, rb, total};
       total += rb * n_tokens;
-      it = prepared.end() - 1;
     }
-    job_input.push_back(static_cast<size_t>(it - prepared.begin()));
+    const auto interleaved = interleaved_.find(job.w);
+    resolved[n_resolved++] = {&job, interleaved == interleaved_.end() ? nullptr : interleaved->second, &prepared[p]};
+    total_rows += job.w->n_rows;
   }
   grow(xq_, total);
-  std::vector<GgmlType> weight_type_of(prepared.size());
-  for (size_t j = 0; j < jobs.size(); ++j) weight_type_of[job_input[j]] = (jobs.begin() + j)->w->type;
-  pool_.parallel_for(static_cast<int64_t>(prepared.size()) * n_tokens, [&](int64_t task, int) {
+  pool_.parallel_for(static_cast<int64_t>(n_prepared) * n_tokens, [&](int64_t task, int) {
     const Prepared& p = prepared[task / n_tokens];
     const int64_t t = task % n_tokens;
-    quant::quantize_activations(weight_type_of[task / n_tokens], x + t * n_cols, xq_.data() + p.offset + t * p.row_bytes,
-                                n_cols);
+    quant::quantize_activations(p.weight_type, x + t * n_cols, xq_.data() + p.offset + t * p.row_bytes, n_cols);
   });
 
-  // Split every matrix into row chunks: enough chunks per thread to balance, few enough to keep calls long.
-  struct Chunk {
-    size_t job;
-    int64_t row_begin;
-    int64_t row_end;
-  };
-  std::vector<Chunk> chunks;
-  int64_t total_rows = 0;
-  for (const MatmulJob& job : jobs) total_rows += job.w->n_rows;
-  const int64_t target = std::max<int64_t>(16, total_rows / (pool_.size() * 8));
-  const int64_t rows_per_chunk = (target + 15) / 16 * 16;  // whole 16-row groups of the interleaved layout
-  for (size_t j = 0; j < jobs.size(); ++j) {
-    const int64_t n_rows = (jobs.begin() + j)->w->n_rows;
-    for (int64_t r = 0; r < n_rows; r += rows_per_chunk) chunks.push_back({j, r, std::min(n_rows, r + rows_per_chunk)});
+  // Row chunks of whole 16-row groups (the interleaved layout's), largest first: each is a share of the rows
+  // still left, so the threads start on long calls and end on short ones and finish close together.
+  chunks_.clear();
+  const int64_t share = 2 * static_cast<int64_t>(pool_.size());
+  int64_t remaining = total_rows;
+  for (size_t j = 0; j < n_resolved; ++j) {
+    const int64_t n_rows = resolved[j].job->w->n_rows;
+    for (int64_t r = 0; r < n_rows;) {
+      const int64_t size = (std::max<int64_t>(16, remaining / share) + 15) / 16 * 16;
+      const int64_t end = std::min(n_rows, r + size);
+      chunks_.push_back({j, r, end});
+      remaining -= end - r;
+      r = end;
+    }
   }
-  pool_.parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t c, int) {
-    const Chunk& chunk = chunks[c];
-    const MatmulJob& job = *(jobs.begin() + chunk.job);
-    const Prepared& p = prepared[job_input[chunk.job]];
-    const auto interleaved = interleaved_.find(job.w);
+  pool_.parallel_for(static_cast<int64_t>(chunks_.size()), [&](int64_t c, int) {
+    const RowChunk& chunk = chunks_[c];
+    const Resolved& job = resolved[chunk.job];
+    const model::MatrixView& w = *job.job->w;
+    const uint8_t* xq = xq_.data() + job.input->offset;
+    const size_t xq_row_bytes = job.input->row_bytes;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemmTokenBlock) {
       const int64_t nt = std::min(kGemmTokenBlock, n_tokens - t0);
-      if (interleaved != interleaved_.end()) {
-        quant::gemm_interleaved(job.w->type, interleaved->second, job.w->n_cols, chunk.row_begin, chunk.row_end,
-                                xq_.data() + p.offset + t0 * p.row_bytes, p.row_bytes, nt, job.y + t0 * job.w->n_rows,
-                                job.w->n_rows);
-        continue;
+      float* y = job.job->y + t0 * w.n_rows;
+      if (job.interleaved) {
+        quant::gemm_interleaved(w.type, job.interleaved, w.n_cols, chunk.row_begin, chunk.row_end,
+                                xq + t0 * xq_row_bytes, xq_row_bytes, nt, y, w.n_rows);
+      } else {
+        quant::gemm(w.type, w.data, w.row_bytes, w.n_cols, chunk.row_begin, chunk.row_end, xq + t0 * xq_row_bytes,
+                    xq_row_bytes, nt, y, w.n_rows);
       }
-      quant::gemm(job.w->type, job.w->data, job.w->row_bytes, job.w->n_cols, chunk.row_begin, chunk.row_end,
-                  xq_.data() + p.offset + t0 * p.row_bytes, p.row_bytes, nt, job.y + t0 * job.w->n_rows,
-                  job.w->n_rows);
     }
   });
 }
@@ -209,8 +219,17 @@ void LlamaCpu::attention(int il, const ForwardBatch& batch) {
     float* keys = s.data();
     float* values = keys + static_cast<int64_t>(n_keys) * hd;
     float* attend_scratch = values + static_cast<int64_t>(n_keys) * hd;
+    const size_t elem = f16 ? 2 : 4;
     for (int j = 0; j < n_keys; ++j) {
       const int64_t offset = static_cast<int64_t>(slots[j]) * kv_dim + h * hd;
+      // The weights streamed since this layer's last step have evicted the cache rows: fetch ahead of use.
+      if (j + kGatherAhead < n_keys) {
+        const int64_t ahead = (static_cast<int64_t>(slots[j + kGatherAhead]) * kv_dim + h * hd) * elem;
+        for (size_t line = 0; line < hd * elem; line += 64) {
+          __builtin_prefetch(k_cache_[il].data() + ahead + line);
+          __builtin_prefetch(v_cache_[il].data() + ahead + line);
+        }
+      }
       if (f16) {
         f16_to_f32(reinterpret_cast<const uint16_t*>(k_cache_[il].data()) + offset, keys + j * hd, hd);
         f16_to_f32(reinterpret_cast<const uint16_t*>(v_cache_[il].data()) + offset, values + j * hd, hd);
@@ -262,10 +281,14 @@ void LlamaCpu::layer(int il, const ForwardBatch& batch, float* x, bool final_lay
     rms_norm(x + t * n_embd, w.ffn_norm, norm_.data() + t * n_embd, n_embd, c.rms_eps);
   });
   matmuls({{&w.w_gate, gate_.data()}, {&w.w_up, up_.data()}}, norm_.data(), n_rows);
-  // Elementwise over [n_rows][n_ff], so cut into equal runs: one token's row alone still uses every thread.
+  // Elementwise over [n_rows][n_ff], so cut into equal runs, as many per thread: one token's row alone still
+  // uses every thread, and no thread gets a run more than another.
   const int64_t n_ff_values = n_rows * c.n_ff;
-  pool_.parallel_for((n_ff_values + kSwigluRun - 1) / kSwigluRun, [&](int64_t run, int) {
-    const int64_t begin = run * kSwigluRun, n = std::min(kSwigluRun, n_ff_values - begin);
+  const int64_t per_round = kSwigluRun * pool_.size();
+  const int64_t n_runs = (n_ff_values + per_round - 1) / per_round * pool_.size();
+  const int64_t run_values = (n_ff_values + n_runs - 1) / n_runs;
+  pool_.parallel_for(n_runs, [&](int64_t run, int) {
+    const int64_t begin = std::min(run * run_values, n_ff_values), n = std::min(run_values, n_ff_values - begin);
     swiglu_at(quant::active_simd_level(), gate_.data() + begin, up_.data() + begin, gate_.data() + begin, n);
   });
   matmuls({{&w.w_down, proj_.data()}}, gate_.data(), n_rows);

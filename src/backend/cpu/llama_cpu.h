@@ -35,6 +35,7 @@ class LlamaCpu {
     const model::MatrixView* w;
     float* y;  // [n_tokens][w->n_rows]
   };
+  static constexpr size_t kMaxMatmulJobs = 3;
   void matmuls(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens);
 
  private:
@@ -69,6 +70,12 @@ class LlamaCpu {
   std::vector<float> gate_;     // [n_tokens][n_ff]
   std::vector<float> up_;       // [n_tokens][n_ff]
   std::vector<uint8_t> xq_;     // quantized activations, [n_tokens][activation row bytes]
+  struct RowChunk {
+    size_t job;
+    int64_t row_begin;
+    int64_t row_end;
+  };
+  std::vector<RowChunk> chunks_;  // matmuls' work list, kept to reuse its memory
   std::vector<std::vector<float>> scratch_;  // per thread: gathered keys, values and scores of one KV head
 };
 
