@@ -2,9 +2,13 @@
 // bandwidth measured in the same run so token generation can be read as a fraction of its roofline.
 //   ppP: one prompt of P random tokens in one batch, a fresh sequence each repetition.
 //   tgN: N tokens decoded one at a time from an empty sequence, a fresh sequence each repetition.
-// Each test runs once untimed first (it also pages the weights in), then `-r` timed repetitions.
+// Each test runs once untimed first (it also pages the weights in), then `-r` timed repetitions. With --membw, the
+// bandwidth is also probed (briefly) before and after each generation repetition: on a shared host it swings
+// within seconds, so each repetition is judged against the better of the two probes beside it.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -46,7 +50,13 @@ struct TestResult {
   std::vector<double> samples;  // tokens per second of each timed repetition
   double mean = 0;
   double stddev = 0;
+  // tg with --membw: read GB/s probed before the first repetition and after each one (samples.size() + 1).
+  std::vector<double> adjacent_gb_s;
 };
+
+// A short probe between repetitions: far above the L3 cache, and small next to the loaded model's memory.
+constexpr size_t kAdjacentProbeBytes = size_t{128} << 20;
+constexpr int kAdjacentProbeRepetitions = 3;
 
 struct ModelSummary {
   std::string path;
@@ -137,6 +147,17 @@ double weights_gb_per_s(const ModelSummary& model, const TestResult& r) {
   return static_cast<double>(model.weight_bytes) * r.mean / 1e9;
 }
 
+// Mean over the repetitions of each one's weight bandwidth over the better probe beside it; 0 without probes.
+double adjacent_fraction(const ModelSummary& model, const TestResult& r) {
+  if (r.adjacent_gb_s.size() != r.samples.size() + 1) return 0;
+  double sum = 0;
+  for (size_t i = 0; i < r.samples.size(); ++i) {
+    const double probe = std::max(r.adjacent_gb_s[i], r.adjacent_gb_s[i + 1]);
+    sum += static_cast<double>(model.weight_bytes) * r.samples[i] / 1e9 / probe;
+  }
+  return sum / static_cast<double>(r.samples.size());
+}
+
 void print_membw_line(const MemoryBandwidth& bw) {
   fmt::print("memory read bandwidth ({} thread{}, {} loads, {} x {}): best {:.1f} GB/s, median {:.1f} GB/s\n",
              bw.threads, bw.threads == 1 ? "" : "s", bw.method, human_bytes(bw.buffer_bytes), bw.repetitions,
@@ -147,19 +168,26 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
                     const BenchArgs& args, int threads, const std::optional<MemoryBandwidth>& bw) {
   if (model) {
     const std::string label = fmt::format("llama {} {}", human_params(model->n_params), model->type);
-    fmt::print("| model | size | params | backend | threads | test | t/s | weights GB/s | of membw |\n");
-    fmt::print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
+    fmt::print("| model | size | params | backend | threads | test | t/s | weights GB/s | of membw | of adjacent membw |\n");
+    fmt::print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (const TestResult& r : results) {
-      std::string gbs, fraction;
+      std::string gbs, fraction, adjacent;
       if (r.n_gen > 0) {
         gbs = fmt::format("{:.1f}", weights_gb_per_s(*model, r));
         if (bw) fraction = fmt::format("{:.0f}%", 100 * weights_gb_per_s(*model, r) / bw->best_gb_s);
+        if (!r.adjacent_gb_s.empty()) adjacent = fmt::format("{:.0f}%", 100 * adjacent_fraction(*model, r));
       }
-      fmt::print("| {} | {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} |\n", label, human_bytes(model->weight_bytes),
-                 human_params(model->n_params), args.backend, threads, r.name, r.mean, r.stddev, gbs, fraction);
+      fmt::print("| {} | {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} | {} |\n", label,
+                 human_bytes(model->weight_bytes), human_params(model->n_params), args.backend, threads, r.name, r.mean,
+                 r.stddev, gbs, fraction, adjacent);
     }
   }
   if (bw) print_membw_line(*bw);
+  for (const TestResult& r : results) {
+    if (r.adjacent_gb_s.empty()) continue;
+    fmt::print("{} adjacent probes ({} x {}, before and after each repetition): {:.1f} GB/s\n", r.name,
+               human_bytes(kAdjacentProbeBytes), kAdjacentProbeRepetitions, fmt::join(r.adjacent_gb_s, ", "));
+  }
 }
 
 void print_json(const std::optional<ModelSummary>& model, const std::vector<TestResult>& results,
@@ -189,6 +217,10 @@ void print_json(const std::optional<ModelSummary>& model, const std::vector<Test
     if (bw) {
       add_membw(o);
       if (r.n_gen > 0) o["membw_fraction"] = weights_gb_per_s(*model, r) / bw->best_gb_s;
+    }
+    if (!r.adjacent_gb_s.empty()) {
+      o["membw_adjacent_gb_s"] = r.adjacent_gb_s;
+      o["membw_adjacent_fraction"] = adjacent_fraction(*model, r);
     }
     out.push_back(std::move(o));
   }
@@ -239,7 +271,7 @@ void run_bench(const BenchArgs& args) {
 
     std::mt19937 rng(1234);
     if (args.n_prompt > 0) {
-      TestResult r{fmt::format("pp{}", args.n_prompt), args.n_prompt, 0, {}, 0, 0};
+      TestResult r{fmt::format("pp{}", args.n_prompt), args.n_prompt, 0, {}, 0, 0, {}};
       run_prompt(engine, rng, args.n_prompt);
       for (int i = 0; i < args.repetitions; ++i) {
         r.samples.push_back(run_prompt(engine, rng, args.n_prompt));
@@ -249,10 +281,18 @@ void run_bench(const BenchArgs& args) {
       results.push_back(std::move(r));
     }
     if (args.n_gen > 0) {
-      TestResult r{fmt::format("tg{}", args.n_gen), 0, args.n_gen, {}, 0, 0};
+      TestResult r{fmt::format("tg{}", args.n_gen), 0, args.n_gen, {}, 0, 0, {}};
       run_generation(engine, rng, std::min(args.n_gen, 16));
+      auto probe = [&] {
+        if (args.membw) {
+          r.adjacent_gb_s.push_back(
+              measure_read_bandwidth(threads, kAdjacentProbeBytes, kAdjacentProbeRepetitions).best_gb_s);
+        }
+      };
+      probe();
       for (int i = 0; i < args.repetitions; ++i) {
         r.samples.push_back(run_generation(engine, rng, args.n_gen));
+        probe();
         fmt::print(stderr, "bench: {} run {}/{}: {:.2f} t/s\n", r.name, i + 1, args.repetitions, r.samples.back());
       }
       summarise(r);

@@ -2,10 +2,12 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 #include <unistd.h>
 
 #include "common/run_tessera.h"
@@ -80,6 +82,26 @@ TEST_F(BenchCli, MembwProbeReportsBandwidth) {
   EXPECT_GT(j[0]["membw_gb_s"].get<double>(), 0.5);
   EXPECT_LT(j[0]["membw_gb_s"].get<double>(), 2000.0);
   EXPECT_GE(j[0]["membw_gb_s"].get<double>(), j[0]["membw_median_gb_s"].get<double>());
+}
+
+TEST_F(BenchCli, GenerationWithMembwProbesBesideEachRepetition) {
+  ASSERT_EQ(synth_exit_, 0);
+  const Result r = run("bench -m " + model_ + " -p 0 -n 4 -r 2 -t 1 --membw --membw-mib 64 --output json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["test"], "tg4");
+  // One probe before the first repetition and one after each.
+  const std::vector<double> probes = j[0]["membw_adjacent_gb_s"].get<std::vector<double>>();
+  ASSERT_EQ(probes.size(), 3u);
+  for (double gb_s : probes) EXPECT_GT(gb_s, 0.5);
+  // The mean of each repetition's weight bandwidth over the better probe beside it.
+  const std::vector<double> samples = j[0]["samples_ts"].get<std::vector<double>>();
+  ASSERT_EQ(samples.size(), 2u);
+  const double bytes = j[0]["model_bytes"].get<double>();
+  const double expected =
+      (bytes * samples[0] / 1e9 / std::max(probes[0], probes[1]) + bytes * samples[1] / 1e9 / std::max(probes[1], probes[2])) / 2;
+  EXPECT_NEAR(j[0]["membw_adjacent_fraction"].get<double>(), expected, 1e-9 * expected);
 }
 
 TEST_F(BenchCli, BadArgumentsExitWithTwo) {
