@@ -165,10 +165,13 @@ TEST_P(CudaTypes, DequantizeMatchesReference) {
 
 // y = W x for 1, 3 and 8 tokens, with a second and third matrix in the same launch and the accumulate mode;
 // 3328 columns with 8 tokens take two shared-memory tiles of x. The integer kernels (matvec_reads_q8) take x
-// quantized by quantize_q8, and the reference multiplies with that quantized x (the CPU engine's integers).
+// quantized by quantize_q8, and the reference multiplies with that quantized x (the CPU engine's integers);
+// 11008 columns (Llama-2-7B's FFN width) take several passes through their shared-memory stages. Q6_K, Q8_0 and
+// Q4_0 blocks (210, 34, 18 bytes) are only 2-byte aligned: every other one starts 2 bytes past a 4-byte
+// boundary, and at these widths so does every other Q6_K row.
 TEST_P(CudaTypes, MatvecMatchesReference) {
   TESSERA_REQUIRE_GPU();
-  for (const int64_t n_cols : {768, 3328}) {
+  for (const int64_t n_cols : {768, 3328, 11008}) {
     matvec_case(GetParam(), n_cols);
   }
 }
@@ -435,6 +438,129 @@ TEST(CudaOps, AttentionMatchesCpu) {
                      "attention heads " + std::to_string(shape.n_head) + "/" + std::to_string(shape.n_head_kv) +
                          " dim " + std::to_string(hd) + (f16 ? " f16" : " f32") + " splits " +
                          std::to_string(n_splits));
+      }
+    }
+  }
+}
+
+// Decode attention with RoPE and the KV store fused in, against cpu::rope_angles/apply_rope + cpu::attend: six
+// tokens of three sequences in one step - three consecutive tokens continuing a sequence of 597 cached keys (each
+// must see the new keys of the tokens before it, which this launch writes), positions 0 and 40 of a second sequence,
+// position 5 of a third; slots a permutation (paged), and the new tokens' slots hold garbage before the step. GQA
+// shapes with one and several blocks per KV head, partial rotation with freq_factors, f16/f32 cache, 1 split (several
+// shared-memory tiles per block for the long sequence), 2 and 7 splits; the Q8 output against quantizing the output.
+TEST(CudaOps, DecodeAttentionMatchesCpu) {
+  TESSERA_REQUIRE_GPU();
+  struct Shape {
+    int n_head, n_head_kv, head_dim;
+  };
+  for (const Shape shape : {Shape{6, 2, 80}, Shape{32, 2, 64}, Shape{8, 4, 8}, Shape{4, 4, 128}, Shape{32, 4, 64}}) {
+    for (bool f16 : {true, false}) {
+      const AttentionParams p{shape.n_head, shape.n_head_kv, shape.head_dim, f16};
+      ASSERT_TRUE(decode_attention_supported(p));
+      decode_attention_prepare(p);
+      for (int n_splits : {1, 2, 7}) {
+        const int hd = shape.head_dim, kv_dim = shape.n_head_kv * hd, q_dim = shape.n_head * hd;
+        const int n_slots = 700;
+        std::vector<int32_t> perm(n_slots);
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), std::mt19937(5));
+        std::vector<int32_t> table(perm.begin(), perm.begin() + 647);  // sequences of 600, 41 and 6 positions
+        const std::vector<int32_t> offsets = {0, 0, 0, 600, 600, 641}, positions = {597, 598, 599, 0, 40, 5};
+        const int n_tokens = static_cast<int>(positions.size());
+        std::vector<int32_t> write_slots(n_tokens);
+        for (int t = 0; t < n_tokens; ++t) write_slots[t] = table[offsets[t] + positions[t]];
+
+        model::RopeConfig rc;
+        rc.n_dims = hd >= 16 ? hd - 8 : hd;
+        rc.freq_base = 10000;
+        rc.freq_scale = 0.5f;
+        rc.freq_factors = random_floats(rc.n_dims / 2, 1, 4, 13);
+        DeviceBuffer<float> d_ff(rc.freq_factors);
+        const RopeParams rope{shape.n_head, shape.n_head_kv, hd, rc.n_dims, std::pow(rc.freq_base, -2.0f / rc.n_dims),
+                              rc.freq_scale, d_ff.get()};
+
+        // The cache before the step (garbage in the new tokens' slots) and after it (what the kernel must store).
+        std::vector<float> k_cache = random_floats(n_slots * kv_dim, -1, 1, 10),
+                           v_cache = random_floats(n_slots * kv_dim, -1, 1, 11);
+        for (int32_t slot : write_slots) {
+          std::fill_n(k_cache.begin() + slot * kv_dim, kv_dim, 300.0f);
+          std::fill_n(v_cache.begin() + slot * kv_dim, kv_dim, -300.0f);
+        }
+        const std::vector<float> q = random_floats(n_tokens * q_dim, -1, 1, 12),
+                                 k = random_floats(n_tokens * kv_dim, -1, 1, 14),
+                                 v = random_floats(n_tokens * kv_dim, -1, 1, 15);
+        std::vector<float> q_rot = q, k_after = k_cache, v_after = v_cache;
+        for (int t = 0; t < n_tokens; ++t) {
+          const cpu::RopeAngles angles = cpu::rope_angles(rc, positions[t]);
+          cpu::apply_rope(q_rot.data() + t * q_dim, shape.n_head, hd, angles);
+          std::vector<float> k_rot(k.begin() + t * kv_dim, k.begin() + (t + 1) * kv_dim);
+          cpu::apply_rope(k_rot.data(), shape.n_head_kv, hd, angles);
+          std::copy(k_rot.begin(), k_rot.end(), k_after.begin() + write_slots[t] * kv_dim);
+          std::copy_n(v.begin() + t * kv_dim, kv_dim, v_after.begin() + write_slots[t] * kv_dim);
+        }
+        auto to_cache = [&](const std::vector<float>& x) {
+          std::vector<uint8_t> bytes(x.size() * (f16 ? 2 : 4));
+          for (size_t i = 0; i < x.size(); ++i) {
+            if (f16) {
+              const uint16_t h = quant::fp32_to_fp16(x[i]);
+              std::memcpy(bytes.data() + 2 * i, &h, 2);
+            } else {
+              std::memcpy(bytes.data() + 4 * i, &x[i], 4);
+            }
+          }
+          return bytes;
+        };
+        auto from_cache = [&](const std::vector<uint8_t>& bytes) {
+          std::vector<float> x(bytes.size() / (f16 ? 2 : 4));
+          for (size_t i = 0; i < x.size(); ++i) {
+            if (f16) {
+              uint16_t h;
+              std::memcpy(&h, bytes.data() + 2 * i, 2);
+              x[i] = quant::fp16_to_fp32(h);
+            } else {
+              std::memcpy(&x[i], bytes.data() + 4 * i, 4);
+            }
+          }
+          return x;
+        };
+        const std::vector<float> k_stored = from_cache(to_cache(k_after)), v_stored = from_cache(to_cache(v_after));
+
+        DeviceBuffer<uint8_t> d_kc(to_cache(k_cache)), d_vc(to_cache(v_cache));
+        DeviceBuffer<float> d_q(q), d_k(k), d_v(v), d_out(n_tokens * q_dim);
+        DeviceBuffer<int32_t> d_pos(positions), d_off(offsets), d_table(table), d_write(write_slots);
+        DeviceBuffer<float> partials(attention_partials_floats(p, n_tokens, n_splits));
+        const bool with_q8 = decode_attention_fuses_q8(p);
+        DeviceQ8 d_q8(n_tokens, q_dim);
+        decode_attention(p, rope, d_q.get(), d_k.get(), d_v.get(), d_pos.get(), d_write.get(), d_off.get(),
+                         d_table.get(), n_tokens, n_splits, d_kc.get(), d_vc.get(), partials.get(), d_out.get(),
+                         with_q8 ? d_q8.rows : Q8Rows{}, nullptr);
+
+        std::vector<float> want(n_tokens * q_dim);
+        const int group = shape.n_head / shape.n_head_kv;
+        for (int t = 0; t < n_tokens; ++t) {
+          const int n_keys = positions[t] + 1;
+          for (int h = 0; h < shape.n_head; ++h) {
+            std::vector<float> keys(n_keys * hd), values(n_keys * hd), scores(n_keys);
+            for (int j = 0; j < n_keys; ++j) {
+              const size_t at = static_cast<size_t>(table[offsets[t] + j]) * kv_dim + (h / group) * hd;
+              std::copy_n(k_stored.begin() + at, hd, keys.begin() + j * hd);
+              std::copy_n(v_stored.begin() + at, hd, values.begin() + j * hd);
+            }
+            cpu::attend(q_rot.data() + t * q_dim + h * hd, keys.data(), values.data(), hd, n_keys, hd,
+                        1.0f / std::sqrt(static_cast<float>(hd)), f16, scores.data(),
+                        want.data() + t * q_dim + h * hd);
+          }
+        }
+        const std::string what = "decode attention heads " + std::to_string(shape.n_head) + "/" +
+                                 std::to_string(shape.n_head_kv) + " dim " + std::to_string(hd) +
+                                 (f16 ? " f16" : " f32") + " splits " + std::to_string(n_splits);
+        const std::vector<float> got = d_out.download();
+        // The CPU rounds softmax weights to f16 (ggml's f16 path); the GPU keeps them in f32.
+        expect_close(got, want, f16 ? 2e-3 : 2e-5, 0, what);
+        expect_close(from_cache(d_kc.download()), k_stored, 2e-6, f16 ? 1e-3 : 1e-5, what + " k cache");
+        expect_close(from_cache(d_vc.download()), v_stored, 0, 0, what + " v cache");
+        if (with_q8) expect_same_q8(d_q8.download(), quantize_q8_cpu(got), what + " q8");
       }
     }
   }

@@ -1,14 +1,26 @@
-// Attention over the paged KV cache. One block serves QH query heads that share a KV head (GQA), so each key and
-// value row is read once for all of them; its 4 warps take interleaved keys with an online softmax each, then
-// merge. For decode the keys of a token are also split over gridDim.z blocks (flash decoding) whose partial
-// results a second kernel merges, so that a single token still fills the GPU.
+// Attention over the paged KV cache. Two kernels:
+// - attention_kernel (prompt steps with an f32 cache, and decode where decode_attention_kernel does not apply):
+//   one block serves QH query heads that share a KV head (GQA), so each key and value row is read once for all of
+//   them; its 4 warps take interleaved keys with an online softmax each, then merge.
+// - decode_attention_kernel (decode steps): the same heads per block, but the keys of a block are a tile in shared
+//   memory, copied there before the kernel waits for the previous one (the cache's older keys and the slot table
+//   are not written by the step's earlier kernels), so the K/V loads overlap the Wq/Wk/Wv matvec. After the wait
+//   the block rotates its queries (RoPE), puts the step's new keys and values into the tile and the cache itself
+//   (no separate RoPE kernel), and computes the scores with a thread per (key, head), the softmax with a warp per
+//   head and the weighted values with a thread per output pair. With one split it writes the output and its Q8
+//   quantization for the Wo matvec (no merge or quantize_q8 kernel).
+// For long contexts the keys of a token are split over gridDim.z blocks (flash decoding) whose partial results
+// merge_splits_kernel combines.
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/q8.cuh"
+#include "backend/cuda/rope.cuh"
 
 namespace tessera::cuda {
 namespace {
@@ -135,8 +147,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// One block per (token, head); with q8 (head_dim a multiple of 32) it also quantizes the output.
 __global__ void merge_splits_kernel(const AttentionParams p, int n_splits, const float* __restrict__ partials,
-                                    float* __restrict__ out) {
+                                    float* __restrict__ out, const Q8Rows q8) {
   wait_for_previous_kernel();
   allow_next_kernel();
   const int t = blockIdx.x, head = blockIdx.y, hd = p.head_dim;
@@ -152,9 +165,403 @@ __global__ void merge_splits_kernel(const AttentionParams p, int n_splits, const
       sum += part[hd + 1] * f;
       o += part[d] * f;
     }
-    out[(static_cast<int64_t>(t) * p.n_head + head) * hd + d] = o / sum;
+    const float value = o / sum;
+    out[(static_cast<int64_t>(t) * p.n_head + head) * hd + d] = value;
+    // head_dim is a multiple of 32 with q8: whole warps run this, each on one block.
+    if (q8.q) quantize_q8_block(value, q8, t, (head * hd + d) / kQ8Block, static_cast<int>(threadIdx.x % 32));
   }
 }
+
+// ---- decode attention ----------------------------------------------------------------------------------------
+
+constexpr int kDecodeThreads = 256;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+constexpr int kDecodeMaxTileKeys = 256;
+// Dynamic shared memory of one block, within every target's limit (sm_86/sm_89: 99 KiB per block).
+constexpr int kDecodeSharedBytes = 96 * 1024;
+// Output pairs (2 head dimensions of one query head) per thread: QH * head_dim / 2 <= 8 * 256 / 2.
+constexpr int kDecodeMaxItems = 4;
+
+int heads_per_block(const AttentionParams& p) {
+  const int group = p.n_head / p.n_head_kv;
+  return group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+}
+
+// Byte offsets of the decode kernel's shared arrays (all 16-byte aligned). A K row is padded by 16 bytes so that
+// the threads of a quarter warp, each reading 16 bytes of its own key, hit different banks.
+struct DecodeLayout {
+  int row_bytes = 0, k_stride = 0;
+  int k_tile = 0, v_tile = 0, scores = 0, slots = 0, queries = 0, q_angles = 0, new_angles = 0, reduce = 0;
+  int total = 0;
+};
+
+__host__ __device__ inline int align16(int n) { return (n + 15) / 16 * 16; }
+
+__host__ __device__ inline DecodeLayout decode_layout(int head_dim, int elem_bytes, int qh, int tile_keys) {
+  DecodeLayout l;
+  l.row_bytes = head_dim * elem_bytes;
+  l.k_stride = l.row_bytes + 16;
+  int at = 0;
+  l.k_tile = at, at += align16(tile_keys * l.k_stride);
+  l.v_tile = at, at += align16(tile_keys * l.row_bytes);
+  l.scores = at, at += align16(qh * tile_keys * 4);
+  l.slots = at, at += align16(tile_keys * 4);
+  l.queries = at, at += align16(qh * head_dim * 4);
+  l.q_angles = at, at += align16(head_dim / 2 * 8);
+  l.new_angles = at, at += align16(kMaxMatvecTokens * (head_dim / 2) * 8);
+  const int pairs = qh * head_dim / 2;
+  l.reduce = at, at += align16((pairs > kDecodeThreads ? pairs : kDecodeThreads) * 8);
+  l.total = at;
+  return l;
+}
+
+// The most keys a block holds in shared memory at once (a multiple of 32; 0 when not even 32 fit).
+int decode_tile_keys(const AttentionParams& p) {
+  const int elem = p.f16_cache ? 2 : 4, qh = heads_per_block(p);
+  int keys = kDecodeMaxTileKeys;
+  while (keys > 0 && decode_layout(p.head_dim, elem, qh, keys).total > kDecodeSharedBytes) keys -= 32;
+  return keys;
+}
+
+struct DecodeArgs {
+  AttentionParams p;
+  RopeParams rope;
+  const float* q;  // [n_tokens][q_dim], not rotated
+  const float* k;  // [n_tokens][kv_dim], not rotated
+  const float* v;  // [n_tokens][kv_dim]
+  const int32_t* positions;
+  const int32_t* write_slots;
+  const int32_t* slot_offsets;
+  const int32_t* slot_table;
+  int n_tokens;
+  int tile_keys;
+  void* k_cache;
+  void* v_cache;
+  float* partials;
+  float* out;
+  Q8Rows out_q8;
+};
+
+__device__ __forceinline__ void copy16_async(void* shared, const void* global) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(address), "l"(global));
+#else
+  *static_cast<uint4*>(shared) = *static_cast<const uint4*>(global);
+#endif
+}
+__device__ __forceinline__ void wait_async_copies() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+// Pair i of a cache row (f16 or f32) as floats, and back.
+template <bool F16>
+__device__ __forceinline__ float2 load_pair(const uint8_t* row, int i) {
+  if constexpr (F16) {
+    return __half22float2(reinterpret_cast<const __half2*>(row)[i]);
+  } else {
+    return reinterpret_cast<const float2*>(row)[i];
+  }
+}
+template <bool F16>
+__device__ __forceinline__ void store_pair(void* row, int i, float2 x) {
+  if constexpr (F16) {
+    reinterpret_cast<__half2*>(row)[i] = __floats2half2_rn(x.x, x.y);
+  } else {
+    reinterpret_cast<float2*>(row)[i] = x;
+  }
+}
+
+// q (16-byte aligned floats) . key row, head_dim a multiple of 8 (f16) or 4 (f32); four partial sums.
+template <bool F16>
+__device__ __forceinline__ float dot_row(const float* q, const uint8_t* row, int head_dim) {
+  const float4* q4 = reinterpret_cast<const float4*>(q);
+  const uint4* r4 = reinterpret_cast<const uint4*>(row);
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  if constexpr (F16) {
+    for (int c = 0; c < head_dim / 8; ++c) {
+      const uint4 u = r4[c];
+      const float4 qa = q4[2 * c], qb = q4[2 * c + 1];
+      const float2 k0 = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+      const float2 k1 = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+      const float2 k2 = __half22float2(*reinterpret_cast<const __half2*>(&u.z));
+      const float2 k3 = __half22float2(*reinterpret_cast<const __half2*>(&u.w));
+      s0 += qa.x * k0.x + qa.y * k0.y;
+      s1 += qa.z * k1.x + qa.w * k1.y;
+      s2 += qb.x * k2.x + qb.y * k2.y;
+      s3 += qb.z * k3.x + qb.w * k3.y;
+    }
+  } else {
+    for (int c = 0; c < head_dim / 4; ++c) {
+      const float4 k = reinterpret_cast<const float4*>(r4)[c];
+      const float4 qa = q4[c];
+      s0 += qa.x * k.x;
+      s1 += qa.y * k.y;
+      s2 += qa.z * k.z;
+      s3 += qa.w * k.w;
+    }
+  }
+  return (s0 + s1) + (s2 + s3);
+}
+
+// Grid (n_tokens, n_head / QH, n_splits), kDecodeThreads threads. Block (t, y, split) serves query heads
+// y*QH .. y*QH+QH-1 of token t over its split's share of the keys 0..positions[t].
+template <int QH, bool F16>
+__global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const DecodeArgs a) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ float m_run[QH], l_run[QH], correction[QH];
+  const AttentionParams& p = a.p;
+  const int t = blockIdx.x, h0 = blockIdx.y * QH, split = blockIdx.z, n_splits = gridDim.z;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int hd = p.head_dim, half_hd = hd / 2, kv_dim = p.n_head_kv * hd, q_dim = p.n_head * hd;
+  const int group = p.n_head / p.n_head_kv, kv_head = h0 / group;
+  const int n_rotated = a.rope.n_dims / 2;
+  const int tile_keys = a.tile_keys;
+  const DecodeLayout layout = decode_layout(hd, F16 ? 2 : 4, QH, tile_keys);
+  uint8_t* const k_tile = smem + layout.k_tile;
+  uint8_t* const v_tile = smem + layout.v_tile;
+  float* const scores = reinterpret_cast<float*>(smem + layout.scores);  // [QH][tile_keys]
+  int32_t* const tile_slots = reinterpret_cast<int32_t*>(smem + layout.slots);
+  float* const queries = reinterpret_cast<float*>(smem + layout.queries);  // [QH][hd], later the outputs
+  float2* const q_angles = reinterpret_cast<float2*>(smem + layout.q_angles);
+  float2* const new_angles = reinterpret_cast<float2*>(smem + layout.new_angles);  // [token][hd / 2]
+  float2* const reduce = reinterpret_cast<float2*>(smem + layout.reduce);
+  const uint8_t* const k_cache = static_cast<const uint8_t*>(a.k_cache);
+  const uint8_t* const v_cache = static_cast<const uint8_t*>(a.v_cache);
+
+  const int position = a.positions[t], n_keys = position + 1;
+  const int per_split = (n_keys + n_splits - 1) / n_splits;
+  const int k_begin = min(n_keys, split * per_split), k_end = min(n_keys, k_begin + per_split);
+  const int32_t sequence = a.slot_offsets[t];
+  const int32_t* const slots = a.slot_table + sequence;
+  const int64_t head_offset = static_cast<int64_t>(kv_head) * hd;
+
+  // Copies keys [begin, begin + n) of the sequence into the tile (asynchronously; wait_async_copies + a barrier
+  // before reading them).
+  auto load_tile = [&](int begin, int n) {
+    for (int i = tid; i < n; i += kDecodeThreads) tile_slots[i] = slots[begin + i];
+    __syncthreads();
+    const int chunks = layout.row_bytes / 16;
+    for (int c = tid; c < n * chunks; c += kDecodeThreads) {
+      const int r = c / chunks, part = c % chunks;
+      const int64_t at = (static_cast<int64_t>(tile_slots[r]) * kv_dim + head_offset) * (F16 ? 2 : 4) + part * 16;
+      copy16_async(k_tile + r * layout.k_stride + part * 16, k_cache + at);
+      copy16_async(v_tile + r * layout.row_bytes + part * 16, v_cache + at);
+    }
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::);
+#endif
+  };
+
+  // Before the previous kernel (the Wq/Wk/Wv matvec) finishes: RoPE angles, and the first tile of older keys.
+  // Positions and slots come from the host's upload; the older keys from earlier steps. The step's own new keys
+  // (whose cache rows this kernel writes) are taken from k/v below, never from the cache.
+  for (int i = tid; i < n_rotated; i += kDecodeThreads) q_angles[i] = rope_cos_sin(a.rope, position, i);
+  for (int tt = 0; tt < a.n_tokens; ++tt) {
+    const int pt = a.positions[tt];
+    if (a.slot_offsets[tt] != sequence || pt < k_begin || pt >= k_end) continue;
+    for (int i = tid; i < n_rotated; i += kDecodeThreads) new_angles[tt * half_hd + i] = rope_cos_sin(a.rope, pt, i);
+  }
+  if (tid < QH) {
+    m_run[tid] = -INFINITY;
+    l_run[tid] = 0;
+  }
+  __syncthreads();
+  if (k_begin < k_end) load_tile(k_begin, min(tile_keys, k_end - k_begin));
+
+  wait_for_previous_kernel();
+  allow_next_kernel();
+
+  // The block's queries, rotated, and rounded to f16 with an f16 cache as ggml does before its f16 dot products.
+  for (int idx = tid; idx < QH * half_hd; idx += kDecodeThreads) {
+    const int h = idx / half_hd, i = idx % half_hd;
+    float2 x = reinterpret_cast<const float2*>(a.q + static_cast<int64_t>(t) * q_dim + (h0 + h) * hd)[i];
+    if (i < n_rotated) x = rope_rotate(x, q_angles[i]);
+    if (F16) x = __half22float2(__floats2half2_rn(x.x, x.y));
+    reinterpret_cast<float2*>(queries + h * hd)[i] = x;
+  }
+  // The token's own key (rotated) and value into its cache slot, by one block per (token, KV head).
+  if (split == 0 && h0 % group == 0) {
+    const int64_t src = static_cast<int64_t>(t) * kv_dim + head_offset;
+    const int64_t dst = static_cast<int64_t>(a.write_slots[t]) * kv_dim + head_offset;
+    for (int i = tid; i < half_hd; i += kDecodeThreads) {
+      float2 kx = reinterpret_cast<const float2*>(a.k + src)[i];
+      if (i < n_rotated) kx = rope_rotate(kx, q_angles[i]);
+      store_pair<F16>(static_cast<uint8_t*>(a.k_cache) + dst * (F16 ? 2 : 4), i, kx);
+      store_pair<F16>(static_cast<uint8_t*>(a.v_cache) + dst * (F16 ? 2 : 4), i,
+                      reinterpret_cast<const float2*>(a.v + src)[i]);
+    }
+  }
+
+  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
+  const int n_pairs = QH * half_hd;
+  const int groups = n_pairs >= kDecodeThreads ? 1 : kDecodeThreads / n_pairs;  // threads per output pair
+  const int n_items = groups * n_pairs;
+  float2 acc[kDecodeMaxItems];
+#pragma unroll
+  for (int it = 0; it < kDecodeMaxItems; ++it) acc[it] = make_float2(0.0f, 0.0f);
+
+  for (int begin = k_begin; begin < k_end; begin += tile_keys) {
+    const int n = min(tile_keys, k_end - begin);
+    if (begin != k_begin) load_tile(begin, n);
+    wait_async_copies();
+    __syncthreads();
+    // Keys of this step (this token's and those of earlier tokens of its sequence) from the step's rows.
+    for (int tt = 0; tt < a.n_tokens; ++tt) {
+      const int r = a.positions[tt] - begin;
+      if (a.slot_offsets[tt] != sequence || r < 0 || r >= n) continue;
+      const int64_t src = static_cast<int64_t>(tt) * kv_dim + head_offset;
+      for (int i = tid; i < half_hd; i += kDecodeThreads) {
+        float2 kx = reinterpret_cast<const float2*>(a.k + src)[i];
+        if (i < n_rotated) kx = rope_rotate(kx, new_angles[tt * half_hd + i]);
+        store_pair<F16>(k_tile + r * layout.k_stride, i, kx);
+        store_pair<F16>(v_tile + r * layout.row_bytes, i, reinterpret_cast<const float2*>(a.v + src)[i]);
+      }
+    }
+    __syncthreads();
+
+    // Scores: a thread per (key, head); the lanes of a warp take consecutive keys of one head.
+    for (int idx = tid; idx < QH * n; idx += kDecodeThreads) {
+      const int h = idx / n, r = idx % n;
+      scores[h * tile_keys + r] = dot_row<F16>(queries + h * hd, k_tile + r * layout.k_stride, hd) * scale;
+    }
+    __syncthreads();
+
+    // Softmax, a warp per head: weights relative to the running maximum, and the factor for the earlier tiles.
+    if (warp < QH) {
+      float* const s = scores + warp * tile_keys;
+      float big = -INFINITY;
+      for (int r = lane; r < n; r += 32) big = fmaxf(big, s[r]);
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) big = fmaxf(big, __shfl_xor_sync(0xFFFFFFFFu, big, o));
+      const float m_old = m_run[warp], m_new = fmaxf(m_old, big);
+      float sum = 0;
+      for (int r = lane; r < n; r += 32) {
+        const float w = expf(s[r] - m_new);
+        s[r] = w;
+        sum += w;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+      if (lane == 0) {
+        const float c = expf(m_old - m_new);
+        correction[warp] = c;
+        l_run[warp] = l_run[warp] * c + sum;
+        m_run[warp] = m_new;
+      }
+    }
+    __syncthreads();
+
+    // Weighted values: a thread per (key group, output pair); the lanes of a warp read consecutive pairs of a row.
+#pragma unroll
+    for (int it = 0; it < kDecodeMaxItems; ++it) {
+      const int item = tid + it * kDecodeThreads;
+      if (item >= n_items) break;
+      const int g = item / n_pairs, pair = item % n_pairs, h = pair / half_hd, i = pair % half_hd;
+      const float c = correction[h];
+      const float* const s = scores + h * tile_keys;
+      float2 o0 = make_float2(acc[it].x * c, acc[it].y * c), o1 = make_float2(0.0f, 0.0f);
+      int r = g;
+      for (; r + groups < n; r += 2 * groups) {
+        const float w0 = s[r], w1 = s[r + groups];
+        const float2 v0 = load_pair<F16>(v_tile + r * layout.row_bytes, i);
+        const float2 v1 = load_pair<F16>(v_tile + (r + groups) * layout.row_bytes, i);
+        o0.x += w0 * v0.x, o0.y += w0 * v0.y;
+        o1.x += w1 * v1.x, o1.y += w1 * v1.y;
+      }
+      if (r < n) {
+        const float w0 = s[r];
+        const float2 v0 = load_pair<F16>(v_tile + r * layout.row_bytes, i);
+        o0.x += w0 * v0.x, o0.y += w0 * v0.y;
+      }
+      acc[it] = make_float2(o0.x + o1.x, o0.y + o1.y);
+    }
+    __syncthreads();  // the tile is free for the next one
+  }
+
+  // Sum the key groups; write the output (one split) or this split's partial result.
+#pragma unroll
+  for (int it = 0; it < kDecodeMaxItems; ++it) {
+    const int item = tid + it * kDecodeThreads;
+    if (item < n_items) reduce[item] = acc[it];
+  }
+  __syncthreads();
+  float* const outputs = queries;
+  for (int pair = tid; pair < n_pairs; pair += kDecodeThreads) {
+    float2 o = make_float2(0.0f, 0.0f);
+    for (int g = 0; g < groups; ++g) {
+      const float2 x = reduce[g * n_pairs + pair];
+      o.x += x.x, o.y += x.y;
+    }
+    const int h = pair / half_hd, i = pair % half_hd, head = h0 + h;
+    if (n_splits == 1) {
+      o = make_float2(o.x / l_run[h], o.y / l_run[h]);
+      reinterpret_cast<float2*>(a.out + static_cast<int64_t>(t) * q_dim + head * hd)[i] = o;
+      reinterpret_cast<float2*>(outputs + h * hd)[i] = o;
+    } else {
+      float* const part = a.partials + ((static_cast<int64_t>(t) * p.n_head + head) * n_splits + split) * (hd + 2);
+      part[2 * i] = o.x;
+      part[2 * i + 1] = o.y;
+      if (i == 0) {
+        part[hd] = m_run[h];
+        part[hd + 1] = l_run[h];
+      }
+    }
+  }
+  if (n_splits == 1 && a.out_q8.q) {
+    // head_dim is a multiple of 32 here: each warp quantizes whole blocks of the block's QH heads.
+    __syncthreads();
+    for (int b = warp; b < QH * hd / kQ8Block; b += kDecodeWarps) {
+      quantize_q8_block(outputs[b * kQ8Block + lane], a.out_q8, t, (h0 * hd) / kQ8Block + b, lane);
+    }
+  }
+}
+
+// Lets the kernel use more than the default 48 KiB of dynamic shared memory; once per instance, outside graph
+// capture (decode_attention_prepare).
+template <int QH, bool F16>
+void configure_decode() {
+  static const bool configured = [] {
+    check_cuda(cudaFuncSetAttribute(decode_attention_kernel<QH, F16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    kDecodeSharedBytes),
+               "cudaFuncSetAttribute(decode_attention_kernel)");
+    return true;
+  }();
+  (void)configured;
+}
+
+template <bool F16>
+void configure_decode_heads(int heads) {
+  switch (heads) {
+    case 8: configure_decode<8, F16>(); break;
+    case 4: configure_decode<4, F16>(); break;
+    case 2: configure_decode<2, F16>(); break;
+    default: configure_decode<1, F16>(); break;
+  }
+}
+
+template <int QH, bool F16>
+void launch_decode(const DecodeArgs& a, int n_splits, cudaStream_t stream) {
+  configure_decode<QH, F16>();
+  const int shared = decode_layout(a.p.head_dim, F16 ? 2 : 4, QH, a.tile_keys).total;
+  const dim3 grid(a.n_tokens, a.p.n_head / QH, n_splits);
+  launch_chained("decode_attention_kernel", decode_attention_kernel<QH, F16>, grid, dim3(kDecodeThreads),
+                 static_cast<size_t>(shared), stream, a);
+}
+
+template <bool F16>
+void launch_decode_heads(int heads, const DecodeArgs& a, int n_splits, cudaStream_t stream) {
+  switch (heads) {
+    case 8: launch_decode<8, F16>(a, n_splits, stream); break;
+    case 4: launch_decode<4, F16>(a, n_splits, stream); break;
+    case 2: launch_decode<2, F16>(a, n_splits, stream); break;
+    default: launch_decode<1, F16>(a, n_splits, stream); break;
+  }
+}
+
+// ---- host side -------------------------------------------------------------------------------------------------
 
 template <int DPL, int QH>
 void launch(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
@@ -166,10 +573,10 @@ void launch(const AttentionParams& p, const float* q, const void* k_cache, const
 }
 
 template <int DPL>
-void launch_heads(int heads_per_block, const AttentionParams& p, const float* q, const void* k_cache,
+void launch_heads(int heads, const AttentionParams& p, const float* q, const void* k_cache,
                   const void* v_cache, const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table,
                   int n_tokens, int n_splits, float* partials, float* out, cudaStream_t stream) {
-  switch (heads_per_block) {
+  switch (heads) {
     case 8:
       launch<DPL, 8>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out,
                      stream);
@@ -199,8 +606,7 @@ void attention(const AttentionParams& p, const float* q, const void* k_cache, co
                const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table, int n_tokens,
                int n_splits, float* partials, float* out, cudaStream_t stream) {
   if (n_tokens == 0) return;
-  const int group = p.n_head / p.n_head_kv;
-  const int heads_per_block = group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+  const int heads = heads_per_block(p);
   int dpl = 1;
   while (dpl < 8 && (32 * dpl < p.head_dim || p.head_dim % dpl != 0)) dpl *= 2;
   if (32 * dpl < p.head_dim || p.head_dim % dpl != 0) {
@@ -209,25 +615,73 @@ void attention(const AttentionParams& p, const float* q, const void* k_cache, co
   }
   switch (dpl) {
     case 1:
-      launch_heads<1>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+      launch_heads<1>(heads, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
                       partials, out, stream);
       break;
     case 2:
-      launch_heads<2>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+      launch_heads<2>(heads, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
                       partials, out, stream);
       break;
     case 4:
-      launch_heads<4>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+      launch_heads<4>(heads, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
                       partials, out, stream);
       break;
     default:
-      launch_heads<8>(heads_per_block, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+      launch_heads<8>(heads, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
                       partials, out, stream);
       break;
   }
   if (n_splits > 1) {
     launch_chained("merge_splits_kernel", merge_splits_kernel, dim3(n_tokens, p.n_head), dim3(128), 0, stream, p,
-                   n_splits, partials, out);
+                   n_splits, partials, out, Q8Rows{});
+  }
+}
+
+bool decode_attention_supported(const AttentionParams& p) {
+  const int elem = p.f16_cache ? 2 : 4;
+  return p.head_dim % 2 == 0 && p.head_dim <= 256 && (p.head_dim * elem) % 16 == 0 && decode_tile_keys(p) > 0;
+}
+
+bool decode_attention_fuses_q8(const AttentionParams& p) { return p.head_dim % kQ8Block == 0; }
+
+int decode_attention_splits(const AttentionParams& p, int max_keys, int max_splits) {
+  const int tile = decode_tile_keys(p);
+  int n_splits = 1;
+  while (n_splits < max_splits && static_cast<int64_t>(n_splits) * tile < max_keys) n_splits *= 2;
+  return n_splits < max_splits ? n_splits : max_splits;
+}
+
+void decode_attention_prepare(const AttentionParams& p) {
+  if (p.f16_cache) {
+    configure_decode_heads<true>(heads_per_block(p));
+  } else {
+    configure_decode_heads<false>(heads_per_block(p));
+  }
+}
+
+void decode_attention(const AttentionParams& p, const RopeParams& rope, const float* q, const float* k, const float* v,
+                      const int32_t* positions, const int32_t* write_slots, const int32_t* slot_offsets,
+                      const int32_t* slot_table, int n_tokens, int n_splits, void* k_cache, void* v_cache,
+                      float* partials, float* out, const Q8Rows& out_q8, cudaStream_t stream) {
+  if (n_tokens == 0) return;
+  if (n_tokens > kMaxMatvecTokens) throw std::runtime_error("decode_attention: more than 8 tokens");
+  if (!decode_attention_supported(p)) {
+    throw std::runtime_error("decode_attention: head dimension " + std::to_string(p.head_dim) + " is not supported");
+  }
+  if (out_q8.q && (!decode_attention_fuses_q8(p) || out_q8.ld != p.n_head * p.head_dim)) {
+    throw std::runtime_error("decode_attention: bad width for the Q8 output");
+  }
+  DecodeArgs a{p,         rope,         q,          k,        v,       positions, write_slots,
+               slot_offsets, slot_table, n_tokens, decode_tile_keys(p), k_cache, v_cache, partials,
+               out,       n_splits > 1 ? Q8Rows{} : out_q8};
+  if (p.f16_cache) {
+    launch_decode_heads<true>(heads_per_block(p), a, n_splits, stream);
+  } else {
+    launch_decode_heads<false>(heads_per_block(p), a, n_splits, stream);
+  }
+  if (n_splits > 1) {
+    launch_chained("merge_splits_kernel", merge_splits_kernel, dim3(n_tokens, p.n_head), dim3(128), 0, stream, p,
+                   n_splits, partials, out, out_q8);
   }
 }
 

@@ -116,6 +116,24 @@ void attention(const AttentionParams& p, const float* q, const void* k_cache, co
                int n_splits, float* partials, float* out, cudaStream_t stream);
 size_t attention_partials_floats(const AttentionParams& p, int n_tokens, int n_splits);
 
+// Decode steps (1..kMaxMatvecTokens tokens): the same attention with RoPE and the KV-cache store fused in. q, k
+// and v are the step's projections ([n_tokens][q_dim], [n_tokens][kv_dim] x2, none rotated, none changed); the
+// rotated key and the value of token t go into cache slot write_slots[t] (as rope_and_store_kv would), and the
+// keys a token sees that tokens of this step write (its own, and those of earlier tokens of its sequence) are
+// taken from k and v, not from the cache. n_splits as above; out_q8 (optional; needs
+// decode_attention_fuses_q8, out_q8.ld == q_dim) gets out quantized for the Wo matvec.
+bool decode_attention_supported(const AttentionParams& p);  // head_dim even, <= 256, rows of whole 16 bytes
+bool decode_attention_fuses_q8(const AttentionParams& p);   // head_dim a multiple of 32
+// The split count for a step whose longest sequence has max_keys keys: the fewest (a power of two, at most
+// max_splits) whose blocks each hold their keys in shared memory at once.
+int decode_attention_splits(const AttentionParams& p, int max_keys, int max_splits);
+// Configures the kernel for p (its shared memory); call once before capturing a graph that launches it.
+void decode_attention_prepare(const AttentionParams& p);
+void decode_attention(const AttentionParams& p, const RopeParams& rope, const float* q, const float* k, const float* v,
+                      const int32_t* positions, const int32_t* write_slots, const int32_t* slot_offsets,
+                      const int32_t* slot_table, int n_tokens, int n_splits, void* k_cache, void* v_cache,
+                      float* partials, float* out, const Q8Rows& out_q8, cudaStream_t stream);
+
 // ---- prompt attention on the tensor cores (f16 cache) -------------------------------------------------------
 // The same result for the tokens of a prompt step, sequence by sequence: a sequence's tokens are the step rows
 // rows[row_begin .. row_begin + n_rows) (device array of token indices), its keys the cache slots

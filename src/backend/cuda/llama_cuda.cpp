@@ -199,6 +199,8 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
     prompt_scratch_.weights = reinterpret_cast<__half*>(pb + o_weights);
   }
   AttentionParams ap{config_.n_head, config_.n_head_kv, config_.head_dim, f16_cache_};
+  fused_decode_attention_ = decode_attention_supported(ap);
+  if (fused_decode_attention_) decode_attention_prepare(ap);
   TESSERA_CUDA_CHECK(
       cudaMalloc(&partials_, attention_partials_floats(ap, kMaxMatvecTokens, max_splits_) * sizeof(float)));
   table_capacity_ = kMaxMatvecTokens * n_slots_;
@@ -308,8 +310,9 @@ void LlamaCuda::upload_step(const ForwardBatch& batch) {
     }
     seq_len[s] = std::max(seq_len[s], pos + 1);
   }
-  int table_used = 0;
+  int table_used = 0, max_keys = 0;
   for (size_t s = 0; s < seq_len.size(); ++s) {
+    max_keys = std::max(max_keys, seq_len[s]);
     if (seq_len[s] > 0) {
       seq_offset[s] = table_used;
       table_used += seq_len[s];
@@ -366,6 +369,9 @@ void LlamaCuda::upload_step(const ForwardBatch& batch) {
       prompt_sequences_.push_back(seq);
     }
   }
+  // Decode steps split each token's keys over blocks by the longest sequence (the graph is captured per count).
+  const AttentionParams ap{config_.n_head, config_.n_head_kv, config_.head_dim, f16_cache_};
+  decode_splits_ = fused_decode_attention_ ? decode_attention_splits(ap, max_keys, max_splits_) : max_splits_;
   step_used_ = 6ull * capacity_ + table_used;
   TESSERA_CUDA_CHECK(
       cudaMemcpyAsync(step_device_, step_host_, step_used_ * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
@@ -425,7 +431,7 @@ void LlamaCuda::enqueue_layers(int n_tokens) {
   rope.freq_scale = c.rope.freq_scale;
   rope.freq_factors = freq_factors_;
   const AttentionParams ap{c.n_head, c.n_head_kv, c.head_dim, f16_cache_};
-  const int n_splits = n_tokens <= kMaxMatvecTokens ? max_splits_ : 1;
+  const bool decode = n_tokens <= kMaxMatvecTokens;
   // In decode steps the RMSNorm and SwiGLU kernels also quantize their outputs for the integer matvec kernels.
   for (int il = 0; il < n_layers_; ++il) {
     const LayerWeights& w = layers_[il];
@@ -433,17 +439,25 @@ void LlamaCuda::enqueue_layers(int n_tokens) {
     __half* const x16 = prompt_f16(n_tokens);
     rms_norm(x_, nullptr, w.attn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
     matmuls({{&w.wq, q_}, {&w.wk, k_}, {&w.wv, v_}}, norm_, norm_q8, x16, n_tokens, false);
-    rope_and_store_kv(rope, q_, k_, v_, positions_d(), write_slots_d(), n_tokens, k_cache_[il], v_cache_[il],
-                      f16_cache_, stream_);
-    if (use_prompt_attention_) {
+    if (decode && fused_decode_attention_) {
+      // RoPE, the KV store and (one split) the Q8 quantization of the output happen inside the attention kernel.
+      const Q8Rows attn_q8 = decode_attention_fuses_q8(ap) ? decode_q8(c.q_dim(), n_tokens) : Q8Rows{};
+      decode_attention(ap, rope, q_, k_, v_, positions_d(), write_slots_d(), slot_offsets_d(), slot_table_d(),
+                       n_tokens, decode_splits_, k_cache_[il], v_cache_[il], partials_, attn_, attn_q8, stream_);
+      matmuls({{&w.wo, x_}}, attn_, attn_q8, nullptr, n_tokens, true);
+    } else if (use_prompt_attention_) {
+      rope_and_store_kv(rope, q_, k_, v_, positions_d(), write_slots_d(), n_tokens, k_cache_[il], v_cache_[il],
+                        f16_cache_, stream_);
       // Writes Wo's f16 input as well.
       prompt_attention(cublas_, ap, q_, k_cache_[il], v_cache_[il], positions_d(), prompt_rows_d(), slot_table_d(),
                        prompt_sequences_.data(), static_cast<int>(prompt_sequences_.size()), prompt_scratch_, attn_,
                        x16, stream_);
       matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, x16, n_tokens, true);
     } else {
+      rope_and_store_kv(rope, q_, k_, v_, positions_d(), write_slots_d(), n_tokens, k_cache_[il], v_cache_[il],
+                        f16_cache_, stream_);
       attention(ap, q_, k_cache_[il], v_cache_[il], positions_d(), slot_offsets_d(), slot_table_d(), n_tokens,
-                n_splits, partials_, attn_, stream_);
+                decode ? max_splits_ : 1, partials_, attn_, stream_);
       matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, nullptr, n_tokens, true);
     }
     rms_norm(x_, nullptr, w.ffn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
@@ -479,7 +493,8 @@ void LlamaCuda::forward(const ForwardBatch& batch, float* logits) {
   upload_step(batch);
   if (use_graphs_ && n_tokens <= kMaxMatvecTokens) {
     // Decode: replay the captured step; its kernels read tokens, positions and slots from step_device_.
-    auto it = graphs_.find({n_tokens, n_out});
+    const GraphKey key{n_tokens, n_out, decode_splits_};
+    auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       cudaGraph_t graph = nullptr;
       TESSERA_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
@@ -496,7 +511,7 @@ void LlamaCuda::forward(const ForwardBatch& batch, float* logits) {
       const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
       cudaGraphDestroy(graph);
       check_cuda(err, "cudaGraphInstantiate");
-      it = graphs_.emplace(std::make_pair(n_tokens, n_out), exec).first;
+      it = graphs_.emplace(key, exec).first;
     }
     TESSERA_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
   } else {

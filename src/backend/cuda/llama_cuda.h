@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -108,6 +109,10 @@ class LlamaCuda {
   __half* w16_ = nullptr;      // one weight matrix decoded to f16, for the tensor-core path
   float* partials_ = nullptr;  // flash-decoding partial results
   int max_splits_ = 1;
+  // Decode attention: whether decode_attention (RoPE, KV store, Q8 output fused) serves this model, and the
+  // current step's key split count (chosen by its longest sequence).
+  bool fused_decode_attention_ = false;
+  int decode_splits_ = 1;
   // Prompt attention on the tensor cores (f16 cache): scratch sized at setup (its own allocation), and the current
   // step's sequences, when the step takes that path.
   void* prompt_arena_ = nullptr;
@@ -130,7 +135,8 @@ class LlamaCuda {
   int32_t* prompt_rows_d() const { return step_device_ + 5 * capacity_; }  // token indices grouped by sequence
   int32_t* slot_table_d() const { return step_device_ + 6 * capacity_; }
 
-  std::map<std::pair<int, int>, cudaGraphExec_t> graphs_;  // (n_tokens, n_out) -> decode step
+  using GraphKey = std::tuple<int, int, int>;  // (n_tokens, n_out, decode_splits_)
+  std::map<GraphKey, cudaGraphExec_t> graphs_;  // -> the captured decode step
 };
 
 }  // namespace tessera::cuda

@@ -1,9 +1,9 @@
-// RoPE on the new queries and keys, fused with writing the keys and values into their KV-cache slots.
-// Angles follow the CPU reference exactly: theta starts at the position and is multiplied by theta_scale once
-// per pair, in float.
+// RoPE on the new queries and keys, fused with writing the keys and values into their KV-cache slots (prompt
+// steps; decode attention does both itself). Angles follow the CPU reference exactly (rope.cuh).
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/rope.cuh"
 
 namespace tessera::cuda {
 namespace {
@@ -23,14 +23,8 @@ __global__ void rope_store_kernel(const RopeParams p, float* __restrict__ q, con
                             : static_cast<int64_t>(t) * q_dim + h * p.head_dim + 2 * i;
   float x0 = is_key ? k[at] : q[at], x1 = is_key ? k[at + 1] : q[at + 1];
   if (2 * i < p.n_dims) {
-    float theta = static_cast<float>(positions[t]);
-    for (int m = 0; m < i; ++m) theta *= p.theta_scale;
-    const float factor = p.freq_factors ? p.freq_factors[i] : 1.0f;
-    const float angle = p.freq_scale * (theta / factor);
-    float s, c;
-    sincosf(angle, &s, &c);
-    const float r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
-    x0 = r0, x1 = r1;
+    const float2 r = rope_rotate(make_float2(x0, x1), rope_cos_sin(p, positions[t], i));
+    x0 = r.x, x1 = r.y;
   }
   if (!is_key) {
     q[at] = x0, q[at + 1] = x1;
