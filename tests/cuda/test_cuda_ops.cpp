@@ -260,19 +260,22 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, CudaTypes, ::testing::ValuesIn(kAllTypes),
                            return std::string(ggml_type_name(info.param));
                          });
 
+// One width for each block shape (256 x 8, 512 x 8, 1024 x 16 threads x values).
 TEST(CudaOps, RmsNormMatchesCpu) {
   TESSERA_REQUIRE_GPU();
-  const int n = 333, n_rows = 5;
-  const std::vector<float> x = random_floats(n * n_rows, -2, 2, 1), w = random_floats(n, 0.5f, 1.5f, 2);
-  const std::vector<int32_t> rows = {4, 1, 3};
-  DeviceBuffer<float> d_x(x), d_w(w), d_y(rows.size() * n);
-  DeviceBuffer<int32_t> d_rows(rows);
-  rms_norm(d_x.get(), d_rows.get(), d_w.get(), d_y.get(), nullptr, Q8Rows{}, static_cast<int64_t>(rows.size()), n,
-           1e-5f, nullptr);
-  std::vector<float> want(rows.size() * n);
-  for (size_t r = 0; r < rows.size(); ++r)
-    cpu::rms_norm(x.data() + rows[r] * n, w.data(), want.data() + r * n, n, 1e-5f);
-  expect_close(d_y.download(), want, 1e-6, 1e-5, "rms_norm");
+  for (const int n : {333, 3001, 9000}) {
+    const int n_rows = 5;
+    const std::vector<float> x = random_floats(n * n_rows, -2, 2, 1), w = random_floats(n, 0.5f, 1.5f, 2);
+    const std::vector<int32_t> rows = {4, 1, 3};
+    DeviceBuffer<float> d_x(x), d_w(w), d_y(rows.size() * n);
+    DeviceBuffer<int32_t> d_rows(rows);
+    rms_norm(d_x.get(), d_rows.get(), d_w.get(), d_y.get(), nullptr, Q8Rows{}, static_cast<int64_t>(rows.size()), n,
+             1e-5f, nullptr);
+    std::vector<float> want(rows.size() * n);
+    for (size_t r = 0; r < rows.size(); ++r)
+      cpu::rms_norm(x.data() + rows[r] * n, w.data(), want.data() + r * n, n, 1e-5f);
+    expect_close(d_y.download(), want, 1e-6, 1e-5, "rms_norm " + std::to_string(n));
+  }
 }
 
 // quantize_q8 gives the CPU engine's activation integers, for rows read out of a wider matrix.
