@@ -22,6 +22,7 @@
 
 #include "backend/cpu/thread_pool.h"
 #include "cli/commands.h"
+#include "cli/engine_options.h"
 #include "cli/membw.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
@@ -32,12 +33,10 @@ namespace tessera::cli {
 namespace {
 
 struct BenchArgs {
-  std::string model_path;
+  EngineCliOptions engine;  // the context and batch sizes come from -p and -n
   int n_prompt = 512;
   int n_gen = 128;
   int repetitions = 5;
-  std::string backend = "cpu";
-  int threads = 0;
   std::string output = "md";
   bool membw = false;
   int membw_mib = 512;
@@ -178,7 +177,7 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
         if (!r.adjacent_gb_s.empty()) adjacent = fmt::format("{:.0f}%", 100 * adjacent_fraction(*model, r));
       }
       fmt::print("| {} | {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} | {} |\n", label,
-                 human_bytes(model->weight_bytes), human_params(model->n_params), args.backend, threads, r.name, r.mean,
+                 human_bytes(model->weight_bytes), human_params(model->n_params), args.engine.backend, threads, r.name, r.mean,
                  r.stddev, gbs, fraction, adjacent);
     }
   }
@@ -206,7 +205,7 @@ void print_json(const std::optional<ModelSummary>& model, const std::vector<Test
     o["tokens_per_s"] = r.mean;
     o["stddev"] = r.stddev;
     o["samples_ts"] = r.samples;
-    o["backend"] = args.backend;
+    o["backend"] = args.engine.backend;
     o["threads"] = threads;
     o["simd"] = quant::simd_level_name(quant::active_simd_level());
     o["model_file"] = model->path;
@@ -243,14 +242,13 @@ void validate(const BenchArgs& a, bool has_model) {
   if (has_model && a.n_prompt == 0 && a.n_gen == 0) throw UsageError("-p and -n are both 0: nothing to measure");
   if (a.repetitions < 1) throw UsageError(fmt::format("-r must be at least 1 (got {})", a.repetitions));
   if (a.membw_mib < 64) throw UsageError(fmt::format("--membw-mib must be at least 64 (got {})", a.membw_mib));
-  if (a.threads < 0) throw UsageError(fmt::format("-t must not be negative (got {})", a.threads));
 }
 
 void run_bench(const BenchArgs& args) {
-  const bool has_model = !args.model_path.empty();
+  const bool has_model = !args.engine.model.empty();
   validate(args, has_model);
-  const engine::BackendKind backend = engine::parse_backend_kind(args.backend);
-  const int threads = args.threads > 0 ? args.threads : cpu::physical_core_count();
+  engine::EngineOptions options = args.engine.to_engine_options();
+  const int threads = options.n_threads > 0 ? options.n_threads : cpu::physical_core_count();
 
   // The probe runs before the model is loaded, so its buffer never adds to the model's resident memory.
   std::optional<MemoryBandwidth> bw;
@@ -259,15 +257,14 @@ void run_bench(const BenchArgs& args) {
   std::optional<ModelSummary> model;
   std::vector<TestResult> results;
   if (has_model) {
-    if (!std::filesystem::exists(args.model_path)) throw std::runtime_error("model file '" + args.model_path + "' not found");
-    const gguf::File file = gguf::File::open(args.model_path);
-    engine::EngineOptions options;
-    options.backend = backend;
+    const std::string& path = args.engine.model;
+    if (!std::filesystem::exists(path)) throw std::runtime_error("model file '" + path + "' not found");
+    const gguf::File file = gguf::File::open(path);
     options.n_threads = threads;
     options.n_ctx = std::max({args.n_prompt, args.n_gen, 1});
     options.n_batch = std::max(args.n_prompt, 1);
     engine::Engine engine(file, options);
-    model = summarise_model(args.model_path, file, engine);
+    model = summarise_model(path, file, engine);
 
     std::mt19937 rng(1234);
     if (args.n_prompt > 0) {
@@ -313,26 +310,17 @@ void add_bench_command(CLI::App& root) {
   auto args = std::make_shared<BenchArgs>();
   CLI::App* cmd = root.add_subcommand(
       "bench", "Measure prompt processing (ppP) and generation (tgN) speed, like llama-bench");
-  cmd->add_option("-m,--model", args->model_path, "GGUF model file");
+  args->engine.add_to(cmd, {.model_required = false, .context_and_batch = false});
   cmd->add_option("-p,--n-prompt", args->n_prompt, "prompt tokens processed in one batch (0: skip)")->capture_default_str();
   cmd->add_option("-n,--n-gen", args->n_gen, "tokens generated one at a time (0: skip)")->capture_default_str();
   cmd->add_option("-r,--repetitions", args->repetitions, "timed repetitions of each test")->capture_default_str();
-  cmd->add_option("--backend", args->backend, "cpu, cuda or hybrid")->capture_default_str();
-  cmd->add_option("-t,--threads", args->threads, "CPU threads (default: physical cores)");
   cmd->add_option("--output", args->output, "md or json")
       ->check(CLI::IsMember({"md", "json"}))
       ->capture_default_str();
   cmd->add_flag("--membw", args->membw, "also measure memory read bandwidth with the same thread count");
   cmd->add_option("--membw-mib", args->membw_mib, "bandwidth probe buffer in MiB (keep it far above the L3 cache)")
       ->capture_default_str();
-  cmd->callback([args] {
-    try {
-      engine::parse_backend_kind(args->backend);
-    } catch (const std::invalid_argument& e) {
-      throw UsageError(e.what());
-    }
-    run_bench(*args);
-  });
+  cmd->callback([args] { run_bench(*args); });
 }
 
 }  // namespace tessera::cli

@@ -10,16 +10,17 @@
 
 namespace tessera::cli {
 
-void EngineCliOptions::add_to(CLI::App* app, bool with_context) {
-  app->add_option("-m,--model", model, "GGUF model file")->required();
+void EngineCliOptions::add_to(CLI::App* app, Fields fields) {
+  CLI::Option* model_option = app->add_option("-m,--model", model, "GGUF model file");
+  if (fields.model_required) model_option->required();
   app->add_option("--backend", backend, "Where to compute: cpu, cuda, or hybrid (alias hybrid-f32)")
       ->capture_default_str();
   app->add_option("-t,--threads", threads, "CPU threads (default: the number of physical cores)");
-  if (with_context) {
+  if (fields.context_and_batch) {
     app->add_option("-c,--ctx-size", ctx_size,
                     "KV cache size in tokens (default: the model's context length, at most 4096)");
+    app->add_option("-b,--batch-size", batch_size, "Most prompt tokens in one forward call")->capture_default_str();
   }
-  app->add_option("-b,--batch-size", batch_size, "Most prompt tokens in one forward call")->capture_default_str();
   app->add_option("--cache-type", cache_type, "KV cache element type: f16 or f32")->capture_default_str();
   app->add_option("--gpu-layers", gpu_layers, "With --backend hybrid: layers to put on the GPU (default: all)");
 }

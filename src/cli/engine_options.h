@@ -19,7 +19,14 @@ struct EngineCliOptions {
   std::string cache_type = "f16";
   int gpu_layers = -1;
 
-  void add_to(CLI::App* app, bool with_context = true);
+  // Which of the options a command takes: bench sizes the context and batch from its tests, and without a model
+  // only probes the memory bandwidth.
+  struct Fields {
+    bool model_required = true;
+    bool context_and_batch = true;
+  };
+  void add_to(CLI::App* app, Fields fields);
+  void add_to(CLI::App* app) { add_to(app, Fields{}); }
   engine::EngineOptions to_engine_options() const;  // throws UsageError on bad values
 };
 
