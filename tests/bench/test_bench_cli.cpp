@@ -71,6 +71,16 @@ TEST_F(BenchCli, MarkdownTableHasARowPerTest) {
   EXPECT_NE(r.out.find("| tg4 |"), std::string::npos) << r.out;
 }
 
+TEST_F(BenchCli, TakesTheEngineOptionsOfRun) {
+  ASSERT_EQ(synth_exit_, 0);
+  const Result r = run("bench -m " + model_ + " -p 8 -n 2 -r 1 -t 1 --cache-type f32 --output json");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 2u);
+  EXPECT_EQ(j[0]["threads"], 1);
+  EXPECT_GT(j[1]["tokens_per_s"].get<double>(), 0.0);
+}
+
 TEST_F(BenchCli, MembwProbeReportsBandwidth) {
   const Result r = run("bench --membw --membw-mib 128 -t 1 --output json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
@@ -109,6 +119,7 @@ TEST_F(BenchCli, BadArgumentsExitWithTwo) {
   EXPECT_EQ(run("bench -m " + model_ + " -r 0 2>/dev/null").exit_code, 2);
   EXPECT_EQ(run("bench -m " + model_ + " --output xml 2>/dev/null").exit_code, 2);
   EXPECT_EQ(run("bench -m " + model_ + " --backend tpu 2>/dev/null").exit_code, 2);
+  EXPECT_EQ(run("bench -m " + model_ + " --cache-type f8 2>/dev/null").exit_code, 2);
   EXPECT_EQ(run("bench 2>/dev/null").exit_code, 2);
   EXPECT_EQ(run("bench --membw --membw-mib 1 2>/dev/null").exit_code, 2);
   EXPECT_EQ(run("synth --preset nope -o /dev/null 2>/dev/null").exit_code, 2);
