@@ -7,10 +7,11 @@
 #include <fmt/format.h>
 
 #include <array>
-#include <queue>
+#include <optional>
 #include <stdexcept>
 
 #include "tokenizer/impl.h"
+#include "tokenizer/symbol_merge.h"
 
 namespace tessera::tokenizer {
 
@@ -123,26 +124,6 @@ std::string valid_utf8(std::string_view text) {
   return out;
 }
 
-struct Symbol {
-  int32_t prev;
-  int32_t next;
-  size_t offset;
-  size_t length;
-};
-
-struct Candidate {
-  int32_t rank;
-  int32_t left;
-  int32_t right;
-  size_t length;
-};
-
-struct LowerPriority {
-  bool operator()(const Candidate& a, const Candidate& b) const {
-    return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
-  }
-};
-
 }  // namespace
 
 struct PreTokenizer::Regex {
@@ -246,8 +227,7 @@ void Tokenizer::Impl::encode_bpe(std::string_view raw, std::vector<int32_t>& out
   std::vector<std::pair<size_t, size_t>> pieces;
   pre->split(text, pieces);
 
-  std::vector<Symbol> symbols;
-  std::vector<Candidate> storage;
+  std::vector<MergeSymbol> symbols;
   std::string key;
   for (auto [offset, length] : pieces) {
     const std::string word = byte_level_encode(std::string_view(text).substr(offset, length));
@@ -257,38 +237,15 @@ void Tokenizer::Impl::encode_bpe(std::string_view raw, std::vector<int32_t>& out
         continue;
       }
     }
-    symbols.clear();
-    for (size_t at = 0; at < word.size();) {
-      size_t n = std::min(utf8_sequence_length(static_cast<uint8_t>(word[at])), word.size() - at);
-      auto index = static_cast<int32_t>(symbols.size());
-      symbols.push_back({index - 1, at + n == word.size() ? -1 : index + 1, at, n});
-      at += n;
-    }
-    storage.clear();
-    std::priority_queue<Candidate, std::vector<Candidate>, LowerPriority> queue(LowerPriority{}, std::move(storage));
-    auto try_pair = [&](int32_t left, int32_t right) {
-      if (left < 0 || right < 0) return;
-      key.assign(word, symbols[left].offset, symbols[left].length);
+    // Lower merge ranks merge first.
+    merge_symbols(word, symbols, [&](const MergeSymbol& left, const MergeSymbol& right) -> std::optional<int32_t> {
+      key.assign(word, left.offset, left.length);
       key.push_back(' ');
-      key.append(word, symbols[right].offset, symbols[right].length);
-      auto it = merge_rank.find(key);
-      if (it == merge_rank.end()) return;
-      queue.push({it->second, left, right, symbols[left].length + symbols[right].length});
-    };
-    for (int32_t i = 1; i < static_cast<int32_t>(symbols.size()); ++i) try_pair(i - 1, i);
-    while (!queue.empty()) {
-      Candidate best = queue.top();
-      queue.pop();
-      Symbol& left = symbols[best.left];
-      Symbol& right = symbols[best.right];
-      if (left.length == 0 || right.length == 0 || left.length + right.length != best.length) continue;
-      left.length += right.length;
-      right.length = 0;
-      left.next = right.next;
-      if (right.next >= 0) symbols[right.next].prev = best.left;
-      try_pair(left.prev, best.left);
-      try_pair(best.left, left.next);
-    }
+      key.append(word, right.offset, right.length);
+      const auto it = merge_rank.find(key);
+      if (it == merge_rank.end()) return std::nullopt;
+      return -it->second;
+    });
     for (int32_t i = symbols.empty() ? -1 : 0; i != -1; i = symbols[i].next) {
       std::string_view piece = std::string_view(word).substr(symbols[i].offset, symbols[i].length);
       if (int32_t id = find(piece); id >= 0) {
