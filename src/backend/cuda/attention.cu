@@ -2,16 +2,19 @@
 // - attention_kernel (prompt steps with an f32 cache, and decode where decode_attention_kernel does not apply):
 //   one block serves QH query heads that share a KV head (GQA), so each key and value row is read once for all of
 //   them; its 4 warps take interleaved keys with an online softmax each, then merge.
-// - decode_attention_kernel (decode steps): the same heads per block, but the keys of a block are a tile in shared
-//   memory, copied there before the kernel waits for the previous one (the cache's older keys and the slot table
-//   are not written by the step's earlier kernels), so the K/V loads overlap the Wq/Wk/Wv matvec. After the wait
-//   the block rotates its queries (RoPE), puts the step's new keys and values into the tile and the cache itself
-//   (no separate RoPE kernel), and computes the scores with a thread per (key, head), the softmax with a warp per
-//   head and the weighted values with a thread per output pair. With one split it writes the output and its Q8
+// - decode_attention_kernel (decode steps): at most 2 query heads per block (more blocks, each with less work
+//   after the wait: TinyLlama's 32/4 heads ran 1,080-1,097 t/s with 8 heads per block, 1,148-1,158 with 2), and
+//   the keys of a block are a tile in shared memory, copied there before the kernel waits for the previous one
+//   (the cache's older keys and the slot table are not written by the step's earlier kernels), so the K/V loads
+//   overlap the Wq/Wk/Wv matvec. After the wait the block loads its queries and the step's new K/V rows in one
+//   round trip, rotates them (RoPE; no separate RoPE kernel), writes the new keys and values into the tile and
+//   the cache itself, and computes the scores with a thread per (key, head), the softmax with a warp per head
+//   and the weighted values with a thread per output pair. With one split it writes the output and its Q8
 //   quantization for the Wo matvec (no merge or quantize_q8 kernel).
 // For long contexts the keys of a token are split over gridDim.z blocks (flash decoding) whose partial results
 // merge_splits_kernel combines.
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -187,6 +190,18 @@ int heads_per_block(const AttentionParams& p) {
   return group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
 }
 
+// Query heads per decode block: heads_per_block, at most TESSERA_DECODE_HEADS (1, 2, 4 or 8; default 2, see the
+// top of the file; 1 measured the same as 2).
+int decode_heads(const AttentionParams& p) {
+  static const int cap = [] {
+    const char* env = std::getenv("TESSERA_DECODE_HEADS");
+    return env ? std::atoi(env) : 2;
+  }();
+  int heads = heads_per_block(p);
+  while (heads > 1 && heads > cap) heads /= 2;
+  return heads;
+}
+
 // Byte offsets of the decode kernel's shared arrays (all 16-byte aligned). A K row is padded by 16 bytes so that
 // the threads of a quarter warp, each reading 16 bytes of its own key, hit different banks.
 struct DecodeLayout {
@@ -217,7 +232,7 @@ __host__ __device__ inline DecodeLayout decode_layout(int head_dim, int elem_byt
 
 // The most keys a block holds in shared memory at once (a multiple of 32; 0 when not even 32 fit).
 int decode_tile_keys(const AttentionParams& p) {
-  const int elem = p.f16_cache ? 2 : 4, qh = heads_per_block(p);
+  const int elem = p.f16_cache ? 2 : 4, qh = decode_heads(p);
   int keys = kDecodeMaxTileKeys;
   while (keys > 0 && decode_layout(p.head_dim, elem, qh, keys).total > kDecodeSharedBytes) keys -= 32;
   return keys;
@@ -338,14 +353,39 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   const int32_t* const slots = a.slot_table + sequence;
   const int64_t head_offset = static_cast<int64_t>(kv_head) * hd;
 
+  // The step's new keys: step_pos[tt] is the position of step token tt when it belongs to this sequence (its key
+  // is then written by this launch, so every block takes it from k/v, never from the cache), else -1. row_token:
+  // the tokens whose rows this block fills in its first tile, or stores in the cache (its own token, once per
+  // (token, KV head)), loaded right after the wait together with the queries.
+  __shared__ int step_pos[kMaxMatvecTokens], row_token[kMaxMatvecTokens], n_new_rows;
+  const int first_end = min(k_end, k_begin + tile_keys), first_n = first_end - k_begin;
+  const bool store_own = split == 0 && h0 % group == 0;
+  const int own_slot = a.write_slots[t];
+  if (tid < a.n_tokens) step_pos[tid] = a.slot_offsets[tid] == sequence ? a.positions[tid] : -1;
+  if (tid == 0) {
+    int n_new = 0;
+    for (int tt = 0; tt < a.n_tokens; ++tt) {
+      const int pt = a.positions[tt];
+      if (a.slot_offsets[tt] == sequence && ((pt >= k_begin && pt < first_end) || (tt == t && store_own))) {
+        row_token[n_new++] = tt;
+      }
+    }
+    n_new_rows = n_new;
+  }
+
   // Copies keys [begin, begin + n) of the sequence into the tile (asynchronously; wait_async_copies + a barrier
-  // before reading them).
+  // before reading them), except the step's new keys.
   auto load_tile = [&](int begin, int n) {
-    for (int i = tid; i < n; i += kDecodeThreads) tile_slots[i] = slots[begin + i];
+    for (int i = tid; i < n; i += kDecodeThreads) {
+      bool fresh = false;
+      for (int tt = 0; tt < a.n_tokens; ++tt) fresh |= step_pos[tt] == begin + i;
+      tile_slots[i] = fresh ? -1 : slots[begin + i];
+    }
     __syncthreads();
     const int chunks = layout.row_bytes / 16;
     for (int c = tid; c < n * chunks; c += kDecodeThreads) {
       const int r = c / chunks, part = c % chunks;
+      if (tile_slots[r] < 0) continue;
       const int64_t at = (static_cast<int64_t>(tile_slots[r]) * kv_dim + head_offset) * (F16 ? 2 : 4) + part * 16;
       copy16_async(k_tile + r * layout.k_stride + part * 16, k_cache + at);
       copy16_async(v_tile + r * layout.row_bytes + part * 16, v_cache + at);
@@ -356,42 +396,70 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   };
 
   // Before the previous kernel (the Wq/Wk/Wv matvec) finishes: RoPE angles, and the first tile of older keys.
-  // Positions and slots come from the host's upload; the older keys from earlier steps. The step's own new keys
-  // (whose cache rows this kernel writes) are taken from k/v below, never from the cache.
+  // Positions and slots come from the host's upload; the older keys from earlier steps.
   for (int i = tid; i < n_rotated; i += kDecodeThreads) q_angles[i] = rope_cos_sin(a.rope, position, i);
-  for (int tt = 0; tt < a.n_tokens; ++tt) {
-    const int pt = a.positions[tt];
-    if (a.slot_offsets[tt] != sequence || pt < k_begin || pt >= k_end) continue;
-    for (int i = tid; i < n_rotated; i += kDecodeThreads) new_angles[tt * half_hd + i] = rope_cos_sin(a.rope, pt, i);
-  }
   if (tid < QH) {
     m_run[tid] = -INFINITY;
     l_run[tid] = 0;
   }
   __syncthreads();
-  if (k_begin < k_end) load_tile(k_begin, min(tile_keys, k_end - k_begin));
+  for (int e = 0; e < n_new_rows; ++e) {
+    const int pt = a.positions[row_token[e]];
+    for (int i = tid; i < n_rotated; i += kDecodeThreads) new_angles[e * half_hd + i] = rope_cos_sin(a.rope, pt, i);
+  }
+  __syncthreads();
+  if (k_begin < k_end) load_tile(k_begin, first_n);
 
   wait_for_previous_kernel();
   allow_next_kernel();
 
-  // The block's queries, rotated, and rounded to f16 with an f16 cache as ggml does before its f16 dot products.
-  for (int idx = tid; idx < QH * half_hd; idx += kDecodeThreads) {
-    const int h = idx / half_hd, i = idx % half_hd;
-    float2 x = reinterpret_cast<const float2*>(a.q + static_cast<int64_t>(t) * q_dim + (h0 + h) * hd)[i];
-    if (i < n_rotated) x = rope_rotate(x, q_angles[i]);
-    if (F16) x = __half22float2(__floats2half2_rn(x.x, x.y));
-    reinterpret_cast<float2*>(queries + h * hd)[i] = x;
+  // One round trip for what the Wq/Wk/Wv matvec wrote: the block's queries, and the step rows it fills or stores.
+  constexpr int kQueryItems = (QH * 128 + kDecodeThreads - 1) / kDecodeThreads;  // head_dim <= 256
+  constexpr int kRowItems = (kMaxMatvecTokens * 128 + kDecodeThreads - 1) / kDecodeThreads;
+  float2 qx[kQueryItems], kx[kRowItems], vx[kRowItems];
+#pragma unroll
+  for (int it = 0; it < kQueryItems; ++it) {
+    const int idx = tid + it * kDecodeThreads, h = idx / half_hd, i = idx % half_hd;
+    if (idx < QH * half_hd) qx[it] = reinterpret_cast<const float2*>(a.q + static_cast<int64_t>(t) * q_dim + (h0 + h) * hd)[i];
   }
-  // The token's own key (rotated) and value into its cache slot, by one block per (token, KV head).
-  if (split == 0 && h0 % group == 0) {
-    const int64_t src = static_cast<int64_t>(t) * kv_dim + head_offset;
-    const int64_t dst = static_cast<int64_t>(a.write_slots[t]) * kv_dim + head_offset;
-    for (int i = tid; i < half_hd; i += kDecodeThreads) {
-      float2 kx = reinterpret_cast<const float2*>(a.k + src)[i];
-      if (i < n_rotated) kx = rope_rotate(kx, q_angles[i]);
-      store_pair<F16>(static_cast<uint8_t*>(a.k_cache) + dst * (F16 ? 2 : 4), i, kx);
-      store_pair<F16>(static_cast<uint8_t*>(a.v_cache) + dst * (F16 ? 2 : 4), i,
-                      reinterpret_cast<const float2*>(a.v + src)[i]);
+  const int n_row_items = n_new_rows * half_hd;
+#pragma unroll
+  for (int it = 0; it < kRowItems; ++it) {
+    const int idx = tid + it * kDecodeThreads;
+    if (idx < n_row_items) {
+      const int64_t src = static_cast<int64_t>(row_token[idx / half_hd]) * kv_dim + head_offset;
+      kx[it] = reinterpret_cast<const float2*>(a.k + src)[idx % half_hd];
+      vx[it] = reinterpret_cast<const float2*>(a.v + src)[idx % half_hd];
+    }
+  }
+  // Queries rotated, and rounded to f16 with an f16 cache as ggml does before its f16 dot products.
+#pragma unroll
+  for (int it = 0; it < kQueryItems; ++it) {
+    const int idx = tid + it * kDecodeThreads, h = idx / half_hd, i = idx % half_hd;
+    if (idx < QH * half_hd) {
+      float2 x = qx[it];
+      if (i < n_rotated) x = rope_rotate(x, q_angles[i]);
+      if (F16) x = __half22float2(__floats2half2_rn(x.x, x.y));
+      reinterpret_cast<float2*>(queries + h * hd)[i] = x;
+    }
+  }
+  // New keys rotated into the first tile, and the token's own key and value into its cache slot.
+#pragma unroll
+  for (int it = 0; it < kRowItems; ++it) {
+    const int idx = tid + it * kDecodeThreads, e = idx / half_hd, i = idx % half_hd;
+    if (idx < n_row_items) {
+      const int tt = row_token[e], r = step_pos[tt] - k_begin;
+      float2 key = kx[it];
+      if (i < n_rotated) key = rope_rotate(key, new_angles[e * half_hd + i]);
+      if (r >= 0 && r < first_n) {
+        store_pair<F16>(k_tile + r * layout.k_stride, i, key);
+        store_pair<F16>(v_tile + r * layout.row_bytes, i, vx[it]);
+      }
+      if (tt == t && store_own) {
+        const int64_t dst = (static_cast<int64_t>(own_slot) * kv_dim + head_offset) * (F16 ? 2 : 4);
+        store_pair<F16>(static_cast<uint8_t*>(a.k_cache) + dst, i, key);
+        store_pair<F16>(static_cast<uint8_t*>(a.v_cache) + dst, i, vx[it]);
+      }
     }
   }
 
@@ -408,19 +476,21 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
     if (begin != k_begin) load_tile(begin, n);
     wait_async_copies();
     __syncthreads();
-    // Keys of this step (this token's and those of earlier tokens of its sequence) from the step's rows.
-    for (int tt = 0; tt < a.n_tokens; ++tt) {
-      const int r = a.positions[tt] - begin;
-      if (a.slot_offsets[tt] != sequence || r < 0 || r >= n) continue;
-      const int64_t src = static_cast<int64_t>(tt) * kv_dim + head_offset;
-      for (int i = tid; i < half_hd; i += kDecodeThreads) {
-        float2 kx = reinterpret_cast<const float2*>(a.k + src)[i];
-        if (i < n_rotated) kx = rope_rotate(kx, new_angles[tt * half_hd + i]);
-        store_pair<F16>(k_tile + r * layout.k_stride, i, kx);
-        store_pair<F16>(v_tile + r * layout.row_bytes, i, reinterpret_cast<const float2*>(a.v + src)[i]);
+    if (begin != k_begin) {
+      // A later tile (long contexts): the step's new keys in it straight from k/v.
+      for (int tt = 0; tt < a.n_tokens; ++tt) {
+        const int r = step_pos[tt] - begin;
+        if (step_pos[tt] < 0 || r < 0 || r >= n) continue;
+        const int64_t src = static_cast<int64_t>(tt) * kv_dim + head_offset;
+        for (int i = tid; i < half_hd; i += kDecodeThreads) {
+          float2 key = reinterpret_cast<const float2*>(a.k + src)[i];
+          if (i < n_rotated) key = rope_rotate(key, rope_cos_sin(a.rope, step_pos[tt], i));
+          store_pair<F16>(k_tile + r * layout.k_stride, i, key);
+          store_pair<F16>(v_tile + r * layout.row_bytes, i, reinterpret_cast<const float2*>(a.v + src)[i]);
+        }
       }
+      __syncthreads();
     }
-    __syncthreads();
 
     // Scores: a thread per (key, head); the lanes of a warp take consecutive keys of one head.
     for (int idx = tid; idx < QH * n; idx += kDecodeThreads) {
@@ -653,9 +723,9 @@ int decode_attention_splits(const AttentionParams& p, int max_keys, int max_spli
 
 void decode_attention_prepare(const AttentionParams& p) {
   if (p.f16_cache) {
-    configure_decode_heads<true>(heads_per_block(p));
+    configure_decode_heads<true>(decode_heads(p));
   } else {
-    configure_decode_heads<false>(heads_per_block(p));
+    configure_decode_heads<false>(decode_heads(p));
   }
 }
 
@@ -675,9 +745,9 @@ void decode_attention(const AttentionParams& p, const RopeParams& rope, const fl
                slot_offsets, slot_table, n_tokens, decode_tile_keys(p), k_cache, v_cache, partials,
                out,       n_splits > 1 ? Q8Rows{} : out_q8};
   if (p.f16_cache) {
-    launch_decode_heads<true>(heads_per_block(p), a, n_splits, stream);
+    launch_decode_heads<true>(decode_heads(p), a, n_splits, stream);
   } else {
-    launch_decode_heads<false>(heads_per_block(p), a, n_splits, stream);
+    launch_decode_heads<false>(decode_heads(p), a, n_splits, stream);
   }
   if (n_splits > 1) {
     launch_chained("merge_splits_kernel", merge_splits_kernel, dim3(n_tokens, p.n_head), dim3(128), 0, stream, p,
