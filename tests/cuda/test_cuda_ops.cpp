@@ -166,9 +166,9 @@ TEST_P(CudaTypes, DequantizeMatchesReference) {
 // y = W x for 1, 3 and 8 tokens, with a second and third matrix in the same launch and the accumulate mode;
 // 3328 columns with 8 tokens take two shared-memory tiles of x. The integer kernels (matvec_reads_q8) take x
 // quantized by quantize_q8, and the reference multiplies with that quantized x (the CPU engine's integers);
-// 11008 columns (Llama-2-7B's FFN width) take several passes through their shared-memory stages. Q6_K, Q8_0 and
-// Q4_0 blocks (210, 34, 18 bytes) are only 2-byte aligned: every other one starts 2 bytes past a 4-byte
-// boundary, and at these widths so does every other Q6_K row.
+// there 11008 columns (Llama-2-7B's FFN width) take several passes per row, and Q6_K, Q8_0 and Q4_0 blocks
+// (210, 34, 18 bytes) are only 2-byte aligned: every other one starts 2 bytes past a 4-byte boundary, and at
+// these widths so does every other Q6_K row.
 TEST_P(CudaTypes, MatvecMatchesReference) {
   TESSERA_REQUIRE_GPU();
   for (const int64_t n_cols : {768, 3328, 11008}) {
