@@ -1,5 +1,5 @@
 // Decode matrix-vector products with 8-bit integer dot products (dp4a), for the block types that dominate
-// quantized models. x arrives quantized per 32 values (Q8Rows); a weight row is read in "units" of 16 or 32
+// quantized models. x arrives quantized per 32 values (Q8Rows); a weight row is read in "units" of 16, 32 or 64
 // values whose packed quants one lane loads with one or a few wide loads, and the 32 lanes of a warp take 32
 // consecutive units, so a warp reads one contiguous run of the row (coalesced). Each thread issues the loads of
 // one unit of each of its kRowsPerThread rows before it uses any of them: these kernels are bound by memory
@@ -55,12 +55,12 @@ __device__ __forceinline__ void k4_scale_min(const uint4& head, int j, int& sc, 
 template <GgmlType T>
 struct Q8Dot;
 
-// The dot of one Q4_K / Q5_K unit (k = u % 8) with x, given its levels: lo for sub-block 2g, hi for 2g + 1
+// The dot of one Q5_K unit (k = u % 8) with x, given its levels: lo for sub-block 2g, hi for 2g + 1
 // (g = k / 2), 16 values each as packed bytes. The min terms need the sum over the whole 32-value x block (its
 // ds.y); of the two units sharing it, the one with k even adds them.
 template <class Act>
-__device__ __forceinline__ float k45_unit_dot(const uint4& head, const int (&lo)[4], const int (&hi)[4], const Act& x,
-                                              int k) {
+__device__ __forceinline__ float k5_unit_dot(const uint4& head, const int (&lo)[4], const int (&hi)[4], const Act& x,
+                                             int k) {
   const int g = k / 2;
   int sc_lo, m_lo, sc_hi, m_hi;
   k4_scale_min(head, 2 * g, sc_lo, m_lo);
@@ -73,51 +73,81 @@ __device__ __forceinline__ float k45_unit_dot(const uint4& head, const int (&lo)
 }
 
 // Q4_K (144-byte super-blocks of 256 values, 16-byte aligned in a row: d, dmin, 12 bytes of scales and mins,
-// qs[128]). Unit k (8 per super-block) is qs[16k..16k+15]: its low nibbles are values 64g+16h+i (sub-block 2g;
-// g = k/2, h = k%2), its high nibbles values 64g+32+16h+i (sub-block 2g+1).
+// qs[128]). Unit g (4 per super-block) is qs[32g..32g+31], all of sub-blocks 2g (low nibbles: values 64g+i) and
+// 2g+1 (high nibbles: values 64g+32+i), i < 32, each of them against one x block: per 64 values one header load,
+// one scale/min decode and two integer sums, and the 16-byte header is in flight once per 32 bytes of quants.
 template <>
 struct Q8Dot<GgmlType::Q4_K> {
-  static constexpr int kValues = 32;
+  static constexpr int kValues = 64;
   struct Weights {
-    uint4 head, qs;
+    uint4 head, qs_a, qs_b;
   };
   struct Act {
-    int4 lo, hi;
+    int4 lo[2], hi[2];
     float2 ds_lo, ds_hi;
   };
   __device__ static Weights load(const uint8_t* row, int u) {
-    const uint8_t* b = row + (u / 8) * 144;
-    return {load16(b), load16(b + 16 + 16 * (u % 8))};
+    const uint8_t* b = row + (u / 4) * 144 + 32 * (u % 4);
+    return {load16(b - 32 * (u % 4)), load16(b + 16), load16(b + 32)};
   }
   __device__ static Act load_act(const int8_t* xq, const float2* ds, int u) {
-    const int k = u % 8, v = (u / 8) * 256 + 64 * (k / 2) + 16 * (k % 2);
-    return {load_x16(xq + v), load_x16(xq + v + 32), load_ds(ds + v / 32), load_ds(ds + v / 32 + 1)};
+    const int v = (u / 4) * 256 + 64 * (u % 4);
+    return {{load_x16(xq + v), load_x16(xq + v + 16)},
+            {load_x16(xq + v + 32), load_x16(xq + v + 48)},
+            load_ds(ds + v / 32),
+            load_ds(ds + v / 32 + 1)};
   }
   __device__ static float dot(const Weights& w, const Act& x, int u) {
-    const uint32_t q[4] = {w.qs.x, w.qs.y, w.qs.z, w.qs.w};
-    int lo[4], hi[4];
+    const uint32_t q[8] = {w.qs_a.x, w.qs_a.y, w.qs_a.z, w.qs_a.w, w.qs_b.x, w.qs_b.y, w.qs_b.z, w.qs_b.w};
+    const int xlo[8] = {x.lo[0].x, x.lo[0].y, x.lo[0].z, x.lo[0].w, x.lo[1].x, x.lo[1].y, x.lo[1].z, x.lo[1].w};
+    const int xhi[8] = {x.hi[0].x, x.hi[0].y, x.hi[0].z, x.hi[0].w, x.hi[1].x, x.hi[1].y, x.hi[1].z, x.hi[1].w};
+    int lo = 0, hi = 0;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) lo[i] = low_nibbles(q[i]), hi[i] = high_nibbles(q[i]);
-    return k45_unit_dot(w.head, lo, hi, x, u % 8);
+    for (int i = 0; i < 8; ++i) {
+      lo = __dp4a(low_nibbles(q[i]), xlo[i], lo);
+      hi = __dp4a(high_nibbles(q[i]), xhi[i], hi);
+    }
+    // Scales and mins j = 2g and 2g + 1 (scale_min_k4 in dequant.cuh): bytes j, j + 1 of the words y (scales
+    // 0..3, top bits of 4..7), z (mins 0..3, top bits of 4..7) and w (low bits of 4..7) for g < 2, of j - 4,
+    // j - 3 for g >= 2.
+    const int g = u % 4, shift = 16 * (g % 2);
+    const uint32_t a = w.head.y >> shift, b = w.head.z >> shift, c = w.head.w >> shift;
+    int sc_lo, sc_hi, m_lo, m_hi;
+    if (g < 2) {
+      sc_lo = a & 63, sc_hi = (a >> 8) & 63, m_lo = b & 63, m_hi = (b >> 8) & 63;
+    } else {
+      sc_lo = (c & 0xF) | ((a >> 2) & 0x30), sc_hi = ((c >> 8) & 0xF) | ((a >> 10) & 0x30);
+      m_lo = ((c >> 4) & 0xF) | ((b >> 2) & 0x30), m_hi = ((c >> 12) & 0xF) | ((b >> 10) & 0x30);
+    }
+    const float d = f16_bits_to_float(w.head.x & 0xFFFF), dmin = f16_bits_to_float(w.head.x >> 16);
+    return d * (static_cast<float>(sc_lo * lo) * x.ds_lo.x + static_cast<float>(sc_hi * hi) * x.ds_hi.x) -
+           dmin * (static_cast<float>(m_lo) * x.ds_lo.y + static_cast<float>(m_hi) * x.ds_hi.y);
   }
 };
 
-// Q5_K (176-byte super-blocks, 16-byte aligned: d, dmin, scales[12], qh[32], qs[128]): Q4_K's units plus the
-// fifth bits, bit 2g (low nibbles) and 2g+1 (high nibbles) of qh[16h + i].
+// Q5_K (176-byte super-blocks, 16-byte aligned: d, dmin, scales[12] packed as Q4_K's, qh[32], qs[128]). Unit k
+// (8 per super-block) is qs[16k..16k+15]: its low nibbles are values 64g+16h+i (sub-block 2g; g = k/2, h = k%2),
+// its high nibbles values 64g+32+16h+i (sub-block 2g+1); their fifth bits are bit 2g (low nibbles) and 2g+1
+// (high nibbles) of qh[16h + i].
 template <>
 struct Q8Dot<GgmlType::Q5_K> {
   static constexpr int kValues = 32;
   struct Weights {
     uint4 head, qh, qs;
   };
-  using Act = Q8Dot<GgmlType::Q4_K>::Act;
+  struct Act {
+    int4 lo, hi;
+    float2 ds_lo, ds_hi;
+  };
   __device__ static Weights load(const uint8_t* row, int u) {
     const uint8_t* b = row + (u / 8) * 176;
     const int k = u % 8;
     return {load16(b), load16(b + 16 + 16 * (k % 2)), load16(b + 48 + 16 * k)};
   }
+  // Unit k's low nibbles are values 64g+16h+i (g = k/2, h = k%2), its high nibbles values 64g+32+16h+i.
   __device__ static Act load_act(const int8_t* xq, const float2* ds, int u) {
-    return Q8Dot<GgmlType::Q4_K>::load_act(xq, ds, u);
+    const int k = u % 8, v = (u / 8) * 256 + 64 * (k / 2) + 16 * (k % 2);
+    return {load_x16(xq + v), load_x16(xq + v + 32), load_ds(ds + v / 32), load_ds(ds + v / 32 + 1)};
   }
   __device__ static float dot(const Weights& w, const Act& x, int u) {
     const int k = u % 8, g = k / 2;
@@ -128,7 +158,7 @@ struct Q8Dot<GgmlType::Q5_K> {
       lo[i] = low_nibbles(q[i]) | static_cast<int>(((qh[i] >> (2 * g)) & 0x01010101u) << 4);
       hi[i] = high_nibbles(q[i]) | static_cast<int>(((qh[i] >> (2 * g + 1)) & 0x01010101u) << 4);
     }
-    return k45_unit_dot(w.head, lo, hi, x, k);
+    return k5_unit_dot(w.head, lo, hi, x, k);
   }
 };
 
@@ -254,16 +284,20 @@ struct Q8Dot<GgmlType::Q8_0> {
 };
 
 // Rows whose weights each thread has in flight at once. With more tokens the activations and sums take the
-// registers (4 rows at 8 tokens need ~250 and would halve the resident blocks).
-constexpr int rows_per_thread(int n_tokens) { return n_tokens == 1 ? 4 : 2; }
+// registers (4 rows at 8 tokens need ~250 and would halve the resident blocks). Q4_K's 64-value units hold twice
+// the bytes per row in flight: 2 rows (70 registers, 7 blocks per SM) measured faster than 4 (105, 4 blocks).
+constexpr int rows_per_thread(GgmlType type, int n_tokens) {
+  return n_tokens == 1 && type != GgmlType::Q4_K ? 4 : 2;
+}
 
 // One block per group of rows. The block's threads form teams of threads_per_row (32, 64 or 128, fewest that
 // cover a row's units in one pass); a team takes kRowsPerThread rows, and thread i of a team units i,
-// i + threads_per_row, ... of each of them. A 4096-wide Q4_K row is 128 units, so at one token every thread of
-// the block has the loads of one unit of 4 rows in flight before it waits for anything, and a warp's whole work
-// is one round trip to memory: short per-block critical paths, many blocks in flight. Longer rows take more
-// passes. The warps of a team add their sums through shared memory.
-template <GgmlType T, int kTokens, int kRowsPerThread = rows_per_thread(kTokens)>
+// i + threads_per_row, ... of each of them. A 4096-wide Q6_K row is 128 units (Q4_K: 64 units of 64 values, two
+// teams per block), so at one token every thread of the block has the loads of one unit of each of its rows in
+// flight before it waits for anything, and a warp's whole work is one round trip to memory: short per-block
+// critical paths, many blocks in flight. Longer rows take more passes. The warps of a team add their sums through
+// shared memory.
+template <GgmlType T, int kTokens, int kRowsPerThread = rows_per_thread(T, kTokens)>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     matvec_q8_kernel(const MatvecGroups groups, const int8_t* __restrict__ xq, const float2* __restrict__ xds,
                      int64_t ld) {
@@ -361,7 +395,7 @@ struct LaunchQ8 {
   void launch() const {
     const int64_t n_units = jobs[0].w.n_cols / Q8Dot<T>::kValues;
     const int threads_per_row = n_units <= 32 ? 32 : n_units <= 64 ? 64 : kThreadsPerBlock;
-    const int rows_per_group = rows_per_thread(kTokens) * (kThreadsPerBlock / threads_per_row);
+    const int rows_per_group = rows_per_thread(T, kTokens) * (kThreadsPerBlock / threads_per_row);
     const MatvecGroups groups = make_matvec_groups(jobs, n_jobs, rows_per_group);
     const int n_groups = groups.group_start[groups.n_jobs];
     launch_chained("matvec_q8_kernel", matvec_q8_kernel<T, kTokens>, dim3(n_groups), dim3(kThreadsPerBlock), 0,
