@@ -38,8 +38,8 @@ constexpr std::array<std::pair<std::string_view, Expected>, 13> kArchitectureKey
     {"context_length", Expected::U32},
     {"embedding_length", Expected::U32},
     {"block_count", Expected::U32},
-    {"feed_forward_length", Expected::U32},
-    // Some newer models give one head count per layer.
+    // Some newer models give one FFN width or head count per layer.
+    {"feed_forward_length", Expected::U32OrIntArray},
     {"attention.head_count", Expected::U32OrIntArray},
     {"attention.head_count_kv", Expected::U32OrIntArray},
     {"rope.dimension_count", Expected::U32},

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <limits>
+#include <optional>
 #include <string>
 
 namespace tessera::model {
@@ -19,6 +20,29 @@ int required_int(const gguf::File& file, const std::string& key, int64_t min_val
     throw FormatError(fmt::format("metadata key '{}' has invalid value {}", key, *v));
   }
   return static_cast<int>(*v);
+}
+
+// A count that newer GGUF files may give per layer (an array of n_layer integers, as llama.cpp writes for models
+// whose layers differ): accepted when every layer has the same value, which is all the llama graph here supports.
+std::optional<int> per_layer_int(const gguf::File& file, const std::string& key, int64_t min_value, int n_layer) {
+  const gguf::Value* v = file.find(key);
+  if (!v) return std::nullopt;
+  if (!v->is_array()) return required_int(file, key, min_value);
+  const std::vector<int64_t> values = *file.get_int_array(key);
+  if (values.size() != static_cast<size_t>(n_layer)) {
+    throw FormatError(fmt::format("metadata key '{}' has {} per-layer values for {} layers", key, values.size(), n_layer));
+  }
+  for (size_t l = 0; l < values.size(); ++l) {
+    if (values[l] < min_value || values[l] > std::numeric_limits<int32_t>::max()) {
+      throw FormatError(fmt::format("metadata key '{}' has invalid value {} for layer {}", key, values[l], l));
+    }
+    if (values[l] != values[0]) {
+      throw FormatError(fmt::format("metadata key '{}' differs between layers ({} in layer 0, {} in layer {}); "
+                                    "only models whose layers all have the same shape are supported",
+                                    key, values[0], values[l], l));
+    }
+  }
+  return static_cast<int>(values[0]);
 }
 
 const gguf::TensorInfo& find_tensor(const gguf::File& file, const std::string& name) {
@@ -77,10 +101,13 @@ LlamaModel LlamaModel::load(const gguf::File& file) {
   LlamaConfig& c = m.config;
   c.n_embd = required_int(file, "llama.embedding_length", 1);
   c.n_layer = required_int(file, "llama.block_count", 1);
-  c.n_head = required_int(file, "llama.attention.head_count", 1);
-  c.n_head_kv = file.get_int("llama.attention.head_count_kv") ? required_int(file, "llama.attention.head_count_kv", 1)
-                                                             : c.n_head;
-  c.n_ff = required_int(file, "llama.feed_forward_length", 1);
+  const std::optional<int> n_head = per_layer_int(file, "llama.attention.head_count", 1, c.n_layer);
+  if (!n_head) throw FormatError("missing metadata key 'llama.attention.head_count'");
+  c.n_head = *n_head;
+  c.n_head_kv = per_layer_int(file, "llama.attention.head_count_kv", 1, c.n_layer).value_or(c.n_head);
+  const std::optional<int> n_ff = per_layer_int(file, "llama.feed_forward_length", 1, c.n_layer);
+  if (!n_ff) throw FormatError("missing metadata key 'llama.feed_forward_length'");
+  c.n_ff = *n_ff;
   c.n_ctx_train = required_int(file, "llama.context_length", 1);
   c.rms_eps = static_cast<float>(file.get_float("llama.attention.layer_norm_rms_epsilon").value_or(1e-5));
   if (!(c.rms_eps > 0)) throw FormatError("metadata key 'llama.attention.layer_norm_rms_epsilon' must be positive");

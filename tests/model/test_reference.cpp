@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "engine/engine.h"
 #include "gguf/gguf.h"
@@ -16,6 +19,7 @@ struct Shape {
   int n_vocab = 61, n_embd = 32, n_layer = 2, n_head = 4, n_head_kv = 1, n_ff = 40;
   bool tied = true;
   float rope_base = 10000;
+  bool per_layer_counts = false;  // head counts and FFN width as one value per layer, as newer GGUF files may
 };
 
 struct Weights {
@@ -48,17 +52,26 @@ Weights random_weights(const Shape& s, uint32_t seed) {
   return w;
 }
 
-std::vector<uint8_t> write_model(const Shape& s, const Weights& w) {
+// edit (optional) changes the metadata before the tensors are added.
+std::vector<uint8_t> write_model(const Shape& s, const Weights& w,
+                                 const std::function<void(gguf::Writer&)>& edit = nullptr) {
   gguf::Writer out;
   out.set("general.architecture", "llama");
   out.set("llama.context_length", uint32_t{256});
   out.set("llama.embedding_length", static_cast<uint32_t>(s.n_embd));
   out.set("llama.block_count", static_cast<uint32_t>(s.n_layer));
-  out.set("llama.feed_forward_length", static_cast<uint32_t>(s.n_ff));
-  out.set("llama.attention.head_count", static_cast<uint32_t>(s.n_head));
-  out.set("llama.attention.head_count_kv", static_cast<uint32_t>(s.n_head_kv));
+  if (s.per_layer_counts) {
+    out.set("llama.feed_forward_length", std::vector<int32_t>(s.n_layer, s.n_ff));
+    out.set("llama.attention.head_count", std::vector<uint32_t>(s.n_layer, s.n_head));
+    out.set("llama.attention.head_count_kv", std::vector<int32_t>(s.n_layer, s.n_head_kv));
+  } else {
+    out.set("llama.feed_forward_length", static_cast<uint32_t>(s.n_ff));
+    out.set("llama.attention.head_count", static_cast<uint32_t>(s.n_head));
+    out.set("llama.attention.head_count_kv", static_cast<uint32_t>(s.n_head_kv));
+  }
   out.set("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   out.set("llama.rope.freq_base", s.rope_base);
+  if (edit) edit(out);
   auto bytes = [](const std::vector<float>& v) {
     return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float));
   };
@@ -195,6 +208,35 @@ TEST(ReferenceForward, SeparateOutputWithGqa) {
   s.n_head_kv = 2;
   s.rope_base = 500000;
   expect_matches_reference(s, 2);
+}
+
+TEST(ReferenceForward, PerLayerCountsThatAgree) {
+  Shape s;
+  s.per_layer_counts = true;
+  s.n_head_kv = 2;
+  expect_matches_reference(s, 4);
+}
+
+// Layers of different shapes are refused with the key named, not misread.
+TEST(ReferenceForward, PerLayerCountsThatDifferAreAClearError) {
+  const Shape shape;
+  const Weights w = random_weights(shape, 5);
+  auto load_with = [&](const std::string& key, const gguf::Value& value) {
+    const std::vector<uint8_t> bytes = write_model(shape, w, [&](gguf::Writer& out) { out.set(key, value); });
+    const gguf::File file = gguf::File::parse(bytes);
+    try {
+      engine::Engine eng(file, f32_cache_options());
+    } catch (const gguf::FormatError& e) {
+      return std::string(e.what());
+    }
+    return std::string("loaded");
+  };
+  const std::string differ = load_with("llama.attention.head_count_kv", std::vector<int32_t>{1, 2});
+  EXPECT_NE(differ.find("'llama.attention.head_count_kv' differs between layers"), std::string::npos) << differ;
+  const std::string length = load_with("llama.feed_forward_length", std::vector<int32_t>{40, 40, 40});
+  EXPECT_NE(length.find("3 per-layer values for 2 layers"), std::string::npos) << length;
+  const std::string zero = load_with("llama.attention.head_count", std::vector<uint32_t>{4, 0});
+  EXPECT_NE(zero.find("invalid value 0 for layer 1"), std::string::npos) << zero;
 }
 
 // Two prompts in one batch, interleaved, give each the logits it gets alone; so does a decode step that
