@@ -64,16 +64,17 @@ void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x
     for (int k = 0; k < 8; ++k) {
       prefetch_ahead(&tile, k);
       const __m512i scale = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tile.scales[k])));
-      // w[2p]: columns 8p..8p+3 of the sub-block, w[2p + 1]: columns 8p+4..8p+7. Q4_K leaves the high nibbles in
-      // place (16 x level, one operation less per vector); its odd sums come out 16 times too large, which a shift
-      // takes off exactly.
+      // w[2p]: columns 8p..8p+3 of the sub-block, w[2p + 1]: columns 8p+4..8p+7. For one token, Q4_K leaves the
+      // high nibbles in place (16 x level, one operation less per vector) and shifts its odd sum, which comes out
+      // 16 times too large, back exactly; with more tokens that shift would be paid per token.
+      constexpr bool kHighInPlace = !kFifthBit && NT == 1;
       __m512i w[8];
 #pragma GCC unroll 4
       for (int p = 0; p < 4; ++p) {
         const __m512i packed = load512(tile.qs[k][p]);
         w[2 * p] = _mm512_and_si512(packed, low4);
-        w[2 * p + 1] = kFifthBit ? _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4)
-                                 : _mm512_andnot_si512(low4, packed);
+        w[2 * p + 1] = kHighInPlace ? _mm512_andnot_si512(low4, packed)
+                                    : _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
       }
       if constexpr (kFifthBit) {
         const __m512i qh = load512(tile.qh[k]);
@@ -90,7 +91,7 @@ void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x
           even = _mm512_dpbusd_epi32(even, w[2 * p], broadcast4(xq + 8 * p));
           odd = _mm512_dpbusd_epi32(odd, w[2 * p + 1], broadcast4(xq + 8 * p + 4));
         }
-        if constexpr (!kFifthBit) odd = _mm512_srai_epi32(odd, 4);
+        if constexpr (kHighInPlace) odd = _mm512_srai_epi32(odd, 4);
         sum[t] = _mm512_add_epi32(sum[t], _mm512_mullo_epi32(_mm512_add_epi32(even, odd), scale));
       }
     }
