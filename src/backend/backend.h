@@ -39,6 +39,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string_view name() const = 0;
+  // What it computes on, for reports: "AMD EPYC 9R14 (2 threads)", "NVIDIA H100 80GB HBM3", ...
+  virtual std::string device() const = 0;
   // Writes logits [output_rows.size()][n_vocab] into `logits`. Throws std::runtime_error on failure.
   virtual void forward(const ForwardBatch& batch, float* logits) = 0;
   virtual uint64_t kv_cache_bytes() const = 0;

@@ -62,6 +62,7 @@ struct ModelSummary {
   std::string type;       // general.file_type's name ("Q4_K_M"), else the type holding most weight bytes
   uint64_t n_params = 0;  // elements of all tensors
   uint64_t weight_bytes = 0;
+  std::string device;     // what the backend computes on
 };
 
 void summarise(TestResult& r) {
@@ -77,6 +78,7 @@ ModelSummary summarise_model(const std::string& path, const gguf::File& file, co
   ModelSummary m;
   m.path = path;
   m.weight_bytes = engine.model().weight_bytes();
+  m.device = engine.backend().device();
   std::map<GgmlType, uint64_t> bytes_by_type;
   for (const gguf::TensorInfo& t : file.tensors()) {
     m.n_params += t.n_elements;
@@ -167,6 +169,7 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
                     const BenchArgs& args, int threads, const std::optional<MemoryBandwidth>& bw) {
   if (model) {
     const std::string label = fmt::format("llama {} {}", human_params(model->n_params), model->type);
+    fmt::print("device: {}\n\n", model->device);
     fmt::print("| model | size | params | backend | threads | test | t/s | weights GB/s | of membw | of adjacent membw |\n");
     fmt::print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (const TestResult& r : results) {
@@ -206,6 +209,7 @@ void print_json(const std::optional<ModelSummary>& model, const std::vector<Test
     o["stddev"] = r.stddev;
     o["samples_ts"] = r.samples;
     o["backend"] = args.engine.backend;
+    o["device"] = model->device;
     o["threads"] = threads;
     o["simd"] = quant::simd_level_name(quant::active_simd_level());
     o["model_file"] = model->path;

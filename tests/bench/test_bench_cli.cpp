@@ -78,6 +78,10 @@ TEST_F(BenchCli, TakesTheEngineOptionsOfRun) {
   const nlohmann::json j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j.size(), 2u);
   EXPECT_EQ(j[0]["threads"], 1);
+  // The CPU's model name where /proc/cpuinfo gives one, with the thread count.
+  const std::string device = j[0]["device"].get<std::string>();
+  EXPECT_NE(device.find("(1 thread)"), std::string::npos) << device;
+  EXPECT_GT(device.size(), std::string(" (1 thread)").size()) << device;
   EXPECT_GT(j[1]["tokens_per_s"].get<double>(), 0.0);
 }
 

@@ -332,6 +332,7 @@ class CpuBackend final : public Backend {
       : model_(model), llama_(model, options, 0, model.config.n_layer) {}
 
   std::string_view name() const override { return "cpu"; }
+  std::string device() const override { return cpu_device_name(llama_.n_threads()); }
   uint64_t kv_cache_bytes() const override { return llama_.kv_cache_bytes(); }
 
   void forward(const ForwardBatch& batch, float* logits) override {

@@ -29,6 +29,7 @@ class LlamaCpu {
   void output(const float* x, int64_t n_rows, float* logits);
 
   uint64_t kv_cache_bytes() const;
+  int n_threads() const { return pool_.size(); }
 
   // y[t] = W x[t] for each (W, y) pair, all in one parallel loop; x is quantized once per activation type.
   struct MatmulJob {

@@ -99,6 +99,20 @@ void ThreadPool::parallel_for(int64_t n_tasks, const std::function<void(int64_t,
   claim_.store(static_cast<uint64_t>(epoch) << 32 | kClosed, std::memory_order_release);
 }
 
+std::string cpu_device_name(int n_threads) {
+  std::string name = "unknown CPU";
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) break;
+    const size_t first = line.find_first_not_of(" \t", colon + 1);
+    if (first != std::string::npos) name = line.substr(first);
+    break;
+  }
+  return name + " (" + std::to_string(n_threads) + (n_threads == 1 ? " thread)" : " threads)");
+}
+
 int physical_core_count() {
   // Count distinct (package, core) pairs; fall back to the logical count.
   std::set<std::pair<int, int>> cores;

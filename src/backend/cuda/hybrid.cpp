@@ -2,6 +2,7 @@
 // projection on the CPU through the CPU backend's own layer code. The residual stream crosses once per step.
 #include <algorithm>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -25,6 +26,12 @@ class HybridBackend final : public Backend {
   }
 
   std::string_view name() const override { return "hybrid"; }
+  std::string device() const override {
+    const std::string cpu = cpu_ ? cpu::cpu_device_name(cpu_->n_threads()) : "";
+    if (!gpu_) return cpu;
+    const std::string gpu = gpu_->device_name() + " (" + std::to_string(n_gpu_layers_) + " layers)";
+    return cpu.empty() ? gpu : gpu + " + " + cpu;
+  }
 
   uint64_t kv_cache_bytes() const override {
     return (gpu_ ? gpu_->kv_cache_bytes() : 0) + (cpu_ ? cpu_->kv_cache_bytes() : 0);

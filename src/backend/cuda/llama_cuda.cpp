@@ -539,6 +539,7 @@ class CudaBackend final : public Backend {
   CudaBackend(const model::LlamaModel& model, const BackendOptions& options)
       : llama_(model, options, model.config.n_layer, true) {}
   std::string_view name() const override { return "cuda"; }
+  std::string device() const override { return llama_.device_name(); }
   uint64_t kv_cache_bytes() const override { return llama_.kv_cache_bytes(); }
   void forward(const ForwardBatch& batch, float* logits) override { llama_.forward(batch, logits); }
 
