@@ -170,7 +170,8 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
   if (model) {
     const std::string label = fmt::format("llama {} {}", human_params(model->n_params), model->type);
     fmt::print("device: {}\n\n", model->device);
-    fmt::print("| model | size | params | backend | threads | test | t/s | weights GB/s | of membw | of adjacent membw |\n");
+    fmt::print("| model | size | params | backend | threads | test | t/s | weights GB/s | of membw "
+               "| of adjacent membw |\n");
     fmt::print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (const TestResult& r : results) {
       std::string gbs, fraction, adjacent;
@@ -180,8 +181,8 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
         if (!r.adjacent_gb_s.empty()) adjacent = fmt::format("{:.0f}%", 100 * adjacent_fraction(*model, r));
       }
       fmt::print("| {} | {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} | {} |\n", label,
-                 human_bytes(model->weight_bytes), human_params(model->n_params), args.engine.backend, threads, r.name, r.mean,
-                 r.stddev, gbs, fraction, adjacent);
+                 human_bytes(model->weight_bytes), human_params(model->n_params), args.engine.backend, threads, r.name,
+                 r.mean, r.stddev, gbs, fraction, adjacent);
     }
   }
   if (bw) print_membw_line(*bw);

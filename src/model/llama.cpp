@@ -30,7 +30,8 @@ std::optional<int> per_layer_int(const gguf::File& file, const std::string& key,
   if (!v->is_array()) return required_int(file, key, min_value);
   const std::vector<int64_t> values = *file.get_int_array(key);
   if (values.size() != static_cast<size_t>(n_layer)) {
-    throw FormatError(fmt::format("metadata key '{}' has {} per-layer values for {} layers", key, values.size(), n_layer));
+    throw FormatError(
+        fmt::format("metadata key '{}' has {} per-layer values for {} layers", key, values.size(), n_layer));
   }
   for (size_t l = 0; l < values.size(); ++l) {
     if (values[l] < min_value || values[l] > std::numeric_limits<int32_t>::max()) {

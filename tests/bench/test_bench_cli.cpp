@@ -113,8 +113,9 @@ TEST_F(BenchCli, GenerationWithMembwProbesBesideEachRepetition) {
   const std::vector<double> samples = j[0]["samples_ts"].get<std::vector<double>>();
   ASSERT_EQ(samples.size(), 2u);
   const double bytes = j[0]["model_bytes"].get<double>();
-  const double expected =
-      (bytes * samples[0] / 1e9 / std::max(probes[0], probes[1]) + bytes * samples[1] / 1e9 / std::max(probes[1], probes[2])) / 2;
+  const double first = bytes * samples[0] / 1e9 / std::max(probes[0], probes[1]);
+  const double second = bytes * samples[1] / 1e9 / std::max(probes[1], probes[2]);
+  const double expected = (first + second) / 2;
   EXPECT_NEAR(j[0]["membw_adjacent_fraction"].get<double>(), expected, 1e-9 * expected);
 }
 

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <array>
-#include <stdexcept>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 
 #include "backend/cpu/attention.h"
 #include "backend/cpu/f16_convert.h"
