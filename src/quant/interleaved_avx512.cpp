@@ -20,22 +20,35 @@ namespace {
 constexpr int kTokens = 8;
 
 inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
-inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-inline __m512i broadcast4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, sizeof v);
-  return _mm512_set1_epi32(v);
+// A load for a value that several instructions use. GCC folds a plain load into each of them as a memory operand,
+// reading the same bytes again per use, and the load ports are what the one-token kernels run out of first.
+inline __m512i load512_once(const void* p) {
+  __m512i v = _mm512_loadu_si512(p);
+  asm("" : "+v"(v));
+  return v;
 }
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 inline __m512 f16x16(const uint16_t* p) { return _mm512_cvtph_ps(load256(p)); }
 
+// acc + vpdpbusd(w, the 4 activation bytes at x in every lane), the bytes read by the instruction itself as a
+// {1to16} broadcast operand: GCC does not fold _mm512_set1_epi32 into vpdpbusd, and a separate vpbroadcastd per
+// product is a quarter of a one-token kernel's instructions.
+inline __m512i dpbusd_broadcast(__m512i acc, __m512i w, const int8_t* x) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int8_t(*)[4]>(x)));
+  return acc;
+}
+
 // Decode streams the weights from memory once; the hardware prefetcher alone leaves one core short of the
-// bandwidth, so each of a tile's 8 steps also asks for its share of a tile kPrefetchTiles ahead.
+// bandwidth, so each of a tile's 8 steps also asks for its share of a tile kPrefetchTiles ahead. The last step's
+// share runs a few lines into the tile after that one (prefetched again later): a fixed count per step needs no
+// loop and no branch, which cost more instructions than the step's arithmetic.
 constexpr int kPrefetchTiles = 2;
 template <class Tile>
 inline void prefetch_ahead(const Tile* tile, int step) {
   constexpr int kLines = (sizeof(Tile) + 63) / 64, kPerStep = (kLines + 7) / 8;
-  const char* base = reinterpret_cast<const char*>(tile + kPrefetchTiles);
-  for (int l = step * kPerStep; l < (step + 1) * kPerStep && l < kLines; ++l) _mm_prefetch(base + 64 * l, _MM_HINT_T0);
+  const char* base = reinterpret_cast<const char*>(tile + kPrefetchTiles) + 64 * kPerStep * step;
+#pragma GCC unroll 8
+  for (int l = 0; l < kPerStep; ++l) _mm_prefetch(base + 64 * l, _MM_HINT_T0);
 }
 
 inline const BlockQ8_K* activation_block(const uint8_t* x, size_t x_stride, int t, int64_t i) {
@@ -71,7 +84,7 @@ void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x
       __m512i w[8];
 #pragma GCC unroll 4
       for (int p = 0; p < 4; ++p) {
-        const __m512i packed = load512(tile.qs[k][p]);
+        const __m512i packed = load512_once(tile.qs[k][p]);
         w[2 * p] = _mm512_and_si512(packed, low4);
         w[2 * p + 1] = kHighInPlace ? _mm512_andnot_si512(low4, packed)
                                     : _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
@@ -84,12 +97,12 @@ void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x
 #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) {
         const int8_t* xq = activation_block(x, x_stride, t, i)->qs + 32 * k;
-        __m512i even = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], broadcast4(xq));
-        __m512i odd = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], broadcast4(xq + 4));
+        __m512i even = dpbusd_broadcast(_mm512_setzero_si512(), w[0], xq);
+        __m512i odd = dpbusd_broadcast(_mm512_setzero_si512(), w[1], xq + 4);
 #pragma GCC unroll 4
         for (int p = 1; p < 4; ++p) {
-          even = _mm512_dpbusd_epi32(even, w[2 * p], broadcast4(xq + 8 * p));
-          odd = _mm512_dpbusd_epi32(odd, w[2 * p + 1], broadcast4(xq + 8 * p + 4));
+          even = dpbusd_broadcast(even, w[2 * p], xq + 8 * p);
+          odd = dpbusd_broadcast(odd, w[2 * p + 1], xq + 8 * p + 4);
         }
         if constexpr (kHighInPlace) odd = _mm512_srai_epi32(odd, 4);
         sum[t] = _mm512_add_epi32(sum[t], _mm512_mullo_epi32(_mm512_add_epi32(even, odd), scale));
@@ -139,7 +152,8 @@ void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_
 #pragma GCC unroll 2
       for (int e = 0; e < 2; ++e) {
         const int k = 2 * j + e;
-        const __m512i ql0 = load512(tile.ql[k][0]), ql1 = load512(tile.ql[k][1]), qh = load512(tile.qh[k]);
+        const __m512i ql0 = load512_once(tile.ql[k][0]), ql1 = load512_once(tile.ql[k][1]);
+        const __m512i qh = load512_once(tile.qh[k]);
         // w[c]: columns 4c..4c+3 of the sub-block.
         const __m512i w[4] = {
             _mm512_or_si512(_mm512_and_si512(ql0, low4), _mm512_and_si512(_mm512_slli_epi16(qh, 4), bits45)),
@@ -151,10 +165,10 @@ void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_
 #pragma GCC unroll 8
         for (int t = 0; t < NT; ++t) {
           const int8_t* xq = activation_block(x, x_stride, t, i)->qs + 16 * k;
-          __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], broadcast4(xq));
-          s = _mm512_dpbusd_epi32(s, w[1], broadcast4(xq + 4));
-          s = _mm512_dpbusd_epi32(s, w[2], broadcast4(xq + 8));
-          s = _mm512_dpbusd_epi32(s, w[3], broadcast4(xq + 12));
+          __m512i s = dpbusd_broadcast(_mm512_setzero_si512(), w[0], xq);
+          s = dpbusd_broadcast(s, w[1], xq + 4);
+          s = dpbusd_broadcast(s, w[2], xq + 8);
+          s = dpbusd_broadcast(s, w[3], xq + 12);
           sum[t] = _mm512_add_epi32(sum[t], _mm512_mullo_epi32(s, scales[e]));
         }
       }
@@ -193,7 +207,7 @@ void block32_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t
     if constexpr (kNibbles) {
 #pragma GCC unroll 4
       for (int p = 0; p < 4; ++p) {
-        const __m512i packed = load512(tile.qs[p]);
+        const __m512i packed = load512_once(tile.qs[p]);
         w[2 * p] = _mm512_and_si512(packed, low4);
         w[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
       }
@@ -205,12 +219,12 @@ void block32_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const BlockQ8_0& xb = reinterpret_cast<const BlockQ8_0*>(x + t * x_stride)[i];
-      __m512i even = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], broadcast4(xb.qs));
-      __m512i odd = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], broadcast4(xb.qs + 4));
+      __m512i even = dpbusd_broadcast(_mm512_setzero_si512(), w[0], xb.qs);
+      __m512i odd = dpbusd_broadcast(_mm512_setzero_si512(), w[1], xb.qs + 4);
 #pragma GCC unroll 4
       for (int p = 1; p < 4; ++p) {
-        even = _mm512_dpbusd_epi32(even, w[2 * p], broadcast4(xb.qs + 8 * p));
-        odd = _mm512_dpbusd_epi32(odd, w[2 * p + 1], broadcast4(xb.qs + 8 * p + 4));
+        even = dpbusd_broadcast(even, w[2 * p], xb.qs + 8 * p);
+        odd = dpbusd_broadcast(odd, w[2 * p + 1], xb.qs + 8 * p + 4);
       }
       const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(even, odd), _mm512_set1_epi32(offsets[t * n_blocks + i]));
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, _mm512_set1_ps(_cvtsh_ss(xb.d))), acc[t]);
