@@ -122,7 +122,7 @@ void interleave_q6_k(const BlockQ6_K* rows[16], TileQ6_K& tile) {
   for (int r = 0; r < 16; ++r) {
     const BlockQ6_K& b = *rows[r];
     tile.d[r] = b.d;
-    for (int k = 0; k < 16; ++k) tile.scale_pairs[k / 2][r][k % 2] = b.scales[k];
+    for (int k = 0; k < 16; ++k) tile.steps[k / 2].scale_pairs[r][k % 2] = b.scales[k];
     uint8_t levels[kQK_K];
     for (int half = 0; half < 2; ++half) {
       const uint8_t* ql = b.ql + 64 * half;
@@ -137,11 +137,12 @@ void interleave_q6_k(const BlockQ6_K* rows[16], TileQ6_K& tile) {
     }
     for (int k = 0; k < 16; ++k) {
       const uint8_t* sub = levels + 16 * k;
+      TileQ6_K::SubBlock& out = tile.steps[k / 2].sub[k % 2];
       for (int j = 0; j < 4; ++j) {
         for (int p = 0; p < 2; ++p) {
-          tile.ql[k][p][4 * r + j] = static_cast<uint8_t>((sub[8 * p + j] & 0xF) | ((sub[8 * p + 4 + j] & 0xF) << 4));
+          out.ql[p][4 * r + j] = static_cast<uint8_t>((sub[8 * p + j] & 0xF) | ((sub[8 * p + 4 + j] & 0xF) << 4));
         }
-        tile.qh[k][4 * r + j] = static_cast<uint8_t>((sub[j] >> 4) | ((sub[4 + j] >> 4) << 2) |
+        out.qh[4 * r + j] = static_cast<uint8_t>((sub[j] >> 4) | ((sub[4 + j] >> 4) << 2) |
                                                      ((sub[8 + j] >> 4) << 4) | ((sub[12 + j] >> 4) << 6));
       }
     }
@@ -150,11 +151,12 @@ void interleave_q6_k(const BlockQ6_K* rows[16], TileQ6_K& tile) {
 
 void deinterleave_q6_k(const TileQ6_K& tile, int r, BlockQ6_K& b) {
   b.d = tile.d[r];
-  for (int k = 0; k < 16; ++k) b.scales[k] = tile.scale_pairs[k / 2][r][k % 2];
+  for (int k = 0; k < 16; ++k) b.scales[k] = tile.steps[k / 2].scale_pairs[r][k % 2];
   for (int c = 0; c < kQK_K; ++c) {
     const int k = c / 16, col = c % 16;
-    const int high = (tile.qh[k][4 * r + col % 4] >> (2 * (col / 4))) & 3;
-    set_q6_k_level(b, c, get_nibble(tile.ql[k], r, col) | (high << 4));
+    const TileQ6_K::SubBlock& sub = tile.steps[k / 2].sub[k % 2];
+    const int high = (sub.qh[4 * r + col % 4] >> (2 * (col / 4))) & 3;
+    set_q6_k_level(b, c, get_nibble(sub.ql, r, col) | (high << 4));
   }
 }
 

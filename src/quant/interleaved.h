@@ -16,11 +16,10 @@
 //                   high nibble = column 32k + 8p + 4 + j
 //   Q5_K (2880 bytes, 64 more than the 16 blocks): Q4_K's tile (the low 4 bits of each level in qs), then
 //     qh[8][64]: sub-block k, byte 4r + j, bit q = fifth bit of column 32k + 4q + j of row r
-//   Q6_K (3360 bytes, the same as the 16 blocks):
-//     d[16] (f16)  |  scale pairs[8][16][2] (i8: scales 2j, 2j+1)
-//     ql[16][2][64]: sub-block k (16 columns), part p, byte 4r + j: low nibble = low 4 bits of column 16k + 8p + j,
-//                    high nibble = column 16k + 8p + 4 + j
-//     qh[16][64]: sub-block k, byte 4r + j: bits 2c, 2c+1 = top 2 bits of column 16k + 4c + j (c = 0..3)
+//   Q6_K (3360 bytes, the same as the 16 blocks), in the order the kernel reads it: 8 steps s of 416 bytes, then
+//   d[16] (f16). Step s: scale pairs[16][2] (i8: scales 2s, 2s+1), then sub-blocks k = 2s, 2s + 1, each:
+//     ql[2][64]: part p, byte 4r + j: low nibble = low 4 bits of column 16k + 8p + j, high nibble = 16k + 8p + 4 + j
+//     qh[64]: byte 4r + j: bits 2c, 2c+1 = top 2 bits of column 16k + 4c + j (c = 0..3)
 //   Q4_0 (288 bytes): d[16] (f16) | qs[4][64] as one Q4_K sub-block (part p, byte 4r + j: columns 8p + j, 8p + 4 + j)
 //   Q8_0 (544 bytes): d[16] (f16) | qs[8][64]: part q, byte 4r + j = value of column 4q + j of row r, plus 128
 #pragma once

@@ -143,8 +143,9 @@ void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_
 #pragma GCC unroll 1
     for (int j = 0; j < 8; ++j) {
       prefetch_ahead(&tile, j);
+      const TileQ6_K::Step& step = tile.steps[j];
       // Lane r: int16 scales of sub-blocks 2j and 2j + 1 of row r.
-      const __m512i scale_pair = _mm512_cvtepi8_epi16(load256(tile.scale_pairs[j]));
+      const __m512i scale_pair = _mm512_cvtepi8_epi16(load256(step.scale_pairs));
       const __m512i scales[2] = {_mm512_srai_epi32(_mm512_slli_epi32(scale_pair, 16), 16),
                                  _mm512_srai_epi32(scale_pair, 16)};
       // Levels are 0..63 for values level - 32: the 32 comes off as -32 * scale * (sum of the 16 activations).
@@ -152,8 +153,8 @@ void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_
 #pragma GCC unroll 2
       for (int e = 0; e < 2; ++e) {
         const int k = 2 * j + e;
-        const __m512i ql0 = load512_once(tile.ql[k][0]), ql1 = load512_once(tile.ql[k][1]);
-        const __m512i qh = load512_once(tile.qh[k]);
+        const __m512i ql0 = load512_once(step.sub[e].ql[0]), ql1 = load512_once(step.sub[e].ql[1]);
+        const __m512i qh = load512_once(step.sub[e].qh);
         // w[c]: columns 4c..4c+3 of the sub-block.
         const __m512i w[4] = {
             _mm512_or_si512(_mm512_and_si512(ql0, low4), _mm512_and_si512(_mm512_slli_epi16(qh, 4), bits45)),

@@ -18,11 +18,19 @@ struct TileQ4_K {
 struct TileQ5_K : TileQ4_K {
   uint8_t qh[8][64];
 };
+// Q6_K's tile in the order the kernel reads it, one step (two sub-blocks) after another: one stream through
+// memory, as Q4_K's mostly is.
 struct TileQ6_K {
+  struct SubBlock {
+    uint8_t ql[2][64];
+    uint8_t qh[64];
+  };
+  struct Step {
+    int8_t scale_pairs[16][2];
+    SubBlock sub[2];
+  };
+  Step steps[8];
   uint16_t d[16];
-  int8_t scale_pairs[8][16][2];
-  uint8_t ql[16][2][64];
-  uint8_t qh[16][64];
 };
 static_assert(sizeof(TileQ4_K) == 16 * sizeof(BlockQ4_K) + 64 && sizeof(TileQ5_K) == 16 * sizeof(BlockQ5_K) + 64 &&
               sizeof(TileQ6_K) == 16 * sizeof(BlockQ6_K));
