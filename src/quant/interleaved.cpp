@@ -77,7 +77,7 @@ void interleave_q45_k(const Block* rows[16], Tile& tile) {
       for (int p = 0; p < 4; ++p) {
         for (int j = 0; j < 4; ++j) {
           const uint8_t* col = levels + 32 * k + 8 * p + j;
-          tile.qs[k][p][4 * r + j] = static_cast<uint8_t>(col[0] | (col[4] << 4));
+          tile.sub[k].qs[p][4 * r + j] = static_cast<uint8_t>(col[0] | (col[4] << 4));
         }
       }
     }
@@ -89,7 +89,7 @@ void interleave_q45_k(const Block* rows[16], Tile& tile) {
             const int c = 32 * k + 4 * q + j;
             bits |= ((b.qh[c % 32] >> (c / 32)) & 1) << q;
           }
-          tile.qh[k][4 * r + j] = static_cast<uint8_t>(bits);
+          tile.sub[k].qh[4 * r + j] = static_cast<uint8_t>(bits);
         }
       }
     }
@@ -112,8 +112,9 @@ void deinterleave_q45_k(const Tile& tile, int r, Block& b) {
     b.scales[j + 8] = static_cast<uint8_t>((scale[j + 4] & 0xF) | ((min[j + 4] & 0xF) << 4));
   }
   for (int c = 0; c < kQK_K; ++c) {
-    int level = get_nibble(tile.qs[c / 32], r, c % 32);
-    if constexpr (std::is_same_v<Block, BlockQ5_K>) level |= ((tile.qh[c / 32][4 * r + c % 4] >> ((c % 32) / 4)) & 1) << 4;
+    const auto& sub = tile.sub[c / 32];
+    int level = get_nibble(sub.qs, r, c % 32);
+    if constexpr (std::is_same_v<Block, BlockQ5_K>) level |= ((sub.qh[4 * r + c % 4] >> ((c % 32) / 4)) & 1) << 4;
     set_q45_k_level(b, c, level);
   }
 }

@@ -14,8 +14,9 @@
 //     d[16], dmin[16] (f16)  |  scales[8][16] (u8, sub-block k of row r)  |  min pairs[4][16][2] (u8: mins 2j, 2j+1)
 //     qs[8][4][64]: sub-block k, part p, byte 4r + j: low nibble = level of column 32k + 8p + j of row r,
 //                   high nibble = column 32k + 8p + 4 + j
-//   Q5_K (2880 bytes, 64 more than the 16 blocks): Q4_K's tile (the low 4 bits of each level in qs), then
-//     qh[8][64]: sub-block k, byte 4r + j, bit q = fifth bit of column 32k + 4q + j of row r
+//   Q5_K (2880 bytes, 64 more than the 16 blocks): Q4_K's tile (the low 4 bits of each level in qs), with each
+//   sub-block's fifth bits after its qs[k], where the kernel reads them next:
+//     qh[64]: byte 4r + j, bit q = fifth bit of column 32k + 4q + j of row r
 //   Q6_K (3360 bytes, the same as the 16 blocks), in the order the kernel reads it: 8 steps s of 416 bytes, then
 //   d[16] (f16). Step s: scale pairs[16][2] (i8: scales 2s, 2s+1), then sub-blocks k = 2s, 2s + 1, each:
 //     ql[2][64]: part p, byte 4r + j: low nibble = low 4 bits of column 16k + 8p + j, high nibble = 16k + 8p + 4 + j

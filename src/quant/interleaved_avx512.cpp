@@ -62,7 +62,7 @@ inline __m512i fifth_bit(__m512i qh, int q) {
 }
 
 // One 16-row group (its n_blocks tiles) times NT activation rows: y[t * ldy + r] for r < 16. Q4_K and Q5_K
-// (TileQ5_K adds the fifth bits of the levels).
+// (TileQ5_K's sub-blocks add the fifth bits of the levels).
 template <class Tile, int NT>
 void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, float* y, int64_t ldy) {
   constexpr bool kFifthBit = std::is_same_v<Tile, TileQ5_K>;
@@ -84,13 +84,13 @@ void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x
       __m512i w[8];
 #pragma GCC unroll 4
       for (int p = 0; p < 4; ++p) {
-        const __m512i packed = load512_once(tile.qs[k][p]);
+        const __m512i packed = load512_once(tile.sub[k].qs[p]);
         w[2 * p] = _mm512_and_si512(packed, low4);
         w[2 * p + 1] = kHighInPlace ? _mm512_andnot_si512(low4, packed)
                                     : _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
       }
       if constexpr (kFifthBit) {
-        const __m512i qh = load512(tile.qh[k]);
+        const __m512i qh = load512(tile.sub[k].qh);
 #pragma GCC unroll 8
         for (int q = 0; q < 8; ++q) w[q] = _mm512_or_si512(w[q], fifth_bit(qh, q));
       }

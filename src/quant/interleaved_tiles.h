@@ -7,17 +7,26 @@
 
 namespace tessera::quant::detail {
 
-struct TileQ4_K {
+// Q4_K and Q5_K: the scales and mins, then the sub-blocks in the order the kernel reads them (one stream through
+// memory; Q5_K's fifth bits beside their sub-block's nibbles).
+template <class SubBlock>
+struct TileQ45_K {
   uint16_t d[16];
   uint16_t dmin[16];
   uint8_t scales[8][16];
   uint8_t min_pairs[4][16][2];
-  uint8_t qs[8][4][64];
+  SubBlock sub[8];
 };
-// Q4_K's tile plus the fifth bits: qh[k] byte 4r + j, bit q = bit 4 of column 32k + 4q + j of row r.
-struct TileQ5_K : TileQ4_K {
-  uint8_t qh[8][64];
+struct Q4_KSubBlock {
+  uint8_t qs[4][64];
 };
+// qh byte 4r + j, bit q = bit 4 of column 32k + 4q + j of row r.
+struct Q5_KSubBlock {
+  uint8_t qs[4][64];
+  uint8_t qh[64];
+};
+using TileQ4_K = TileQ45_K<Q4_KSubBlock>;
+using TileQ5_K = TileQ45_K<Q5_KSubBlock>;
 // Q6_K's tile in the order the kernel reads it, one step (two sub-blocks) after another: one stream through
 // memory, as Q4_K's mostly is.
 struct TileQ6_K {
