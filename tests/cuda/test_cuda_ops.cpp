@@ -374,6 +374,31 @@ TEST(CudaOps, RopeAndKvStoreMatchCpu) {
   }
 }
 
+// The CPU reference of paged attention with GQA: for token t and query head h, cpu::attend over the keys and
+// values (as the cache stores them) of slots table[first_slot[t] + j], j <= positions[t].
+std::vector<float> attention_reference(const std::vector<float>& q, const std::vector<float>& k_stored,
+                                       const std::vector<float>& v_stored, const std::vector<int32_t>& table,
+                                       const std::vector<int32_t>& first_slot, const std::vector<int32_t>& positions,
+                                       int n_head, int n_head_kv, int hd, bool f16) {
+  const int n_tokens = static_cast<int>(positions.size()), q_dim = n_head * hd, kv_dim = n_head_kv * hd;
+  const int group = n_head / n_head_kv;
+  std::vector<float> out(static_cast<size_t>(n_tokens) * q_dim);
+  for (int t = 0; t < n_tokens; ++t) {
+    const int n_keys = positions[t] + 1;
+    for (int h = 0; h < n_head; ++h) {
+      std::vector<float> keys(n_keys * hd), values(n_keys * hd), scores(n_keys);
+      for (int j = 0; j < n_keys; ++j) {
+        const size_t at = static_cast<size_t>(table[first_slot[t] + j]) * kv_dim + (h / group) * hd;
+        std::copy_n(k_stored.begin() + at, hd, keys.begin() + j * hd);
+        std::copy_n(v_stored.begin() + at, hd, values.begin() + j * hd);
+      }
+      cpu::attend(q.data() + t * q_dim + h * hd, keys.data(), values.data(), hd, n_keys, hd,
+                  1.0f / std::sqrt(static_cast<float>(hd)), f16, scores.data(), out.data() + t * q_dim + h * hd);
+    }
+  }
+  return out;
+}
+
 // Paged attention with GQA against cpu::attend, for one block per head group and for split keys.
 TEST(CudaOps, AttentionMatchesCpu) {
   TESSERA_REQUIRE_GPU();
@@ -421,21 +446,9 @@ TEST(CudaOps, AttentionMatchesCpu) {
         attention(p, d_q.get(), d_kc.get(), d_vc.get(), d_pos.get(), d_off.get(), d_table.get(), n_tokens, n_splits,
                   partials.get(), d_out.get(), nullptr);
 
-        std::vector<float> want(n_tokens * q_dim);
-        const int group = shape.n_head / shape.n_head_kv, hd = shape.head_dim;
-        for (int t = 0; t < n_tokens; ++t) {
-          const int n_keys = positions[t] + 1;
-          for (int h = 0; h < shape.n_head; ++h) {
-            std::vector<float> keys(n_keys * hd), values(n_keys * hd), scores(n_keys);
-            for (int j = 0; j < n_keys; ++j) {
-              const size_t at = static_cast<size_t>(table[offsets[t] + j]) * kv_dim + (h / group) * hd;
-              std::copy_n(k_stored.begin() + at, hd, keys.begin() + j * hd);
-              std::copy_n(v_stored.begin() + at, hd, values.begin() + j * hd);
-            }
-            cpu::attend(q.data() + t * q_dim + h * hd, keys.data(), values.data(), hd, n_keys, hd,
-                        1.0f / std::sqrt(static_cast<float>(hd)), f16, scores.data(), want.data() + t * q_dim + h * hd);
-          }
-        }
+        const int hd = shape.head_dim;
+        const std::vector<float> want = attention_reference(q, k_stored, v_stored, table, offsets, positions,
+                                                            shape.n_head, shape.n_head_kv, hd, f16);
         // The CPU rounds softmax weights to f16 (ggml's f16 path); the GPU keeps them in f32.
         expect_close(d_out.download(), want, f16 ? 2e-3 : 2e-5, 0,
                      "attention heads " + std::to_string(shape.n_head) + "/" + std::to_string(shape.n_head_kv) +
@@ -539,22 +552,8 @@ TEST(CudaOps, DecodeAttentionMatchesCpu) {
                          d_table.get(), n_tokens, n_splits, d_kc.get(), d_vc.get(), partials.get(), d_out.get(),
                          with_q8 ? d_q8.rows : Q8Rows{}, nullptr);
 
-        std::vector<float> want(n_tokens * q_dim);
-        const int group = shape.n_head / shape.n_head_kv;
-        for (int t = 0; t < n_tokens; ++t) {
-          const int n_keys = positions[t] + 1;
-          for (int h = 0; h < shape.n_head; ++h) {
-            std::vector<float> keys(n_keys * hd), values(n_keys * hd), scores(n_keys);
-            for (int j = 0; j < n_keys; ++j) {
-              const size_t at = static_cast<size_t>(table[offsets[t] + j]) * kv_dim + (h / group) * hd;
-              std::copy_n(k_stored.begin() + at, hd, keys.begin() + j * hd);
-              std::copy_n(v_stored.begin() + at, hd, values.begin() + j * hd);
-            }
-            cpu::attend(q_rot.data() + t * q_dim + h * hd, keys.data(), values.data(), hd, n_keys, hd,
-                        1.0f / std::sqrt(static_cast<float>(hd)), f16, scores.data(),
-                        want.data() + t * q_dim + h * hd);
-          }
-        }
+        const std::vector<float> want = attention_reference(q_rot, k_stored, v_stored, table, offsets, positions,
+                                                            shape.n_head, shape.n_head_kv, hd, f16);
         const std::string what = "decode attention heads " + std::to_string(shape.n_head) + "/" +
                                  std::to_string(shape.n_head_kv) + " dim " + std::to_string(hd) +
                                  (f16 ? " f16" : " f32") + " splits " + std::to_string(n_splits);
@@ -582,7 +581,7 @@ TEST(CudaOps, PromptAttentionMatchesCpu) {
   ASSERT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS);
   for (const Shape shape : {Shape{6, 2, 80}, Shape{16, 2, 64}, Shape{4, 4, 64}}) {
     const int n_slots = 400, kv_dim = shape.n_head_kv * shape.head_dim, q_dim = shape.n_head * shape.head_dim;
-    const int hd = shape.head_dim, group = shape.n_head / shape.n_head_kv;
+    const int hd = shape.head_dim;
     std::vector<int32_t> perm(n_slots);
     std::iota(perm.begin(), perm.end(), 0);
     std::shuffle(perm.begin(), perm.end(), std::mt19937(5));
@@ -614,20 +613,10 @@ TEST(CudaOps, PromptAttentionMatchesCpu) {
       std::memcpy(kc.data() + 2 * i, &hk, 2);
       std::memcpy(vc.data() + 2 * i, &hv, 2);
     }
-    std::vector<float> want(n_tokens * q_dim);
-    for (int t = 0; t < n_tokens; ++t) {
-      const int n_keys = positions[t] + 1, offset = seq_of[t] == 0 ? offset0 : offset1;
-      for (int h = 0; h < shape.n_head; ++h) {
-        std::vector<float> keys(n_keys * hd), values(n_keys * hd), scores(n_keys);
-        for (int j = 0; j < n_keys; ++j) {
-          const size_t at = static_cast<size_t>(table[offset + j]) * kv_dim + (h / group) * hd;
-          std::copy_n(k_stored.begin() + at, hd, keys.begin() + j * hd);
-          std::copy_n(v_stored.begin() + at, hd, values.begin() + j * hd);
-        }
-        cpu::attend(q.data() + t * q_dim + h * hd, keys.data(), values.data(), hd, n_keys, hd,
-                    1.0f / std::sqrt(static_cast<float>(hd)), true, scores.data(), want.data() + t * q_dim + h * hd);
-      }
-    }
+    std::vector<int32_t> first_slot;
+    for (int t = 0; t < n_tokens; ++t) first_slot.push_back(seq_of[t] == 0 ? offset0 : offset1);
+    const std::vector<float> want = attention_reference(q, k_stored, v_stored, table, first_slot, positions,
+                                                        shape.n_head, shape.n_head_kv, hd, true);
 
     DeviceBuffer<uint8_t> d_kc(kc), d_vc(vc);
     DeviceBuffer<float> d_q(q), d_out(n_tokens * q_dim);
