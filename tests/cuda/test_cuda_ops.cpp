@@ -142,7 +142,7 @@ const GgmlType kAllTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, Gg
 
 class CudaTypes : public ::testing::TestWithParam<GgmlType> {};
 
-void matvec_case(GgmlType type, int64_t n_cols);
+void matvec_case(const std::array<GgmlType, 3>& types, int64_t n_cols, std::initializer_list<int> token_counts);
 
 TEST_P(CudaTypes, DequantizeMatchesReference) {
   TESSERA_REQUIRE_GPU();
@@ -172,20 +172,45 @@ TEST_P(CudaTypes, DequantizeMatchesReference) {
 TEST_P(CudaTypes, MatvecMatchesReference) {
   TESSERA_REQUIRE_GPU();
   for (const int64_t n_cols : {768, 3328, 11008}) {
-    matvec_case(GetParam(), n_cols);
+    matvec_case({GetParam(), GetParam(), GetParam()}, n_cols, {1, 3, 8});
   }
 }
 
-void matvec_case(GgmlType type, int64_t n_cols) {
+// A Q4_K_M layer's Wq, Wk (Q4_K) and Wv (Q6_K) share a one-token launch where both types have the same rows per
+// block (widths over 1024 up to 4096); elsewhere they cannot, and a second switch of type is refused.
+TEST(CudaOps, MatvecMixesQ4KAndQ6K) {
+  TESSERA_REQUIRE_GPU();
+  const GgmlType q4 = GgmlType::Q4_K, q6 = GgmlType::Q6_K;
+  for (const int64_t n_cols : {2048, 3328, 4096}) {
+    ASSERT_TRUE(matvec_mixes_types(q4, q6, n_cols, 1)) << n_cols;
+    matvec_case({q4, q4, q6}, n_cols, {1});
+    matvec_case({q4, q6, q6}, n_cols, {1});
+  }
+  EXPECT_FALSE(matvec_mixes_types(q4, q6, 4096, 2));
+  EXPECT_FALSE(matvec_mixes_types(q4, q6, 768, 1));
+  EXPECT_FALSE(matvec_mixes_types(q4, q6, 11008, 1));
+  EXPECT_FALSE(matvec_mixes_types(q6, q4, 4096, 1));
+  EXPECT_FALSE(matvec_mixes_types(q4, GgmlType::Q8_0, 4096, 1));
+  const std::vector<uint8_t> bytes(ggml_row_bytes(q6, 4096) * 8);
+  DeviceBuffer<uint8_t> w(bytes);
+  DeviceBuffer<float> y(8);
+  DeviceQ8 xq(1, 4096);
+  const MatvecJob jobs[3] = {{DeviceMatrix{q4, w.get(), ggml_row_bytes(q4, 4096), 4096, 8}, y.get(), 8, false},
+                             {DeviceMatrix{q6, w.get(), ggml_row_bytes(q6, 4096), 4096, 8}, y.get(), 8, false},
+                             {DeviceMatrix{q4, w.get(), ggml_row_bytes(q4, 4096), 4096, 8}, y.get(), 8, false}};
+  EXPECT_THROW(matvec(jobs, 3, nullptr, 4096, xq.rows, 1, nullptr), std::runtime_error);
+}
+
+void matvec_case(const std::array<GgmlType, 3>& types, int64_t n_cols, std::initializer_list<int> token_counts) {
   const int64_t rows[3] = {37, 5, 64};
   std::vector<std::vector<uint8_t>> bytes;
   std::vector<std::unique_ptr<DeviceBuffer<uint8_t>>> weights;
   for (int j = 0; j < 3; ++j) {
-    bytes.push_back(random_matrix(type, rows[j], n_cols, 100 + j));
+    bytes.push_back(random_matrix(types[j], rows[j], n_cols, 100 + j));
     weights.push_back(std::make_unique<DeviceBuffer<uint8_t>>(bytes.back()));
   }
-  const bool q8 = matvec_reads_q8(type);
-  for (int n_tokens : {1, 3, 8}) {
+  const bool q8 = matvec_reads_q8(types[0]);
+  for (int n_tokens : token_counts) {
     std::vector<float> x = random_floats(n_tokens * n_cols, -1, 1, 7 + n_tokens);
     DeviceBuffer<float> d_x(x);
     DeviceQ8 d_xq(n_tokens, n_cols);
@@ -199,12 +224,13 @@ void matvec_case(GgmlType type, int64_t n_cols) {
     for (int j = 0; j < 3; ++j) {
       initial.push_back(random_floats(n_tokens * rows[j], -1, 1, 50 + j));
       ys.push_back(std::make_unique<DeviceBuffer<float>>(initial.back()));
-      jobs[j] = MatvecJob{DeviceMatrix{type, weights[j]->get(), ggml_row_bytes(type, n_cols), n_cols, rows[j]},
-                          ys[j]->get(), rows[j], j == 1};
+      jobs[j] = MatvecJob{
+          DeviceMatrix{types[j], weights[j]->get(), ggml_row_bytes(types[j], n_cols), n_cols, rows[j]},
+          ys[j]->get(), rows[j], j == 1};
     }
     matvec(jobs, 3, d_x.get(), n_cols, q8 ? d_xq.rows : Q8Rows{}, n_tokens, nullptr);
     for (int j = 0; j < 3; ++j) {
-      const std::vector<float> w = dequantize_ref(type, bytes[j], rows[j], n_cols);
+      const std::vector<float> w = dequantize_ref(types[j], bytes[j], rows[j], n_cols);
       std::vector<float> want(n_tokens * rows[j]);
       double max_abs = 0;
       for (int t = 0; t < n_tokens; ++t) {
@@ -217,7 +243,7 @@ void matvec_case(GgmlType type, int64_t n_cols) {
         }
       }
       expect_close(ys[j]->download(), want, 2e-5 * (max_abs + 1), 1e-5,
-                   std::string(ggml_type_name(type)) + " matrix " + std::to_string(j) + ", tokens " +
+                   std::string(ggml_type_name(types[j])) + " matrix " + std::to_string(j) + ", tokens " +
                        std::to_string(n_tokens) + ", columns " + std::to_string(n_cols));
     }
   }

@@ -52,9 +52,13 @@ void quantize_q8(const float* x, int64_t ldx, int n_rows, const Q8Rows& out, cud
 
 // Whether the decode kernel for this weight type takes x quantized (Q8Rows, int8 dot products) instead of f32.
 bool matvec_reads_q8(GgmlType type);
+// Whether one matvec launch can take jobs of type `first` followed by jobs of type `second` (Q4_K then Q6_K, as
+// in a Q4_K_M layer's Wq, Wk, Wv, for one token at most widths).
+bool matvec_mixes_types(GgmlType first, GgmlType second, int64_t n_cols, int n_tokens);
 
-// Every job must have the same weight type and n_cols; they share x ([n_tokens][ldx] f32) or, for the types of
-// matvec_reads_q8, the same rows quantized (xq, ld == n_cols; may be none for the other types). One launch.
+// Every job must have the same n_cols, and the same weight type except where matvec_mixes_types allows a switch
+// (once, at one job); they share x ([n_tokens][ldx] f32) or, for the types of matvec_reads_q8, the same rows
+// quantized (xq, ld == n_cols; may be none for the other types). One launch.
 void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, const Q8Rows& xq, int n_tokens,
             cudaStream_t stream);
 

@@ -397,11 +397,16 @@ void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float
       xq = decode_q8(static_cast<int>(n_cols), n_tokens);
       quantize_q8(x, n_cols, n_tokens, xq, stream_);
     }
-    // Consecutive matrices of one type and width share a launch.
+    // Consecutive matrices of one type and width share a launch, or of two types where the kernels allow it.
     MatvecJob jobs[kMaxMatvecJobs];
     int n_jobs = 0;
+    auto joins_launch = [&](GgmlType type) {
+      const GgmlType last = jobs[n_jobs - 1].w.type;
+      return n_jobs < kMaxMatvecJobs &&
+             (type == last || (last == jobs[0].w.type && matvec_mixes_types(last, type, n_cols, n_tokens)));
+    };
     for (const MatmulTarget& target : targets) {
-      if (n_jobs > 0 && (n_jobs == kMaxMatvecJobs || jobs[0].w.type != target.w->type)) {
+      if (n_jobs > 0 && !joins_launch(target.w->type)) {
         matvec(jobs, n_jobs, x, n_cols, xq, n_tokens, stream_);
         n_jobs = 0;
       }

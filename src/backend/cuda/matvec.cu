@@ -213,12 +213,31 @@ int column_granule(GgmlType type) {
 
 bool matvec_reads_q8(GgmlType type) { return has_q8_kernel(type); }
 
+bool matvec_mixes_types(GgmlType first, GgmlType second, int64_t n_cols, int n_tokens) {
+  return matvec_q8_mixes(first, second, n_cols, n_tokens);
+}
+
 void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, const Q8Rows& xq, int n_tokens,
             cudaStream_t stream) {
   if (n_jobs < 1 || n_jobs > kMaxMatvecJobs || n_tokens < 1 || n_tokens > kMaxMatvecTokens) {
     throw std::runtime_error("matvec: bad job or token count");
   }
   const GgmlType type = jobs[0].w.type;
+  int second_type_job = n_jobs;
+  for (int j = 1; j < n_jobs; ++j) {
+    if (second_type_job == n_jobs && jobs[j].w.type != type) second_type_job = j;
+    if (jobs[j].w.type != (j < second_type_job ? type : jobs[second_type_job].w.type)) {
+      throw std::runtime_error("matvec: the matrices of one launch switch type more than once");
+    }
+  }
+  if (second_type_job < n_jobs) {
+    if (!matvec_mixes_types(type, jobs[second_type_job].w.type, jobs[0].w.n_cols, n_tokens)) {
+      throw std::runtime_error("matvec: these weight types cannot share a launch");
+    }
+    if (!xq.q || xq.ld != jobs[0].w.n_cols) throw std::runtime_error("matvec: this weight type needs x as Q8Rows");
+    matvec_q8_mixed(jobs, n_jobs, second_type_job, xq, stream);
+    return;
+  }
   if (has_q8_kernel(type)) {
     if (!xq.q || xq.ld != jobs[0].w.n_cols) throw std::runtime_error("matvec: this weight type needs x as Q8Rows");
     matvec_q8(jobs, n_jobs, xq, n_tokens, stream);

@@ -1,4 +1,4 @@
-// The jobs of one decode matvec launch (up to kMaxMatvecJobs matrices of one type and width), cut into groups of
+// The jobs of one decode matvec launch (up to kMaxMatvecJobs matrices of one width), cut into groups of
 // rows that one thread block each takes; shared by the f32 and the integer decode kernels.
 #pragma once
 
@@ -22,9 +22,7 @@ inline MatvecGroups make_matvec_groups(const MatvecJob* jobs, int n_jobs, int ro
   g.rows_per_group = rows_per_group;
   int groups = 0;
   for (int j = 0; j < n_jobs; ++j) {
-    if (jobs[j].w.type != jobs[0].w.type || jobs[j].w.n_cols != jobs[0].w.n_cols) {
-      throw std::runtime_error("matvec: the matrices of one launch must share type and width");
-    }
+    if (jobs[j].w.n_cols != jobs[0].w.n_cols) throw std::runtime_error("matvec: the matrices of one launch must share width");
     g.jobs[j] = jobs[j];
     g.group_start[j] = groups;
     groups += static_cast<int>((jobs[j].w.n_rows + rows_per_group - 1) / rows_per_group);

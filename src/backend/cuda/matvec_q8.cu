@@ -296,17 +296,15 @@ constexpr int rows_per_thread(GgmlType type, int n_tokens) {
 // teams per block), so at one token every thread of the block has the loads of one unit of each of its rows in
 // flight before it waits for anything, and a warp's whole work is one round trip to memory: short per-block
 // critical paths, many blocks in flight. Longer rows take more passes. The warps of a team add their sums through
-// shared memory.
+// shared memory. This is one block's work, for the row group of blockIdx.x, which is in job j.
 template <GgmlType T, int kTokens, int kRowsPerThread = rows_per_thread(T, kTokens)>
-__global__ void __launch_bounds__(kThreadsPerBlock)
-    matvec_q8_kernel(const MatvecGroups groups, const int8_t* __restrict__ xq, const float2* __restrict__ xds,
-                     int64_t ld) {
+__device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int j, const int8_t* __restrict__ xq,
+                                                const float2* __restrict__ xds, int64_t ld) {
   using Dot = Q8Dot<T>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int teams = groups.rows_per_group / kRowsPerThread, threads_per_row = kThreadsPerBlock / teams;
   const int team = threadIdx.x / threads_per_row, first_unit = threadIdx.x % threads_per_row;
   const int group = blockIdx.x;
-  const int j = job_of(groups, group);
   const MatvecJob job = job_at(groups, j);
   const int64_t group_row = static_cast<int64_t>(group - groups.group_start[j]) * groups.rows_per_group;
   const int64_t first_row = group_row + team * kRowsPerThread;
@@ -369,6 +367,34 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
+template <GgmlType T, int kTokens>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    matvec_q8_kernel(const MatvecGroups groups, const int8_t* __restrict__ xq, const float2* __restrict__ xds,
+                     int64_t ld) {
+  matvec_q8_group<T, kTokens>(groups, job_of(groups, blockIdx.x), xq, xds, ld);
+}
+
+// A Q4_K_M layer's Wq, Wk (Q4_K) and Wv (Q6_K) in one launch: the jobs from first_q6_k_job on are Q6_K. Two
+// launches ran Wv alone in 1.3 waves of blocks after Wq/Wk had drained.
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    matvec_q4_k_q6_k_kernel(const MatvecGroups groups, int first_q6_k_job, const int8_t* __restrict__ xq,
+                            const float2* __restrict__ xds, int64_t ld) {
+  const int j = job_of(groups, blockIdx.x);
+  if (j < first_q6_k_job) {
+    matvec_q8_group<GgmlType::Q4_K, 1>(groups, j, xq, xds, ld);
+  } else {
+    matvec_q8_group<GgmlType::Q6_K, 1>(groups, j, xq, xds, ld);
+  }
+}
+
+// Rows per block (teams x rows per thread) of a launch of type T at a width.
+template <GgmlType T>
+int rows_per_group(int64_t n_cols, int n_tokens) {
+  const int64_t n_units = n_cols / Q8Dot<T>::kValues;
+  const int threads_per_row = n_units <= 32 ? 32 : n_units <= 64 ? 64 : kThreadsPerBlock;
+  return rows_per_thread(T, n_tokens) * (kThreadsPerBlock / threads_per_row);
+}
+
 struct LaunchQ8 {
   const MatvecJob* jobs;
   int n_jobs;
@@ -393,10 +419,7 @@ struct LaunchQ8 {
   }
   template <GgmlType T, int kTokens>
   void launch() const {
-    const int64_t n_units = jobs[0].w.n_cols / Q8Dot<T>::kValues;
-    const int threads_per_row = n_units <= 32 ? 32 : n_units <= 64 ? 64 : kThreadsPerBlock;
-    const int rows_per_group = rows_per_thread(T, kTokens) * (kThreadsPerBlock / threads_per_row);
-    const MatvecGroups groups = make_matvec_groups(jobs, n_jobs, rows_per_group);
+    const MatvecGroups groups = make_matvec_groups(jobs, n_jobs, rows_per_group<T>(jobs[0].w.n_cols, kTokens));
     const int n_groups = groups.group_start[groups.n_jobs];
     launch_chained("matvec_q8_kernel", matvec_q8_kernel<T, kTokens>, dim3(n_groups), dim3(kThreadsPerBlock), 0,
                    stream, groups, xq->q, xq->ds, xq->ld);
@@ -407,6 +430,19 @@ struct LaunchQ8 {
 
 void matvec_q8(const MatvecJob* jobs, int n_jobs, const Q8Rows& xq, int n_tokens, cudaStream_t stream) {
   dispatch_type(jobs[0].w.type, LaunchQ8{jobs, n_jobs, &xq, n_tokens, stream});
+}
+
+bool matvec_q8_mixes(GgmlType first, GgmlType second, int64_t n_cols, int n_tokens) {
+  return first == GgmlType::Q4_K && second == GgmlType::Q6_K && n_tokens == 1 &&
+         rows_per_group<GgmlType::Q4_K>(n_cols, 1) == rows_per_group<GgmlType::Q6_K>(n_cols, 1);
+}
+
+void matvec_q8_mixed(const MatvecJob* jobs, int n_jobs, int first_second_type_job, const Q8Rows& xq,
+                     cudaStream_t stream) {
+  const MatvecGroups groups =
+      make_matvec_groups(jobs, n_jobs, rows_per_group<GgmlType::Q4_K>(jobs[0].w.n_cols, 1));
+  launch_chained("matvec_q4_k_q6_k_kernel", matvec_q4_k_q6_k_kernel, dim3(groups.group_start[groups.n_jobs]),
+                 dim3(kThreadsPerBlock), 0, stream, groups, first_second_type_job, xq.q, xq.ds, xq.ld);
 }
 
 }  // namespace tessera::cuda
