@@ -18,6 +18,14 @@ using Result = tessera::test::CommandResult;
 
 Result run(const std::string& args) { return tessera::test::run_tessera(args); }
 
+// Runs `tessera ARGS --output json` and parses what it prints; a failed run fails the test and gives null (invalid
+// JSON throws, which fails it too).
+nlohmann::json run_json(const std::string& args) {
+  const Result r = run(args + " --output json");
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  return r.exit_code == 0 ? nlohmann::json::parse(r.out) : nlohmann::json();
+}
+
 class BenchCli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -43,10 +51,8 @@ TEST_F(BenchCli, SynthWritesAFile) {
 
 TEST_F(BenchCli, JsonHasOneObjectPerTestWithTheRequiredFields) {
   ASSERT_EQ(synth_exit_, 0);
-  const Result r = run("bench -m " + model_ + " -p 32 -n 8 -r 2 -t 1 --output json");
-  ASSERT_EQ(r.exit_code, 0) << r.out;
-  const nlohmann::json j = nlohmann::json::parse(r.out);
-  ASSERT_TRUE(j.is_array());
+  const nlohmann::json j = run_json("bench -m " + model_ + " -p 32 -n 8 -r 2 -t 1");
+  ASSERT_TRUE(j.is_array()) << j.dump();
   ASSERT_EQ(j.size(), 2u);
   EXPECT_EQ(j[0]["test"], "pp32");
   EXPECT_EQ(j[1]["test"], "tg8");
@@ -73,9 +79,8 @@ TEST_F(BenchCli, MarkdownTableHasARowPerTest) {
 
 TEST_F(BenchCli, TakesTheEngineOptionsOfRun) {
   ASSERT_EQ(synth_exit_, 0);
-  const Result r = run("bench -m " + model_ + " -p 8 -n 2 -r 1 -t 1 --cache-type f32 --output json");
-  ASSERT_EQ(r.exit_code, 0) << r.out;
-  const nlohmann::json j = nlohmann::json::parse(r.out);
+  const nlohmann::json j = run_json("bench -m " + model_ + " -p 8 -n 2 -r 1 -t 1 --cache-type f32");
+  ASSERT_TRUE(j.is_array()) << j.dump();
   ASSERT_EQ(j.size(), 2u);
   EXPECT_EQ(j[0]["threads"], 1);
   // The CPU's model name where /proc/cpuinfo gives one, with the thread count.
@@ -86,9 +91,8 @@ TEST_F(BenchCli, TakesTheEngineOptionsOfRun) {
 }
 
 TEST_F(BenchCli, MembwProbeReportsBandwidth) {
-  const Result r = run("bench --membw --membw-mib 128 -t 1 --output json");
-  ASSERT_EQ(r.exit_code, 0) << r.out;
-  const nlohmann::json j = nlohmann::json::parse(r.out);
+  const nlohmann::json j = run_json("bench --membw --membw-mib 128 -t 1");
+  ASSERT_TRUE(j.is_array()) << j.dump();
   ASSERT_EQ(j.size(), 1u);
   EXPECT_EQ(j[0]["test"], "membw");
   EXPECT_EQ(j[0]["threads"], 1);
@@ -100,9 +104,8 @@ TEST_F(BenchCli, MembwProbeReportsBandwidth) {
 
 TEST_F(BenchCli, GenerationWithMembwProbesBesideEachRepetition) {
   ASSERT_EQ(synth_exit_, 0);
-  const Result r = run("bench -m " + model_ + " -p 0 -n 4 -r 2 -t 1 --membw --membw-mib 64 --output json");
-  ASSERT_EQ(r.exit_code, 0) << r.out;
-  const nlohmann::json j = nlohmann::json::parse(r.out);
+  const nlohmann::json j = run_json("bench -m " + model_ + " -p 0 -n 4 -r 2 -t 1 --membw --membw-mib 64");
+  ASSERT_TRUE(j.is_array()) << j.dump();
   ASSERT_EQ(j.size(), 1u);
   EXPECT_EQ(j[0]["test"], "tg4");
   // One probe before the first repetition and one after each.
