@@ -202,6 +202,9 @@ void block32_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t i = 0; i < n_blocks; ++i) {
     const Tile& tile = tiles[i];
+    // The K-quant kernels' distance in bytes (kPrefetchTiles Q4_K tiles, 4.7 KB), not in these smaller tiles
+    // (0.6 KB for Q4_0, 1.1 KB for Q8_0): measured at least as fast, TinyLlama tg128, 5 alternating rounds each,
+    // Q4_0 66.0 vs 64.6 t/s and Q8_0 29.4 vs 28.8 t/s.
     const char* ahead = reinterpret_cast<const char*>(&tile) + kPrefetchTiles * sizeof(TileQ4_K);
     for (int l = 0; l < kLines; ++l) _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);
     __m512i w[8];  // w[q]: columns 4q..4q+3
