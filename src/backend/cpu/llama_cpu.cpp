@@ -17,7 +17,7 @@ namespace {
 
 constexpr int64_t kAttentionTokenBlock = 32;  // query tokens that share one gather of their sequence's K/V
 constexpr int64_t kGemmTokenBlock = 64;       // activation rows per kernel call: they stay in L2 with the weights
-constexpr int64_t kSwigluRun = 2048;          // values per SwiGLU task, at least
+constexpr int64_t kSwigluPiece = 256;         // SwiGLU values quantized together: whole blocks of any format
 constexpr int kGatherAhead = 8;               // keys whose cache lines the K/V gather asks for ahead of use
 
 template <class T>
@@ -91,7 +91,13 @@ void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
   });
 }
 
-void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens) {
+LlamaCpu::Resolved LlamaCpu::resolve(const MatmulJob& job, const uint8_t* xq, size_t xq_row_bytes) const {
+  const auto interleaved = interleaved_.find(job.w);
+  return {job.w, job.y, interleaved == interleaved_.end() ? nullptr : interleaved->second, xq, xq_row_bytes};
+}
+
+size_t LlamaCpu::prepare(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens,
+                         std::array<Resolved, kMaxMatmulJobs>& resolved) {
   // Quantize x once for each distinct activation format the weights need (at most one per job).
   struct Prepared {
     GgmlType weight_type;  // a weight type that needs this activation format
@@ -99,17 +105,11 @@ void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, in
     size_t row_bytes;
     size_t offset;
   };
-  struct Resolved {
-    const MatmulJob* job;
-    const uint8_t* interleaved;  // null: the GGUF layout
-    const Prepared* input;
-  };
   if (jobs.size() > kMaxMatmulJobs) throw std::logic_error("LlamaCpu::matmuls: too many jobs");
   std::array<Prepared, kMaxMatmulJobs> prepared;
-  std::array<Resolved, kMaxMatmulJobs> resolved;
-  size_t n_prepared = 0, n_resolved = 0, total = 0;
+  std::array<size_t, kMaxMatmulJobs> job_input;
+  size_t n_prepared = 0, n_jobs = 0, total = 0;
   const int64_t n_cols = jobs.begin()->w->n_cols;
-  int64_t total_rows = 0;
   for (const MatmulJob& job : jobs) {
     const GgmlType act = quant::activation_type(job.w->type);
     size_t p = 0;
@@ -119,9 +119,7 @@ void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, in
       prepared[n_prepared++] = {job.w->type, act, rb, total};
       total += rb * n_tokens;
     }
-    const auto interleaved = interleaved_.find(job.w);
-    resolved[n_resolved++] = {&job, interleaved == interleaved_.end() ? nullptr : interleaved->second, &prepared[p]};
-    total_rows += job.w->n_rows;
+    job_input[n_jobs++] = p;
   }
   grow(xq_, total);
   pool_.parallel_for(static_cast<int64_t>(n_prepared) * n_tokens, [&](int64_t task, int) {
@@ -129,40 +127,108 @@ void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, in
     const int64_t t = task % n_tokens;
     quant::quantize_activations(p.weight_type, x + t * n_cols, xq_.data() + p.offset + t * p.row_bytes, n_cols);
   });
+  size_t j = 0;
+  for (const MatmulJob& job : jobs) {
+    const Prepared& p = prepared[job_input[j]];
+    resolved[j++] = resolve(job, xq_.data() + p.offset, p.row_bytes);
+  }
+  return n_jobs;
+}
 
+void LlamaCpu::multiply_rows(const Resolved& job, int64_t row_begin, int64_t row_end, int64_t n_tokens) {
+  const model::MatrixView& w = *job.w;
+  for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemmTokenBlock) {
+    const int64_t nt = std::min(kGemmTokenBlock, n_tokens - t0);
+    float* y = job.y + t0 * w.n_rows;
+    const uint8_t* xq = job.xq + t0 * job.xq_row_bytes;
+    if (job.interleaved) {
+      quant::gemm_interleaved(w.type, job.interleaved, w.n_cols, row_begin, row_end, xq, job.xq_row_bytes, nt, y,
+                              w.n_rows);
+    } else {
+      quant::gemm(w.type, w.data, w.row_bytes, w.n_cols, row_begin, row_end, xq, job.xq_row_bytes, nt, y, w.n_rows);
+    }
+  }
+}
+
+void LlamaCpu::schedule_chunks(std::span<const int64_t> job_rows) {
   // Row chunks of whole 16-row groups (the interleaved layout's), largest first: each is a share of the rows
   // still left, so the threads start on long calls and end on short ones and finish close together.
   chunks_.clear();
   const int64_t share = 2 * static_cast<int64_t>(pool_.size());
-  int64_t remaining = total_rows;
-  for (size_t j = 0; j < n_resolved; ++j) {
-    const int64_t n_rows = resolved[j].job->w->n_rows;
-    for (int64_t r = 0; r < n_rows;) {
+  int64_t remaining = 0;
+  for (int64_t n_rows : job_rows) remaining += n_rows;
+  for (size_t j = 0; j < job_rows.size(); ++j) {
+    for (int64_t r = 0; r < job_rows[j];) {
       const int64_t size = (std::max<int64_t>(16, remaining / share) + 15) / 16 * 16;
-      const int64_t end = std::min(n_rows, r + size);
+      const int64_t end = std::min(job_rows[j], r + size);
       chunks_.push_back({j, r, end});
       remaining -= end - r;
       r = end;
     }
   }
+}
+
+void LlamaCpu::run_matmuls(std::span<const Resolved> jobs, int64_t n_tokens) {
+  std::array<int64_t, kMaxMatmulJobs> job_rows;
+  for (size_t j = 0; j < jobs.size(); ++j) job_rows[j] = jobs[j].w->n_rows;
+  schedule_chunks(std::span(job_rows.data(), jobs.size()));
   pool_.parallel_for(static_cast<int64_t>(chunks_.size()), [&](int64_t c, int) {
     const RowChunk& chunk = chunks_[c];
-    const Resolved& job = resolved[chunk.job];
-    const model::MatrixView& w = *job.job->w;
-    const uint8_t* xq = xq_.data() + job.input->offset;
-    const size_t xq_row_bytes = job.input->row_bytes;
-    for (int64_t t0 = 0; t0 < n_tokens; t0 += kGemmTokenBlock) {
-      const int64_t nt = std::min(kGemmTokenBlock, n_tokens - t0);
-      float* y = job.job->y + t0 * w.n_rows;
-      if (job.interleaved) {
-        quant::gemm_interleaved(w.type, job.interleaved, w.n_cols, chunk.row_begin, chunk.row_end,
-                                xq + t0 * xq_row_bytes, xq_row_bytes, nt, y, w.n_rows);
-      } else {
-        quant::gemm(w.type, w.data, w.row_bytes, w.n_cols, chunk.row_begin, chunk.row_end, xq + t0 * xq_row_bytes,
-                    xq_row_bytes, nt, y, w.n_rows);
+    multiply_rows(jobs[chunk.job], chunk.row_begin, chunk.row_end, n_tokens);
+  });
+}
+
+void LlamaCpu::matmuls(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens) {
+  std::array<Resolved, kMaxMatmulJobs> resolved;
+  const size_t n_jobs = prepare(jobs, x, n_tokens, resolved);
+  run_matmuls(std::span(resolved.data(), n_jobs), n_tokens);
+}
+
+void LlamaCpu::feed_forward(const model::LlamaLayer& w, const float* x, int64_t n_tokens) {
+  const int64_t n_ff = w.w_gate.n_rows;
+  const quant::SimdLevel level = quant::active_simd_level();
+  if (n_tokens >= pool_.size()) {
+    // Prompt rows: every thread has whole rows to apply SwiGLU to and to quantize.
+    matmuls({{&w.w_gate, gate_.data()}, {&w.w_up, up_.data()}}, x, n_tokens);
+    pool_.parallel_for(n_tokens, [&](int64_t t, int) {
+      float* gate = gate_.data() + t * n_ff;
+      swiglu_at(level, gate, up_.data() + t * n_ff, gate, n_ff);
+    });
+    matmuls({{&w.w_down, proj_.data()}}, gate_.data(), n_tokens);
+    return;
+  }
+  // Fewer rows than threads (decode): the thread that completes a piece of kSwigluPiece gate and up rows applies
+  // SwiGLU to it (into gate_) and quantizes it for the down projection. Neither needs a parallel loop of its
+  // own, and no thread waits while another quantizes the row.
+  std::array<Resolved, kMaxMatmulJobs> resolved;
+  prepare({{&w.w_gate, gate_.data()}, {&w.w_up, up_.data()}}, x, n_tokens, resolved);
+  const size_t down_row_bytes = quant::activation_row_bytes(w.w_down.type, n_ff);
+  grow(swiglu_xq_, down_row_bytes * n_tokens);
+  const int64_t n_pieces = (n_ff + kSwigluPiece - 1) / kSwigluPiece;
+  if (static_cast<int64_t>(piece_rows_done_.size()) < n_pieces) {
+    piece_rows_done_ = std::vector<std::atomic<int64_t>>(n_pieces);
+  }
+  for (int64_t p = 0; p < n_pieces; ++p) piece_rows_done_[p].store(0, std::memory_order_relaxed);
+  const int64_t rows[] = {n_ff, n_ff};
+  schedule_chunks(rows);
+  pool_.parallel_for(static_cast<int64_t>(chunks_.size()), [&](int64_t c, int) {
+    const RowChunk& chunk = chunks_[c];
+    multiply_rows(resolved[chunk.job], chunk.row_begin, chunk.row_end, n_tokens);
+    for (int64_t p = chunk.row_begin / kSwigluPiece; p * kSwigluPiece < chunk.row_end; ++p) {
+      const int64_t begin = p * kSwigluPiece, end = std::min(n_ff, begin + kSwigluPiece);
+      const int64_t mine = std::min(chunk.row_end, end) - std::max(chunk.row_begin, begin);
+      // acq_rel: the thread that completes the piece sees the rows of it that other threads computed.
+      if (piece_rows_done_[p].fetch_add(mine, std::memory_order_acq_rel) + mine != 2 * (end - begin)) continue;
+      const size_t offset = quant::activation_row_bytes(w.w_down.type, begin);
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        float* gate = gate_.data() + t * n_ff + begin;
+        swiglu_at(level, gate, up_.data() + t * n_ff + begin, gate, end - begin);
+        quant::quantize_activations(w.w_down.type, gate, swiglu_xq_.data() + t * down_row_bytes + offset, end - begin);
       }
     }
   });
+  const Resolved down = resolve({&w.w_down, proj_.data()}, swiglu_xq_.data(), down_row_bytes);
+  run_matmuls(std::span(&down, 1), n_tokens);
 }
 
 void LlamaCpu::store_kv(int il, const ForwardBatch& batch) {
@@ -280,18 +346,7 @@ void LlamaCpu::layer(int il, const ForwardBatch& batch, float* x, bool final_lay
   pool_.parallel_for(n_rows, [&](int64_t t, int) {
     rms_norm(x + t * n_embd, w.ffn_norm, norm_.data() + t * n_embd, n_embd, c.rms_eps);
   });
-  matmuls({{&w.w_gate, gate_.data()}, {&w.w_up, up_.data()}}, norm_.data(), n_rows);
-  // Elementwise over [n_rows][n_ff], so cut into equal runs, as many per thread: one token's row alone still
-  // uses every thread, and no thread gets a run more than another.
-  const int64_t n_ff_values = n_rows * c.n_ff;
-  const int64_t per_round = kSwigluRun * pool_.size();
-  const int64_t n_runs = (n_ff_values + per_round - 1) / per_round * pool_.size();
-  const int64_t run_values = (n_ff_values + n_runs - 1) / n_runs;
-  pool_.parallel_for(n_runs, [&](int64_t run, int) {
-    const int64_t begin = std::min(run * run_values, n_ff_values), n = std::min(run_values, n_ff_values - begin);
-    swiglu_at(quant::active_simd_level(), gate_.data() + begin, up_.data() + begin, gate_.data() + begin, n);
-  });
-  matmuls({{&w.w_down, proj_.data()}}, gate_.data(), n_rows);
+  feed_forward(w, norm_.data(), n_rows);
   for (int64_t i = 0; i < n_rows * n_embd; ++i) x[i] += proj_[i];
 }
 

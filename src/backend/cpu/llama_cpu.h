@@ -2,8 +2,11 @@
 // layers here and the rest on a GPU.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -40,6 +43,24 @@ class LlamaCpu {
   void matmuls(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens);
 
  private:
+  // A job with its weights' layout and its quantized input.
+  struct Resolved {
+    const model::MatrixView* w;
+    float* y;
+    const uint8_t* interleaved;  // null: the GGUF layout
+    const uint8_t* xq;           // [n_tokens][xq_row_bytes]
+    size_t xq_row_bytes;
+  };
+  Resolved resolve(const MatmulJob& job, const uint8_t* xq, size_t xq_row_bytes) const;
+  // Quantizes x into xq_ once per activation format the jobs need; returns the number of jobs resolved.
+  size_t prepare(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens,
+                 std::array<Resolved, kMaxMatmulJobs>& resolved);
+  void multiply_rows(const Resolved& job, int64_t row_begin, int64_t row_end, int64_t n_tokens);
+  void schedule_chunks(std::span<const int64_t> job_rows);  // fills chunks_
+  void run_matmuls(std::span<const Resolved> jobs, int64_t n_tokens);
+  // proj = W_down (silu(W_gate x) * W_up x); gate_ holds the SwiGLU afterwards, up_ the up projection.
+  void feed_forward(const model::LlamaLayer& w, const float* x, int64_t n_tokens);
+
   void interleave_weights();
   void layer(int il, const ForwardBatch& batch, float* x, bool final_layer);
   void store_kv(int il, const ForwardBatch& batch);
@@ -71,6 +92,8 @@ class LlamaCpu {
   std::vector<float> gate_;     // [n_tokens][n_ff]
   std::vector<float> up_;       // [n_tokens][n_ff]
   std::vector<uint8_t> xq_;     // quantized activations, [n_tokens][activation row bytes]
+  std::vector<uint8_t> swiglu_xq_;  // the down projection's quantized input, [n_tokens][activation row bytes]
+  std::vector<std::atomic<int64_t>> piece_rows_done_;  // decode feed_forward: gate and up rows done per piece
   struct RowChunk {
     size_t job;
     int64_t row_begin;
