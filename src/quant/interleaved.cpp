@@ -144,7 +144,7 @@ void interleave_q6_k(const BlockQ6_K* rows[16], TileQ6_K& tile) {
           out.ql[p][4 * r + j] = static_cast<uint8_t>((sub[8 * p + j] & 0xF) | ((sub[8 * p + 4 + j] & 0xF) << 4));
         }
         out.qh[4 * r + j] = static_cast<uint8_t>((sub[j] >> 4) | ((sub[4 + j] >> 4) << 2) |
-                                                     ((sub[8 + j] >> 4) << 4) | ((sub[12 + j] >> 4) << 6));
+                                                 ((sub[8 + j] >> 4) << 4) | ((sub[12 + j] >> 4) << 6));
       }
     }
   }
