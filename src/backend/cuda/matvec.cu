@@ -223,24 +223,24 @@ void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, cons
     throw std::runtime_error("matvec: bad job or token count");
   }
   const GgmlType type = jobs[0].w.type;
-  int second_type_job = n_jobs;
-  for (int j = 1; j < n_jobs; ++j) {
-    if (second_type_job == n_jobs && jobs[j].w.type != type) second_type_job = j;
-    if (jobs[j].w.type != (j < second_type_job ? type : jobs[second_type_job].w.type)) {
+  int second_type_job = 1;  // the first job of another type than jobs[0], if any
+  while (second_type_job < n_jobs && jobs[second_type_job].w.type == type) ++second_type_job;
+  const bool mixed = second_type_job < n_jobs;
+  for (int j = second_type_job + 1; j < n_jobs; ++j) {
+    if (jobs[j].w.type != jobs[second_type_job].w.type) {
       throw std::runtime_error("matvec: the matrices of one launch switch type more than once");
     }
   }
-  if (second_type_job < n_jobs) {
-    if (!matvec_mixes_types(type, jobs[second_type_job].w.type, jobs[0].w.n_cols, n_tokens)) {
-      throw std::runtime_error("matvec: these weight types cannot share a launch");
-    }
-    if (!xq.q || xq.ld != jobs[0].w.n_cols) throw std::runtime_error("matvec: this weight type needs x as Q8Rows");
-    matvec_q8_mixed(jobs, n_jobs, second_type_job, xq, stream);
-    return;
+  if (mixed && !matvec_mixes_types(type, jobs[second_type_job].w.type, jobs[0].w.n_cols, n_tokens)) {
+    throw std::runtime_error("matvec: these weight types cannot share a launch");
   }
-  if (has_q8_kernel(type)) {
+  if (mixed || has_q8_kernel(type)) {
     if (!xq.q || xq.ld != jobs[0].w.n_cols) throw std::runtime_error("matvec: this weight type needs x as Q8Rows");
-    matvec_q8(jobs, n_jobs, xq, n_tokens, stream);
+    if (mixed) {
+      matvec_q8_mixed(jobs, n_jobs, second_type_job, xq, stream);
+    } else {
+      matvec_q8(jobs, n_jobs, xq, n_tokens, stream);
+    }
     return;
   }
   MatvecLaunch launch{make_matvec_groups(jobs, n_jobs, kRowsPerBlock), 0};

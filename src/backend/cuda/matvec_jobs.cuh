@@ -22,7 +22,9 @@ inline MatvecGroups make_matvec_groups(const MatvecJob* jobs, int n_jobs, int ro
   g.rows_per_group = rows_per_group;
   int groups = 0;
   for (int j = 0; j < n_jobs; ++j) {
-    if (jobs[j].w.n_cols != jobs[0].w.n_cols) throw std::runtime_error("matvec: the matrices of one launch must share width");
+    if (jobs[j].w.n_cols != jobs[0].w.n_cols) {
+      throw std::runtime_error("matvec: the matrices of one launch must share width");
+    }
     g.jobs[j] = jobs[j];
     g.group_start[j] = groups;
     groups += static_cast<int>((jobs[j].w.n_rows + rows_per_group - 1) / rows_per_group);
