@@ -249,6 +249,106 @@ void matvec_case(const std::array<GgmlType, 3>& types, int64_t n_cols, std::init
   }
 }
 
+// y = W x for one matrix against the CPU: the dequantized weights times x in double.
+std::vector<float> matvec_ref(GgmlType type, const std::vector<uint8_t>& bytes, int64_t n_rows, int64_t n_cols,
+                              const std::vector<float>& x, int n_tokens, double& max_abs) {
+  const std::vector<float> w = dequantize_ref(type, bytes, n_rows, n_cols);
+  std::vector<float> y(n_tokens * n_rows);
+  for (int t = 0; t < n_tokens; ++t) {
+    for (int64_t r = 0; r < n_rows; ++r) {
+      double sum = 0;
+      for (int64_t i = 0; i < n_cols; ++i) sum += static_cast<double>(w[r * n_cols + i]) * x[t * n_cols + i];
+      y[t * n_rows + r] = static_cast<float>(sum);
+      max_abs = std::max(max_abs, std::fabs(sum));
+    }
+  }
+  return y;
+}
+
+// A fused RMSNorm (NormOutput -> NormScale). The producer (residual add y += W a, as a Wo or down projection)
+// must leave y, y * weight quantized (the CPU's integers for those floats) and each 32 values' sum of squares; a
+// consumer reading them must give W2 rmsnorm(y), its x quantized per 32 values (the CPU rounds after scaling, the
+// GPU before: equal up to f32 rounding, so the tolerance is the plain matvec test's). Every integer type as
+// producer and consumer, one pass and several per row, 1..8 tokens, and the mixed Q4_K/Q6_K consumer.
+TEST(CudaOps, FusedRmsNormMatchesCpu) {
+  TESSERA_REQUIRE_GPU();
+  const GgmlType kTypes[] = {GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+  const float eps = 1e-5f;
+  struct Case {
+    int64_t n, n_in;  // norm width (the producer's rows), the producer's input width
+  };
+  for (const Case c : {Case{2048, 768}, Case{4096, 11008}, Case{96, 2048}}) {
+    const std::vector<float> norm_weight = random_floats(c.n, 0.5f, 1.5f, 9);
+    DeviceBuffer<float> d_norm_weight(norm_weight);
+    for (int producer_index = 0; producer_index < 5; ++producer_index) {
+      const GgmlType producer = kTypes[producer_index];
+      const std::vector<uint8_t> w1 = random_matrix(producer, c.n, c.n_in, 11);
+      DeviceBuffer<uint8_t> d_w1(w1);
+      for (const int n_tokens : {1, 3, 8}) {
+        const std::string what = std::string(ggml_type_name(producer)) + " producer, n " + std::to_string(c.n) +
+                                 ", tokens " + std::to_string(n_tokens);
+        const std::vector<float> a = random_floats(n_tokens * c.n_in, -1, 1, 12 + n_tokens);
+        const std::vector<float> y0 = random_floats(n_tokens * c.n, -2, 2, 13);
+        DeviceBuffer<float> d_a(a), d_y(y0);
+        DeviceQ8 d_aq(n_tokens, c.n_in), d_norm_q8(n_tokens, c.n);
+        DeviceBuffer<float> d_sums(n_tokens * c.n / 32);
+        quantize_q8(d_a.get(), c.n_in, n_tokens, d_aq.rows, nullptr);
+        const MatvecJob job{DeviceMatrix{producer, d_w1.get(), ggml_row_bytes(producer, c.n_in), c.n_in, c.n},
+                            d_y.get(), c.n, true};
+        ASSERT_TRUE(matvec_fuses_norm(job.w)) << what;
+        matvec_norm(job, d_aq.rows, n_tokens, NormOutput{d_norm_weight.get(), d_norm_q8.rows, d_sums.get()}, nullptr);
+
+        double max_abs = 0;
+        std::vector<float> want_y =
+            matvec_ref(producer, w1, c.n, c.n_in, dequantize_q8_cpu(quantize_q8_cpu(a)), n_tokens, max_abs);
+        for (size_t i = 0; i < want_y.size(); ++i) want_y[i] += y0[i];
+        const std::vector<float> y = d_y.download();
+        expect_close(y, want_y, 2e-5 * (max_abs + 2), 1e-5, what + ": residual");
+        std::vector<float> weighted(y.size());
+        for (size_t i = 0; i < y.size(); ++i) weighted[i] = y[i] * norm_weight[i % c.n];
+        expect_same_q8(d_norm_q8.download(), quantize_q8_cpu(weighted), what + ": weighted q8");
+        std::vector<float> want_sums(n_tokens * c.n / 32);
+        for (size_t i = 0; i < y.size(); ++i) want_sums[i / 32] += y[i] * y[i];
+        expect_close(d_sums.download(), want_sums, 0, 1e-5, what + ": sums of squares");
+
+        // The consumer: x = rmsnorm(y) dequantized as the GPU holds it, times the row's 1 / rms.
+        std::vector<float> x = dequantize_q8_cpu(d_norm_q8.download());
+        for (int t = 0; t < n_tokens; ++t) {
+          double square_sum = 0;
+          for (int64_t i = 0; i < c.n; ++i) square_sum += static_cast<double>(y[t * c.n + i]) * y[t * c.n + i];
+          const double scale = 1.0 / std::sqrt(square_sum / c.n + eps);
+          for (int64_t i = 0; i < c.n; ++i) x[t * c.n + i] = static_cast<float>(x[t * c.n + i] * scale);
+        }
+        const NormScale norm{d_sums.get(), static_cast<int>(c.n), eps};
+        // Rows of 96 are too short for the K types.
+        const int n_consumer_types = c.n % 256 == 0 ? 5 : 2;
+        const GgmlType consumer = kTypes[(producer_index + n_tokens) % n_consumer_types];
+        const bool mixed = n_tokens == 1 && matvec_mixes_types(GgmlType::Q4_K, GgmlType::Q6_K, c.n, 1);
+        const GgmlType types[2] = {mixed ? GgmlType::Q4_K : consumer, mixed ? GgmlType::Q6_K : consumer};
+        const int64_t rows[2] = {37, 64};
+        MatvecJob jobs[2];
+        std::vector<std::vector<uint8_t>> w2;
+        std::vector<std::unique_ptr<DeviceBuffer<uint8_t>>> d_w2;
+        std::vector<std::unique_ptr<DeviceBuffer<float>>> d_out;
+        for (int j = 0; j < 2; ++j) {
+          w2.push_back(random_matrix(types[j], rows[j], c.n, 20 + j));
+          d_w2.push_back(std::make_unique<DeviceBuffer<uint8_t>>(w2.back()));
+          d_out.push_back(std::make_unique<DeviceBuffer<float>>(n_tokens * rows[j]));
+          jobs[j] = MatvecJob{DeviceMatrix{types[j], d_w2[j]->get(), ggml_row_bytes(types[j], c.n), c.n, rows[j]},
+                              d_out[j]->get(), rows[j], false};
+        }
+        matvec(jobs, mixed ? 2 : 1, nullptr, c.n, d_norm_q8.rows, n_tokens, nullptr, norm);
+        for (int j = 0; j < (mixed ? 2 : 1); ++j) {
+          double out_max = 0;
+          const std::vector<float> want = matvec_ref(types[j], w2[j], rows[j], c.n, x, n_tokens, out_max);
+          expect_close(d_out[j]->download(), want, 2e-5 * (out_max + 1), 1e-5,
+                       what + ", " + std::string(ggml_type_name(types[j])) + " consumer");
+        }
+      }
+    }
+  }
+}
+
 // The tensor-core path: W decoded to f16, x rounded to f16, f32 accumulation (F32 weights stay f32).
 TEST_P(CudaTypes, GemmMatchesReference) {
   TESSERA_REQUIRE_GPU();

@@ -56,11 +56,35 @@ bool matvec_reads_q8(GgmlType type);
 // in a Q4_K_M layer's Wq, Wk, Wv, for one token at most widths).
 bool matvec_mixes_types(GgmlType first, GgmlType second, int64_t n_cols, int n_tokens);
 
+// Decode steps fold RMSNorm into the matvecs on either side of it, which saves its launch. A Q8 block's integers
+// do not depend on a row's scale, so the producer of the norm's input (the Wo or down matvec, which adds into the
+// residual stream y) quantizes y * weight without the 1 / rms factor and leaves the sum of squares of each 32
+// values of y; the consumers (Wq/Wk/Wv, gate/up) add those up and scale their outputs by 1 / rms.
+struct NormScale {
+  const float* sums = nullptr;  // [n_tokens][n / 32]; none: x is quantized as it is
+  int n = 0;
+  float eps = 0;
+};
+struct NormOutput {
+  const float* weight = nullptr;  // [n]
+  Q8Rows q8;                      // y * weight per token, without 1 / rms
+  float* sums = nullptr;          // [n_tokens][n / 32]
+};
+// The widest rows whose sums a consumer block loads at once (a thread per 32 values).
+constexpr int kMaxFusedNormWidth = 4096;
+// Whether matvec_norm takes this matrix: an integer-kernel type whose rows (n = n_rows) are whole Q8 blocks, at
+// most kMaxFusedNormWidth.
+bool matvec_fuses_norm(const DeviceMatrix& w);
+
 // Every job must have the same n_cols, and the same weight type except where matvec_mixes_types allows a switch
 // (once, at one job); they share x ([n_tokens][ldx] f32) or, for the types of matvec_reads_q8, the same rows
-// quantized (xq, ld == n_cols; may be none for the other types). One launch.
+// quantized (xq, ld == n_cols; may be none for the other types). One launch. norm (integer kernels only): x is
+// an unscaled fused RMSNorm output (NormScale).
 void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, const Q8Rows& xq, int n_tokens,
-            cudaStream_t stream);
+            cudaStream_t stream, const NormScale& norm = {});
+// y += W xq for one job (accumulate, matvec_fuses_norm) and the next RMSNorm's part (NormOutput). One launch.
+void matvec_norm(const MatvecJob& job, const Q8Rows& xq, int n_tokens, const NormOutput& norm, cudaStream_t stream);
+
 
 // ---- dequantization -----------------------------------------------------------------------------------------
 // out[i] = row row_ids[i] of w (all rows in order when row_ids is null) as f32, n_out rows of n_cols.

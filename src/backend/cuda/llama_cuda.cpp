@@ -256,6 +256,9 @@ void LlamaCuda::allocate_activations(int capacity) {
   const size_t o_x16 = layout.add(n * max_width * sizeof(__half));
   const size_t o_q8 = layout.add(kMaxMatvecTokens * max_width * sizeof(int8_t));
   const size_t o_q8_ds = layout.add(kMaxMatvecTokens * (max_width / kQ8Block) * sizeof(float2));
+  const size_t o_norm_q8 = layout.add(kMaxMatvecTokens * c.n_embd * sizeof(int8_t));
+  const size_t o_norm_q8_ds = layout.add(kMaxMatvecTokens * (c.n_embd / kQ8Block) * sizeof(float2));
+  const size_t o_norm_sums = layout.add(kMaxMatvecTokens * (c.n_embd / kQ8Block) * sizeof(float));
   void* arena = nullptr;
   if (const cudaError_t err = cudaMalloc(&arena, layout.size()); err != cudaSuccess) {
     size_t free_bytes = 0, total_bytes = 0;
@@ -279,6 +282,9 @@ void LlamaCuda::allocate_activations(int capacity) {
   x16_ = reinterpret_cast<__half*>(b + o_x16);
   q8_ = reinterpret_cast<int8_t*>(b + o_q8);
   q8_ds_ = reinterpret_cast<float2*>(b + o_q8_ds);
+  norm_q8_ = reinterpret_cast<int8_t*>(b + o_norm_q8);
+  norm_q8_ds_ = reinterpret_cast<float2*>(b + o_norm_q8_ds);
+  norm_sums_ = reinterpret_cast<float*>(b + o_norm_sums);
 
   capacity_ = capacity;
   const size_t step_ints = 6ull * capacity_ + table_capacity_;
@@ -385,7 +391,8 @@ Q8Rows LlamaCuda::decode_q8(int width, int n_tokens) const {
 __half* LlamaCuda::prompt_f16(int n_tokens) const { return n_tokens > kMaxMatvecTokens ? x16_ : nullptr; }
 
 void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float* x, const Q8Rows& x_q8,
-                        const __half* x16, int n_tokens, bool accumulate) {
+                        const __half* x16, int n_tokens, bool accumulate, const NormScale& norm,
+                        const float* next_norm) {
   if (n_tokens == 0) return;
   const int64_t n_cols = targets.begin()->w->n_cols;
   if (n_tokens <= kMaxMatvecTokens) {
@@ -397,6 +404,12 @@ void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float
       xq = decode_q8(static_cast<int>(n_cols), n_tokens);
       quantize_q8(x, n_cols, n_tokens, xq, stream_);
     }
+    if (next_norm) {
+      const MatmulTarget& target = *targets.begin();
+      matvec_norm(MatvecJob{*target.w, target.y, target.w->n_rows, accumulate}, xq, n_tokens,
+                  NormOutput{next_norm, norm_q8(), norm_sums_}, stream_);
+      return;
+    }
     // Consecutive matrices of one type and width share a launch, or of two types where the kernels allow it.
     MatvecJob jobs[kMaxMatvecJobs];
     int n_jobs = 0;
@@ -407,12 +420,12 @@ void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float
     };
     for (const MatmulTarget& target : targets) {
       if (n_jobs > 0 && !joins_launch(target.w->type)) {
-        matvec(jobs, n_jobs, x, n_cols, xq, n_tokens, stream_);
+        matvec(jobs, n_jobs, x, n_cols, xq, n_tokens, stream_, norm);
         n_jobs = 0;
       }
       jobs[n_jobs++] = MatvecJob{*target.w, target.y, target.w->n_rows, accumulate};
     }
-    matvec(jobs, n_jobs, x, n_cols, xq, n_tokens, stream_);
+    matvec(jobs, n_jobs, x, n_cols, xq, n_tokens, stream_, norm);
     return;
   }
   if (!x16) {
@@ -422,6 +435,18 @@ void LlamaCuda::matmuls(std::initializer_list<MatmulTarget> targets, const float
   for (const MatmulTarget& target : targets) {
     gemm(cublas_, *target.w, x, x16, n_tokens, target.y, target.w->n_rows, accumulate, w16_, stream_);
   }
+}
+
+bool LlamaCuda::fuses_attn_norm(int il, int n_tokens) const {
+  const LayerWeights& w = layers_[il];
+  return n_tokens <= kMaxMatvecTokens && il > 0 && matvec_fuses_norm(layers_[il - 1].w_down) &&
+         matvec_reads_q8(w.wq.type) && matvec_reads_q8(w.wk.type) && matvec_reads_q8(w.wv.type);
+}
+
+bool LlamaCuda::fuses_ffn_norm(int il, int n_tokens) const {
+  const LayerWeights& w = layers_[il];
+  return n_tokens <= kMaxMatvecTokens && matvec_fuses_norm(w.wo) && matvec_reads_q8(w.w_gate.type) &&
+         matvec_reads_q8(w.w_up.type);
 }
 
 void LlamaCuda::enqueue_layers(int n_tokens) {
@@ -437,19 +462,28 @@ void LlamaCuda::enqueue_layers(int n_tokens) {
   rope.freq_factors = freq_factors_;
   const AttentionParams ap{c.n_head, c.n_head_kv, c.head_dim, f16_cache_};
   const bool decode = n_tokens <= kMaxMatvecTokens;
-  // In decode steps the RMSNorm and SwiGLU kernels also quantize their outputs for the integer matvec kernels.
+  // In decode steps the RMSNorm and SwiGLU kernels also quantize their outputs for the integer matvec kernels,
+  // and where the kernels allow it RMSNorm has no launch of its own (NormScale).
+  const NormScale fused_norm{norm_sums_, c.n_embd, c.rms_eps};
   for (int il = 0; il < n_layers_; ++il) {
     const LayerWeights& w = layers_[il];
-    const Q8Rows norm_q8 = decode_q8(c.n_embd, n_tokens);
     __half* const x16 = prompt_f16(n_tokens);
-    rms_norm(x_, nullptr, w.attn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
-    matmuls({{&w.wq, q_}, {&w.wk, k_}, {&w.wv, v_}}, norm_, norm_q8, x16, n_tokens, false);
+    const bool fused_attn_norm = fuses_attn_norm(il, n_tokens), fused_ffn_norm = fuses_ffn_norm(il, n_tokens);
+    const bool next_attn_norm_fused = il + 1 < n_layers_ && fuses_attn_norm(il + 1, n_tokens);
+    if (fused_attn_norm) {
+      matmuls({{&w.wq, q_}, {&w.wk, k_}, {&w.wv, v_}}, nullptr, norm_q8(), nullptr, n_tokens, false, fused_norm);
+    } else {
+      const Q8Rows norm_q8 = decode_q8(c.n_embd, n_tokens);
+      rms_norm(x_, nullptr, w.attn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
+      matmuls({{&w.wq, q_}, {&w.wk, k_}, {&w.wv, v_}}, norm_, norm_q8, x16, n_tokens, false);
+    }
+    const float* const ffn_norm_fused_into_wo = fused_ffn_norm ? w.ffn_norm : nullptr;
     if (decode && fused_decode_attention_) {
       // RoPE, the KV store and (one split) the Q8 quantization of the output happen inside the attention kernel.
       const Q8Rows attn_q8 = decode_attention_fuses_q8(ap) ? decode_q8(c.q_dim(), n_tokens) : Q8Rows{};
       decode_attention(ap, rope, q_, k_, v_, positions_d(), write_slots_d(), slot_offsets_d(), slot_table_d(),
                        n_tokens, decode_splits_, k_cache_[il], v_cache_[il], partials_, attn_, attn_q8, stream_);
-      matmuls({{&w.wo, x_}}, attn_, attn_q8, nullptr, n_tokens, true);
+      matmuls({{&w.wo, x_}}, attn_, attn_q8, nullptr, n_tokens, true, {}, ffn_norm_fused_into_wo);
     } else if (use_prompt_attention_) {
       rope_and_store_kv(rope, q_, k_, v_, positions_d(), write_slots_d(), n_tokens, k_cache_[il], v_cache_[il],
                         f16_cache_, stream_);
@@ -463,13 +497,19 @@ void LlamaCuda::enqueue_layers(int n_tokens) {
                         f16_cache_, stream_);
       attention(ap, q_, k_cache_[il], v_cache_[il], positions_d(), slot_offsets_d(), slot_table_d(), n_tokens,
                 decode ? max_splits_ : 1, partials_, attn_, stream_);
-      matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, nullptr, n_tokens, true);
+      matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, nullptr, n_tokens, true, {}, ffn_norm_fused_into_wo);
     }
-    rms_norm(x_, nullptr, w.ffn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
-    matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, norm_, norm_q8, x16, n_tokens, false);
+    if (fused_ffn_norm) {
+      matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, nullptr, norm_q8(), nullptr, n_tokens, false, fused_norm);
+    } else {
+      const Q8Rows norm_q8 = decode_q8(c.n_embd, n_tokens);
+      rms_norm(x_, nullptr, w.ffn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
+      matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, norm_, norm_q8, x16, n_tokens, false);
+    }
     const Q8Rows ff_q8 = decode_q8(c.n_ff, n_tokens);
     swiglu(gate_, up_, gate_, x16, ff_q8, static_cast<int64_t>(n_tokens) * c.n_ff, stream_);
-    matmuls({{&w.w_down, x_}}, gate_, ff_q8, x16, n_tokens, true);
+    matmuls({{&w.w_down, x_}}, gate_, ff_q8, x16, n_tokens, true, {},
+            next_attn_norm_fused ? layers_[il + 1].attn_norm : nullptr);
   }
 }
 

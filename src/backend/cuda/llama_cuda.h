@@ -54,9 +54,17 @@ class LlamaCuda {
   void enqueue_layers(int n_tokens);
   void enqueue_output(int n_tokens, int n_out);
   // y = W x for each target (all of one width); xq: x already quantized (decode only), or none; x16: x's f16
-  // copy already made by x's producer (prompt only, see prompt_f16), or none.
+  // copy already made by x's producer (prompt only, see prompt_f16), or none. Decode only: norm, x is a fused
+  // RMSNorm's unscaled output (NormScale); next_norm (one target, accumulate), fuse the next RMSNorm with these
+  // norm weights into the launch (matvec_norm, into norm_q8() and norm_sums_).
   void matmuls(std::initializer_list<MatmulTarget> targets, const float* x, const Q8Rows& xq, const __half* x16,
-               int n_tokens, bool accumulate);
+               int n_tokens, bool accumulate, const NormScale& norm = {}, const float* next_norm = nullptr);
+  // Decode: whether layer il's attention (ffn) RMSNorm is fused into the matvecs around it, which needs integer
+  // kernels for its producer (the previous layer's down projection; Wo) and all its consumers.
+  bool fuses_attn_norm(int il, int n_tokens) const;
+  bool fuses_ffn_norm(int il, int n_tokens) const;
+  // The fused RMSNorm output of a decode step, [n_tokens][n_embd] quantized.
+  Q8Rows norm_q8() const { return Q8Rows{norm_q8_, norm_q8_ds_, config_.n_embd}; }
   // The quantized-activation buffer as rows of `width`, or none where the decode kernels cannot use it (more than
   // kMaxMatvecTokens tokens, or a width that is not whole Q8 blocks).
   Q8Rows decode_q8(int width, int n_tokens) const;
@@ -106,6 +114,11 @@ class LlamaCuda {
   __half* x16_ = nullptr;      // f16 copy of a matmul input [n_tokens][max(n_embd, q_dim, n_ff)]
   int8_t* q8_ = nullptr;       // a decode matvec input quantized [kMaxMatvecTokens][max width] (Q8Rows)
   float2* q8_ds_ = nullptr;    // and its block scales [kMaxMatvecTokens][max width / 32]
+  // A fused RMSNorm's output (NormOutput): [kMaxMatvecTokens][n_embd] quantized, its block scales, and the sums
+  // of squares [kMaxMatvecTokens][n_embd / 32]. Apart from q8_, which its producer reads.
+  int8_t* norm_q8_ = nullptr;
+  float2* norm_q8_ds_ = nullptr;
+  float* norm_sums_ = nullptr;
   __half* w16_ = nullptr;      // one weight matrix decoded to f16, for the tensor-core path
   float* partials_ = nullptr;  // flash-decoding partial results
   int max_splits_ = 1;

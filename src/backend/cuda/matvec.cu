@@ -217,8 +217,23 @@ bool matvec_mixes_types(GgmlType first, GgmlType second, int64_t n_cols, int n_t
   return matvec_q8_mixes(first, second, n_cols, n_tokens);
 }
 
+bool matvec_fuses_norm(const DeviceMatrix& w) {
+  return has_q8_kernel(w.type) && w.n_rows % kQ8Block == 0 && w.n_rows <= kMaxFusedNormWidth;
+}
+
+void matvec_norm(const MatvecJob& job, const Q8Rows& xq, int n_tokens, const NormOutput& norm, cudaStream_t stream) {
+  if (n_tokens < 1 || n_tokens > kMaxMatvecTokens) throw std::runtime_error("matvec_norm: bad token count");
+  if (!matvec_fuses_norm(job.w) || !job.accumulate) {
+    throw std::runtime_error("matvec_norm: needs an integer-kernel type, whole Q8 blocks of rows and accumulate");
+  }
+  if (!xq.q || xq.ld != job.w.n_cols || !norm.q8.q || norm.q8.ld != job.w.n_rows) {
+    throw std::runtime_error("matvec_norm: bad Q8 input or output");
+  }
+  matvec_q8_norm(job, xq, n_tokens, norm, stream);
+}
+
 void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, const Q8Rows& xq, int n_tokens,
-            cudaStream_t stream) {
+            cudaStream_t stream, const NormScale& norm) {
   if (n_jobs < 1 || n_jobs > kMaxMatvecJobs || n_tokens < 1 || n_tokens > kMaxMatvecTokens) {
     throw std::runtime_error("matvec: bad job or token count");
   }
@@ -236,13 +251,17 @@ void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, cons
   }
   if (mixed || has_q8_kernel(type)) {
     if (!xq.q || xq.ld != jobs[0].w.n_cols) throw std::runtime_error("matvec: this weight type needs x as Q8Rows");
+    if (norm.sums && (norm.n != jobs[0].w.n_cols || norm.n > kMaxFusedNormWidth)) {
+      throw std::runtime_error("matvec: bad fused-norm width");
+    }
     if (mixed) {
-      matvec_q8_mixed(jobs, n_jobs, second_type_job, xq, stream);
+      matvec_q8_mixed(jobs, n_jobs, second_type_job, xq, norm, stream);
     } else {
-      matvec_q8(jobs, n_jobs, xq, n_tokens, stream);
+      matvec_q8(jobs, n_jobs, xq, n_tokens, norm, stream);
     }
     return;
   }
+  if (norm.sums) throw std::runtime_error("matvec: a fused RMSNorm needs an integer-kernel weight type");
   MatvecLaunch launch{make_matvec_groups(jobs, n_jobs, kRowsPerBlock), 0};
   if (!dispatch_type(type, LaunchMatvec{&launch, x, ldx, n_tokens, stream})) {
     throw std::runtime_error("the CUDA backend has no kernel for weight type " + std::string(ggml_type_name(type)));

@@ -6,10 +6,14 @@
 // latency, and loads in flight are what hides it. The integer sums are exact and the block
 // scales are applied in f32 (with the x block's d, and its s = d * sum(q) for the weights' offsets), so the result
 // is the dot product of the dequantized weights with the dequantized x, up to f32 rounding.
+#include <algorithm>
+#include <type_traits>
+
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/dequant.cuh"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/matvec_q8.h"
+#include "backend/cuda/q8.cuh"
 
 namespace tessera::cuda {
 namespace {
@@ -290,31 +294,33 @@ constexpr int rows_per_thread(GgmlType type, int n_tokens) {
   return n_tokens == 1 && type != GgmlType::Q4_K ? 4 : 2;
 }
 
-// One block per group of rows. The block's threads form teams of threads_per_row (32, 64 or 128, fewest that
-// cover a row's units in one pass); a team takes kRowsPerThread rows, and thread i of a team units i,
-// i + threads_per_row, ... of each of them. A 4096-wide Q6_K row is 128 units (Q4_K: 64 units of 64 values, two
-// teams per block), so at one token every thread of the block has the loads of one unit of each of its rows in
-// flight before it waits for anything, and a warp's whole work is one round trip to memory: short per-block
-// critical paths, many blocks in flight. Longer rows take more passes. The warps of a team add their sums through
-// shared memory. This is one block's work, for the row group of blockIdx.x, which is in job j.
-template <GgmlType T, int kTokens, int kRowsPerThread = rows_per_thread(T, kTokens)>
-__device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int j, const int8_t* __restrict__ xq,
-                                                const float2* __restrict__ xds, int64_t ld) {
+// The work of one block: rows [group_row, group_row + rows_per_group) of `matrix`, for every token. The block's
+// kThreads threads form teams of threads_per_row (32, 64 or 128, fewest that cover a row's units in one pass, at
+// most kThreads / teams); a team takes kRowsPerThread rows, and thread i of a team units i, i + threads_per_row,
+// ... of each of them. A 4096-wide Q6_K row is 128 units (Q4_K: 64 units of 64 values, two teams per block), so at
+// one token every thread of the block has the loads of one unit of each of its rows in flight before it waits for
+// anything, and a warp's whole work is one round trip to memory: short per-block critical paths, many blocks in
+// flight. Longer rows take more passes. The warps of a team add their sums through shared memory, and one thread
+// per row and token hands the result to emit(row - group_row, token, sum). hooks.after_wait() runs after the
+// previous kernel has finished (loads whose results are wanted at the end), hooks.before_barrier() before the
+// barrier that precedes emit.
+template <GgmlType T, int kTokens, int kRowsPerThread, int kThreads, class Hooks, class Emit>
+__device__ __forceinline__ void matvec_q8_rows(const DeviceMatrix& matrix, int64_t group_row, int rows_per_group,
+                                               const int8_t* __restrict__ xq, const float2* __restrict__ xds,
+                                               int64_t ld, Hooks& hooks, Emit emit) {
   using Dot = Q8Dot<T>;
+  constexpr int kWarps = kThreads / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int teams = groups.rows_per_group / kRowsPerThread, threads_per_row = kThreadsPerBlock / teams;
+  const int teams = rows_per_group / kRowsPerThread, threads_per_row = kThreads / teams;
   const int team = threadIdx.x / threads_per_row, first_unit = threadIdx.x % threads_per_row;
-  const int group = blockIdx.x;
-  const MatvecJob job = job_at(groups, j);
-  const int64_t group_row = static_cast<int64_t>(group - groups.group_start[j]) * groups.rows_per_group;
   const int64_t first_row = group_row + team * kRowsPerThread;
-  // Rows past the end read the last row again (their sums are dropped), so that no load needs a condition.
+  // Rows past the end read the last row again (emit drops their sums), so that no load needs a condition.
   const uint8_t* rows[kRowsPerThread];
 #pragma unroll
   for (int r = 0; r < kRowsPerThread; ++r) {
-    rows[r] = job.w.data + min(first_row + r, job.w.n_rows - 1) * static_cast<int64_t>(job.w.row_bytes);
+    rows[r] = matrix.data + min(first_row + r, matrix.n_rows - 1) * static_cast<int64_t>(matrix.row_bytes);
   }
-  const int n_units = static_cast<int>(job.w.n_cols / Dot::kValues);
+  const int n_units = static_cast<int>(matrix.n_cols / Dot::kValues);
   const int64_t ld_ds = ld / kQ8Block;
 
   typename Dot::Weights w[kRowsPerThread];
@@ -328,6 +334,7 @@ __device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int 
   load_weights(first_unit);
   wait_for_previous_kernel();
   allow_next_kernel();
+  hooks.after_wait();
 
   float acc[kRowsPerThread][kTokens] = {};
   for (int u = first_unit; u < n_units; u += threads_per_row) {
@@ -341,7 +348,7 @@ __device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int 
   }
 
   // Warp sums, then the sum over the warps of each team.
-  __shared__ float warp_sums[kWarpsPerBlock][kRowsPerThread][kTokens];
+  __shared__ float warp_sums[kWarps][kRowsPerThread][kTokens];
 #pragma unroll
   for (int r = 0; r < kRowsPerThread; ++r) {
 #pragma unroll
@@ -352,6 +359,7 @@ __device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int 
       if (lane == 0) warp_sums[warp][r][t] = s;
     }
   }
+  hooks.before_barrier();
   __syncthreads();
   if (threadIdx.x < teams * kRowsPerThread * kTokens) {
     const int out_team = threadIdx.x / (kRowsPerThread * kTokens);
@@ -359,32 +367,142 @@ __device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int 
     const int warps_per_team = threads_per_row / 32;
     float s = 0;
     for (int k = 0; k < warps_per_team; ++k) s += warp_sums[out_team * warps_per_team + k][r][t];
-    const int64_t row = group_row + out_team * kRowsPerThread + r;
-    if (row < job.w.n_rows) {
-      float* out = job.y + t * job.ldy + row;
-      *out = job.accumulate ? *out + s : s;
-    }
+    emit(out_team * kRowsPerThread + r, t, s);
   }
 }
 
-template <GgmlType T, int kTokens>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+// Hooks for a consumer of a fused RMSNorm (NormScale). After the wait, thread i loads sum of squares i of each
+// token (in flight during the matvec; a block has a thread per Q8 block of a row up to kMaxFusedNormWidth); before
+// the barrier each warp adds its threads' up; scaled() adds the warps' (in a fixed order: steps are reproducible)
+// into 1 / rms. A separate instantiation, so that the plain kernels keep their registers.
+template <int kTokens, int kWarps>
+struct ScaleByNorm {
+  static_assert(kWarps * 32 * kQ8Block == kMaxFusedNormWidth, "a thread per sum");
+  const NormScale norm;
+  double* warp_totals;  // shared, [kWarps][kTokens]
+  float sums[kTokens];
+
+  __device__ void after_wait() {
+    const int n_sums = norm.n / kQ8Block;
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t) sums[t] = threadIdx.x < n_sums ? norm.sums[t * n_sums + threadIdx.x] : 0.0f;
+  }
+  __device__ void before_barrier() {
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t) {
+      double total = sums[t];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xFFFFFFFFu, total, offset);
+      if (threadIdx.x % 32 == 0) warp_totals[threadIdx.x / 32 * kTokens + t] = total;
+    }
+  }
+  __device__ float scaled(int t, float s) const {
+    double total = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += warp_totals[w * kTokens + t];
+    return s * (1.0f / sqrtf(static_cast<float>(total / norm.n) + norm.eps));
+  }
+};
+
+// Hooks of a plain consumer (x quantized as it is).
+struct Unscaled {
+  __device__ Unscaled(const NormScale&, double*) {}
+  __device__ void after_wait() const {}
+  __device__ void before_barrier() const {}
+  __device__ float scaled(int, float s) const { return s; }
+};
+
+// One block per row group of a launch's jobs (matvec_jobs.cuh): the group of blockIdx.x, which is in job j.
+// kNormScaled: x is a fused RMSNorm's unscaled output (NormScale).
+template <GgmlType T, int kTokens, bool kNormScaled, int kRowsPerThread = rows_per_thread(T, kTokens)>
+__device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int j, const int8_t* __restrict__ xq,
+                                                const float2* __restrict__ xds, int64_t ld, const NormScale& norm) {
+  const MatvecJob job = job_at(groups, j);
+  const int64_t group_row = static_cast<int64_t>(blockIdx.x - groups.group_start[j]) * groups.rows_per_group;
+  __shared__ double warp_totals[kThreadsPerBlock / 32][kTokens];
+  using Hooks = std::conditional_t<kNormScaled, ScaleByNorm<kTokens, kThreadsPerBlock / 32>, Unscaled>;
+  Hooks hooks{norm, &warp_totals[0][0]};
+  matvec_q8_rows<T, kTokens, kRowsPerThread, kThreadsPerBlock>(
+      job.w, group_row, groups.rows_per_group, xq, xds, ld, hooks,
+      [&](int row, int t, float s) {
+        if (group_row + row >= job.w.n_rows) return;
+        float* out = job.y + t * job.ldy + group_row + row;
+        s = hooks.scaled(t, s);
+        *out = job.accumulate ? *out + s : s;
+      });
+}
+
+// Register budgets, chosen by measurement (tg128, alternating with the plain build in one device call): the
+// scaled one-token Q4_K kernel is held to 7 blocks per SM (72 registers; unbounded it takes 74, which fits 6), and
+// the others are given a minimum of one block, which lets ptxas spend more registers where it sees a use (Q6_K
+// at one token 72 -> 115): TinyLlama and 7B tg128 +16% / +7% over the plain build this way, +12.5% / +5.5% with
+// no bounds at all.
+constexpr int kQ4KBlocksPerSm = 7;
+constexpr int min_blocks_per_sm(GgmlType type, int n_tokens, bool norm_scaled) {
+  return type == GgmlType::Q4_K && n_tokens == 1 && norm_scaled ? kQ4KBlocksPerSm : 1;
+}
+
+template <GgmlType T, int kTokens, bool kNormScaled>
+__global__ void __launch_bounds__(kThreadsPerBlock, min_blocks_per_sm(T, kTokens, kNormScaled))
     matvec_q8_kernel(const MatvecGroups groups, const int8_t* __restrict__ xq, const float2* __restrict__ xds,
-                     int64_t ld) {
-  matvec_q8_group<T, kTokens>(groups, job_of(groups, blockIdx.x), xq, xds, ld);
+                     int64_t ld, const NormScale norm) {
+  matvec_q8_group<T, kTokens, kNormScaled>(groups, job_of(groups, blockIdx.x), xq, xds, ld, norm);
 }
 
 // A Q4_K_M layer's Wq, Wk (Q4_K) and Wv (Q6_K) in one launch: the jobs from first_q6_k_job on are Q6_K. Two
 // launches ran Wv alone in 1.3 waves of blocks after Wq/Wk had drained.
+template <bool kNormScaled>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     matvec_q4_k_q6_k_kernel(const MatvecGroups groups, int first_q6_k_job, const int8_t* __restrict__ xq,
-                            const float2* __restrict__ xds, int64_t ld) {
+                            const float2* __restrict__ xds, int64_t ld, const NormScale norm) {
   const int j = job_of(groups, blockIdx.x);
   if (j < first_q6_k_job) {
-    matvec_q8_group<GgmlType::Q4_K, 1>(groups, j, xq, xds, ld);
+    matvec_q8_group<GgmlType::Q4_K, 1, kNormScaled>(groups, j, xq, xds, ld, norm);
   } else {
-    matvec_q8_group<GgmlType::Q6_K, 1>(groups, j, xq, xds, ld);
+    matvec_q8_group<GgmlType::Q6_K, 1, kNormScaled>(groups, j, xq, xds, ld, norm);
   }
+}
+
+// The fused-RMSNorm producer (NormOutput): a block owns one Q8 block's worth of rows (32), so that it can quantize
+// them itself once they are summed: warp t takes token t, lane i row 32 * blockIdx.x + i. The grid is n_rows / 32
+// blocks (64 at TinyLlama's 2048, 128 at 4096), one per SM, with 4 rows per thread at one token (Q6_K at 8, for
+// more bytes in flight, measured slower: its 7B down projection 25.4 -> 26.0 us under ncu). kThreads (at most 512)
+// grows with the row's units.
+template <GgmlType T, int kTokens>
+constexpr int kNormRowsPerThread = kTokens == 1 ? 4 : 2;
+constexpr int kMaxNormThreads = 512;
+
+template <GgmlType T, int kTokens, int kThreads>
+__global__ void __launch_bounds__(kThreads)
+    matvec_q8_norm_kernel(const MatvecJob job, const int8_t* __restrict__ xq, const float2* __restrict__ xds,
+                          int64_t ld, const NormOutput norm) {
+  static_assert(kThreads / 32 >= kTokens, "a warp per token");
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t group_row = static_cast<int64_t>(blockIdx.x) * kQ8Block, row = group_row + lane;
+  const float weight = norm.weight[row];
+  __shared__ float sums[kQ8Block][kTokens];
+  // y's old value, which the residual add needs, is read right after the wait.
+  struct LoadResidual {
+    const float* y;  // this lane's row of token 0
+    int64_t ldy;
+    float old = 0;
+    __device__ void after_wait() {
+      if (threadIdx.x / 32 < kTokens) old = y[(threadIdx.x / 32) * ldy];
+    }
+    __device__ void before_barrier() const {}
+  } residual{job.y + row, job.ldy};
+  matvec_q8_rows<T, kTokens, kNormRowsPerThread<T, kTokens>, kThreads>(
+      job.w, group_row, kQ8Block, xq, xds, ld, residual, [&](int r, int t, float s) { sums[r][t] = s; });
+  __syncthreads();
+  if (warp >= kTokens) return;
+  const int t = warp;
+  const float y = residual.old + sums[lane][t];
+  job.y[t * job.ldy + row] = y;
+  float square_sum = y * y;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) square_sum += __shfl_xor_sync(0xFFFFFFFFu, square_sum, offset);
+  if (lane == 0) norm.sums[t * (job.w.n_rows / kQ8Block) + blockIdx.x] = square_sum;
+  quantize_q8_block(y * weight, norm.q8, t, blockIdx.x, lane);
 }
 
 // Rows per block (teams x rows per thread) of a launch of type T at a width.
@@ -400,6 +518,7 @@ struct LaunchQ8 {
   int n_jobs;
   const Q8Rows* xq;
   int n_tokens;
+  const NormScale* norm;
   cudaStream_t stream;
 
   template <GgmlType T>
@@ -421,15 +540,56 @@ struct LaunchQ8 {
   void launch() const {
     const MatvecGroups groups = make_matvec_groups(jobs, n_jobs, rows_per_group<T>(jobs[0].w.n_cols, kTokens));
     const int n_groups = groups.group_start[groups.n_jobs];
-    launch_chained("matvec_q8_kernel", matvec_q8_kernel<T, kTokens>, dim3(n_groups), dim3(kThreadsPerBlock), 0,
-                   stream, groups, xq->q, xq->ds, xq->ld);
+    auto* kernel = norm->sums ? matvec_q8_kernel<T, kTokens, true> : matvec_q8_kernel<T, kTokens, false>;
+    launch_chained("matvec_q8_kernel", kernel, dim3(n_groups), dim3(kThreadsPerBlock), 0, stream, groups, xq->q,
+                   xq->ds, xq->ld, *norm);
+  }
+};
+
+struct LaunchQ8Norm {
+  const MatvecJob* job;
+  const Q8Rows* xq;
+  int n_tokens;
+  const NormOutput* norm;
+  cudaStream_t stream;
+
+  template <GgmlType T>
+  void operator()() const {
+    if constexpr (has_q8_kernel(T)) {
+      switch (n_tokens) {
+        case 1: return launch_one_token<T>();
+        case 2: return launch<T, 2, kMaxNormThreads>();
+        case 3: return launch<T, 3, kMaxNormThreads>();
+        case 4: return launch<T, 4, kMaxNormThreads>();
+        case 5: return launch<T, 5, kMaxNormThreads>();
+        case 6: return launch<T, 6, kMaxNormThreads>();
+        case 7: return launch<T, 7, kMaxNormThreads>();
+        default: return launch<T, 8, kMaxNormThreads>();
+      }
+    }
+  }
+  // Teams of the fewest threads per row (32, 64, 128) that cover its units in one pass, within kMaxNormThreads.
+  template <GgmlType T>
+  void launch_one_token() const {
+    constexpr int kTeams = kQ8Block / kNormRowsPerThread<T, 1>;
+    const int64_t n_units = job->w.n_cols / Q8Dot<T>::kValues;
+    const int threads_per_row = std::min(n_units <= 32 ? 32 : n_units <= 64 ? 64 : 128, kMaxNormThreads / kTeams);
+    if (threads_per_row * kTeams == 256) return launch<T, 1, 256>();
+    launch<T, 1, kMaxNormThreads>();
+  }
+  template <GgmlType T, int kTokens, int kThreads>
+  void launch() const {
+    launch_chained("matvec_q8_norm_kernel", matvec_q8_norm_kernel<T, kTokens, kThreads>,
+                   dim3(static_cast<unsigned>(job->w.n_rows / kQ8Block)), dim3(kThreads), 0, stream, *job, xq->q,
+                   xq->ds, xq->ld, *norm);
   }
 };
 
 }  // namespace
 
-void matvec_q8(const MatvecJob* jobs, int n_jobs, const Q8Rows& xq, int n_tokens, cudaStream_t stream) {
-  dispatch_type(jobs[0].w.type, LaunchQ8{jobs, n_jobs, &xq, n_tokens, stream});
+void matvec_q8(const MatvecJob* jobs, int n_jobs, const Q8Rows& xq, int n_tokens, const NormScale& norm,
+               cudaStream_t stream) {
+  dispatch_type(jobs[0].w.type, LaunchQ8{jobs, n_jobs, &xq, n_tokens, &norm, stream});
 }
 
 bool matvec_q8_mixes(GgmlType first, GgmlType second, int64_t n_cols, int n_tokens) {
@@ -438,11 +598,17 @@ bool matvec_q8_mixes(GgmlType first, GgmlType second, int64_t n_cols, int n_toke
 }
 
 void matvec_q8_mixed(const MatvecJob* jobs, int n_jobs, int first_second_type_job, const Q8Rows& xq,
-                     cudaStream_t stream) {
+                     const NormScale& norm, cudaStream_t stream) {
   const MatvecGroups groups =
       make_matvec_groups(jobs, n_jobs, rows_per_group<GgmlType::Q4_K>(jobs[0].w.n_cols, 1));
-  launch_chained("matvec_q4_k_q6_k_kernel", matvec_q4_k_q6_k_kernel, dim3(groups.group_start[groups.n_jobs]),
-                 dim3(kThreadsPerBlock), 0, stream, groups, first_second_type_job, xq.q, xq.ds, xq.ld);
+  auto* kernel = norm.sums ? matvec_q4_k_q6_k_kernel<true> : matvec_q4_k_q6_k_kernel<false>;
+  launch_chained("matvec_q4_k_q6_k_kernel", kernel, dim3(groups.group_start[groups.n_jobs]), dim3(kThreadsPerBlock), 0,
+                 stream, groups, first_second_type_job, xq.q, xq.ds, xq.ld, norm);
+}
+
+void matvec_q8_norm(const MatvecJob& job, const Q8Rows& xq, int n_tokens, const NormOutput& norm,
+                    cudaStream_t stream) {
+  dispatch_type(job.w.type, LaunchQ8Norm{&job, &xq, n_tokens, &norm, stream});
 }
 
 }  // namespace tessera::cuda

@@ -11,13 +11,17 @@ constexpr bool has_q8_kernel(GgmlType type) {
          type == GgmlType::Q6_K;
 }
 
-// y = W xq for each of the n_jobs jobs (one type and width); xq.ld == n_cols.
-void matvec_q8(const MatvecJob* jobs, int n_jobs, const Q8Rows& xq, int n_tokens, cudaStream_t stream);
+// y = W xq for each of the n_jobs jobs (one type and width); xq.ld == n_cols; norm as for matvec().
+void matvec_q8(const MatvecJob* jobs, int n_jobs, const Q8Rows& xq, int n_tokens, const NormScale& norm,
+               cudaStream_t stream);
 
 // Whether one launch takes jobs of type `first` followed by jobs of type `second` (see matvec_mixes_types).
 bool matvec_q8_mixes(GgmlType first, GgmlType second, int64_t n_cols, int n_tokens);
 // One token: jobs [0, first_second_type_job) of one type, the others of a second; matvec_q8_mixes must hold.
 void matvec_q8_mixed(const MatvecJob* jobs, int n_jobs, int first_second_type_job, const Q8Rows& xq,
-                     cudaStream_t stream);
+                     const NormScale& norm, cudaStream_t stream);
+// matvec_norm for the integer types.
+void matvec_q8_norm(const MatvecJob& job, const Q8Rows& xq, int n_tokens, const NormOutput& norm,
+                    cudaStream_t stream);
 
 }  // namespace tessera::cuda
