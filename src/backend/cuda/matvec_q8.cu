@@ -468,7 +468,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 // blocks (64 at TinyLlama's 2048, 128 at 4096), one per SM, with 4 rows per thread at one token (Q6_K at 8, for
 // more bytes in flight, measured slower: its 7B down projection 25.4 -> 26.0 us under ncu). kThreads (at most 512)
 // grows with the row's units.
-template <GgmlType T, int kTokens>
+template <int kTokens>
 constexpr int kNormRowsPerThread = kTokens == 1 ? 4 : 2;
 constexpr int kMaxNormThreads = 512;
 
@@ -491,7 +491,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __device__ void before_barrier() const {}
   } residual{job.y + row, job.ldy};
-  matvec_q8_rows<T, kTokens, kNormRowsPerThread<T, kTokens>, kThreads>(
+  matvec_q8_rows<T, kTokens, kNormRowsPerThread<kTokens>, kThreads>(
       job.w, group_row, kQ8Block, xq, xds, ld, residual, [&](int r, int t, float s) { sums[r][t] = s; });
   __syncthreads();
   if (warp >= kTokens) return;
@@ -571,7 +571,7 @@ struct LaunchQ8Norm {
   // Teams of the fewest threads per row (32, 64, 128) that cover its units in one pass, within kMaxNormThreads.
   template <GgmlType T>
   void launch_one_token() const {
-    constexpr int kTeams = kQ8Block / kNormRowsPerThread<T, 1>;
+    constexpr int kTeams = kQ8Block / kNormRowsPerThread<1>;
     const int64_t n_units = job->w.n_cols / Q8Dot<T>::kValues;
     const int threads_per_row = std::min(n_units <= 32 ? 32 : n_units <= 64 ? 64 : 128, kMaxNormThreads / kTeams);
     if (threads_per_row * kTeams == 256) return launch<T, 1, 256>();
