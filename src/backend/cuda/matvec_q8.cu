@@ -513,6 +513,22 @@ int rows_per_group(int64_t n_cols, int n_tokens) {
   return rows_per_thread(T, n_tokens) * (kThreadsPerBlock / threads_per_row);
 }
 
+// f(std::integral_constant<int, n_tokens>{}) for a decode step's 1..kMaxMatvecTokens tokens: the kernels take the
+// token count as a template parameter.
+template <class F>
+void with_token_count(int n_tokens, F&& f) {
+  switch (n_tokens) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
+  }
+}
+
 struct LaunchQ8 {
   const MatvecJob* jobs;
   int n_jobs;
@@ -523,18 +539,7 @@ struct LaunchQ8 {
 
   template <GgmlType T>
   void operator()() const {
-    if constexpr (has_q8_kernel(T)) {
-      switch (n_tokens) {
-        case 1: return launch<T, 1>();
-        case 2: return launch<T, 2>();
-        case 3: return launch<T, 3>();
-        case 4: return launch<T, 4>();
-        case 5: return launch<T, 5>();
-        case 6: return launch<T, 6>();
-        case 7: return launch<T, 7>();
-        default: return launch<T, 8>();
-      }
-    }
+    if constexpr (has_q8_kernel(T)) with_token_count(n_tokens, [&](auto tokens) { launch<T, tokens.value>(); });
   }
   template <GgmlType T, int kTokens>
   void launch() const {
@@ -556,16 +561,13 @@ struct LaunchQ8Norm {
   template <GgmlType T>
   void operator()() const {
     if constexpr (has_q8_kernel(T)) {
-      switch (n_tokens) {
-        case 1: return launch_one_token<T>();
-        case 2: return launch<T, 2, kMaxNormThreads>();
-        case 3: return launch<T, 3, kMaxNormThreads>();
-        case 4: return launch<T, 4, kMaxNormThreads>();
-        case 5: return launch<T, 5, kMaxNormThreads>();
-        case 6: return launch<T, 6, kMaxNormThreads>();
-        case 7: return launch<T, 7, kMaxNormThreads>();
-        default: return launch<T, 8, kMaxNormThreads>();
-      }
+      with_token_count(n_tokens, [&](auto tokens) {
+        if constexpr (tokens.value == 1) {
+          launch_one_token<T>();
+        } else {
+          launch<T, tokens.value, kMaxNormThreads>();
+        }
+      });
     }
   }
   // Teams of the fewest threads per row (32, 64, 128) that cover its units in one pass, within kMaxNormThreads.
