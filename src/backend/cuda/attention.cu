@@ -55,8 +55,8 @@ __global__ void __launch_bounds__(kWarps * 32)
                      const void* __restrict__ v_cache, const int32_t* __restrict__ positions,
                      const int32_t* __restrict__ slot_offsets, const int32_t* __restrict__ slot_table,
                      float* __restrict__ partials, float* __restrict__ out) {
-  wait_for_previous_kernel();
   allow_next_kernel();
+  wait_for_previous_kernel();
   const int t = blockIdx.x, h0 = blockIdx.y * QH, split = blockIdx.z, n_splits = gridDim.z;
   const int hd = p.head_dim, kv_dim = p.n_head_kv * hd, q_dim = p.n_head * hd;
   const int kv_head = h0 / (p.n_head / p.n_head_kv);
@@ -153,8 +153,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 // One block per (token, head); with q8 (head_dim a multiple of 32) it also quantizes the output.
 __global__ void merge_splits_kernel(const AttentionParams p, int n_splits, const float* __restrict__ partials,
                                     float* __restrict__ out, const Q8Rows q8) {
-  wait_for_previous_kernel();
   allow_next_kernel();
+  wait_for_previous_kernel();
   const int t = blockIdx.x, head = blockIdx.y, hd = p.head_dim;
   const float* parts = partials + (static_cast<int64_t>(t) * p.n_head + head) * n_splits * (hd + 2);
   float big = -INFINITY;
@@ -410,8 +410,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
   __syncthreads();
   if (k_begin < k_end) load_tile(k_begin, first_n);
 
-  wait_for_previous_kernel();
   allow_next_kernel();
+  wait_for_previous_kernel();
 
   // One round trip for what the Wq/Wk/Wv matvec wrote: the block's queries, and the step rows it fills or stores.
   constexpr int kQueryItems = (QH * 128 + kDecodeThreads - 1) / kDecodeThreads;  // head_dim <= 256

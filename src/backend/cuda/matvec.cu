@@ -78,8 +78,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int n_groups = launch.groups.group_start[launch.groups.n_jobs];
 
   if (static_cast<int>(blockIdx.x) < n_groups) prefetch_group(launch, blockIdx.x, warp, lane);
-  wait_for_previous_kernel();
   allow_next_kernel();
+  wait_for_previous_kernel();
   if (single_tile) {
     stage_x<kChunk>(xs, tile_stride, x, ldx, n_tokens, 0, static_cast<int>(n_cols));
     __syncthreads();

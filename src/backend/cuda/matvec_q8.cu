@@ -332,8 +332,8 @@ __device__ __forceinline__ void matvec_q8_rows(const DeviceMatrix& matrix, int64
   };
   // The weights do not depend on the previous kernel: the first ones are on their way before waiting for it.
   load_weights(first_unit);
-  wait_for_previous_kernel();
   allow_next_kernel();
+  wait_for_previous_kernel();
   hooks.after_wait();
 
   float acc[kRowsPerThread][kTokens] = {};

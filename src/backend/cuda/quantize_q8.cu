@@ -13,8 +13,8 @@ namespace {
 constexpr int kThreads = 256;
 
 __global__ void quantize_q8_kernel(const float* __restrict__ x, int64_t ldx, int64_t n_values, Q8Rows out) {
-  wait_for_previous_kernel();
   allow_next_kernel();
+  wait_for_previous_kernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   // n_values is a multiple of 32, so a warp is either wholly in range or wholly out.
   if (i >= n_values) return;

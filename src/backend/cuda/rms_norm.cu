@@ -29,8 +29,8 @@ __global__ void __launch_bounds__(kThreads)
     const int i = threadIdx.x + k * kThreads;
     w[k] = i < n ? weight[i] : 0.0f;
   }
-  wait_for_previous_kernel();
   allow_next_kernel();
+  wait_for_previous_kernel();
 
   const int64_t r = blockIdx.x;
   const float* xr = x + (rows ? rows[r] : r) * static_cast<int64_t>(n);

@@ -13,8 +13,8 @@ namespace {
 __global__ void rope_store_kernel(const RopeParams p, float* __restrict__ q, const float* __restrict__ k,
                                   const float* __restrict__ v, const int32_t* __restrict__ positions,
                                   const int32_t* __restrict__ slots, void* k_cache, void* v_cache, bool f16_cache) {
-  wait_for_previous_kernel();
   allow_next_kernel();
+  wait_for_previous_kernel();
   const int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
   if (2 * i >= p.head_dim) return;
   const int q_dim = p.n_head * p.head_dim, kv_dim = p.n_head_kv * p.head_dim;

@@ -12,8 +12,8 @@ namespace {
 
 __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ out,
                               __half* __restrict__ out16, const Q8Rows q8, int64_t count) {
-  wait_for_previous_kernel();
   allow_next_kernel();
+  wait_for_previous_kernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   // With q8, count is a multiple of 32: whole warps leave here, and the others quantize together.
   if (i >= count) return;
