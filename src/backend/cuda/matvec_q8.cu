@@ -300,11 +300,11 @@ constexpr int rows_per_thread(GgmlType type, int n_tokens) {
 // ... of each of them. A 4096-wide Q6_K row is 128 units (Q4_K: 64 units of 64 values, two teams per block), so at
 // one token every thread of the block has the loads of one unit of each of its rows in flight before it waits for
 // anything, and a warp's whole work is one round trip to memory: short per-block critical paths, many blocks in
-// flight. Longer rows take more passes. The warps of a team add their sums through shared memory, and one thread
-// per row and token hands the result to emit(row - group_row, token, sum). hooks.after_wait() runs after the
-// previous kernel has finished (loads whose results are wanted at the end), hooks.before_barrier() before the
-// barrier that precedes emit.
-template <GgmlType T, int kTokens, int kRowsPerThread, int kThreads, class Hooks, class Emit>
+// flight. Longer rows take more passes (kPrefetch: each requests the next one's weights before it computes). The
+// warps of a team add their sums through shared memory, and one thread per row and token hands the result to
+// emit(row - group_row, token, sum). hooks.after_wait() runs after the previous kernel has finished (loads whose
+// results are wanted at the end), hooks.before_barrier() before the barrier that precedes emit.
+template <GgmlType T, int kTokens, int kRowsPerThread, int kThreads, bool kPrefetch, class Hooks, class Emit>
 __device__ __forceinline__ void matvec_q8_rows(const DeviceMatrix& matrix, int64_t group_row, int rows_per_group,
                                                const int8_t* __restrict__ xq, const float2* __restrict__ xds,
                                                int64_t ld, Hooks& hooks, Emit emit) {
@@ -325,25 +325,37 @@ __device__ __forceinline__ void matvec_q8_rows(const DeviceMatrix& matrix, int64
 
   typename Dot::Weights w[kRowsPerThread];
   // Past the end: loads a valid unit, whose sum the loop never adds.
-  auto load_weights = [&](int u) {
+  auto load_weights = [&](typename Dot::Weights(&into)[kRowsPerThread], int u) {
     u = min(u, n_units - 1);
 #pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) w[r] = Dot::load(rows[r], u);
+    for (int r = 0; r < kRowsPerThread; ++r) into[r] = Dot::load(rows[r], u);
   };
   // The weights do not depend on the previous kernel: the first ones are on their way before waiting for it.
-  load_weights(first_unit);
+  load_weights(w, first_unit);
   allow_next_kernel();
   wait_for_previous_kernel();
   hooks.after_wait();
 
   float acc[kRowsPerThread][kTokens] = {};
   for (int u = first_unit; u < n_units; u += threads_per_row) {
-    if (u != first_unit) load_weights(u);
+    typename Dot::Weights next[kPrefetch ? kRowsPerThread : 1];
+    const bool more = u + threads_per_row < n_units;
+    if constexpr (kPrefetch) {
+      if (more) load_weights(next, u + threads_per_row);
+    } else if (u != first_unit) {
+      load_weights(w, u);
+    }
 #pragma unroll
     for (int t = 0; t < kTokens; ++t) {
       const typename Dot::Act a = Dot::load_act(xq + t * ld, xds + t * ld_ds, u);
 #pragma unroll
       for (int r = 0; r < kRowsPerThread; ++r) acc[r][t] += Dot::dot(w[r], a, u);
+    }
+    if constexpr (kPrefetch) {
+      if (more) {
+#pragma unroll
+        for (int r = 0; r < kRowsPerThread; ++r) w[r] = next[r];
+      }
     }
   }
 
@@ -422,7 +434,7 @@ __device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int 
   __shared__ double warp_totals[kThreadsPerBlock / 32][kTokens];
   using Hooks = std::conditional_t<kNormScaled, ScaleByNorm<kTokens, kThreadsPerBlock / 32>, Unscaled>;
   Hooks hooks{norm, &warp_totals[0][0]};
-  matvec_q8_rows<T, kTokens, kRowsPerThread, kThreadsPerBlock>(
+  matvec_q8_rows<T, kTokens, kRowsPerThread, kThreadsPerBlock, false>(
       job.w, group_row, groups.rows_per_group, xq, xds, ld, hooks,
       [&](int row, int t, float s) {
         if (group_row + row >= job.w.n_rows) return;
@@ -470,6 +482,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 // grows with the row's units.
 template <int kTokens>
 constexpr int kNormRowsPerThread = kTokens == 1 ? 4 : 2;
+// Whether the producer requests a pass's weights before it uses the previous pass's. Q6_K rows take 3-6 passes
+// here, and these blocks (one per SM) have the registers: 7B tg128 +2%, TinyLlama +2%, measured with several
+// kernels running ahead (launch.cuh; it was neutral with one). Q4_K would spill at 512 threads.
+constexpr bool norm_prefetches(GgmlType type) { return type == GgmlType::Q6_K; }
 constexpr int kMaxNormThreads = 512;
 
 template <GgmlType T, int kTokens, int kThreads>
@@ -491,7 +507,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __device__ void before_barrier() const {}
   } residual{job.y + row, job.ldy};
-  matvec_q8_rows<T, kTokens, kNormRowsPerThread<kTokens>, kThreads>(
+  matvec_q8_rows<T, kTokens, kNormRowsPerThread<kTokens>, kThreads, norm_prefetches(T)>(
       job.w, group_row, kQ8Block, xq, xds, ld, residual, [&](int r, int t, float s) { sums[r][t] = s; });
   __syncthreads();
   if (warp >= kTokens) return;
