@@ -192,7 +192,8 @@ TEST(CudaModel, BatchOfTwoEqualsEachAlone) {
   }
 }
 
-// Hybrid: one layer on the GPU, one on the CPU, still the golden logits.
+// Hybrid: one layer on the GPU, one on the CPU, still the golden logits, for the prompt in one step and token by
+// token (the GPU layers' decode graph, then the CPU's layers).
 TEST(CudaModel, HybridSplitMatchesGoldens) {
   TESSERA_REQUIRE_GPU();
   const std::string base = tessera::test::fixture("models/tiny-llama-Q8_0").string();
@@ -210,6 +211,17 @@ TEST(CudaModel, HybridSplitMatchesGoldens) {
     const Sequence seq = contiguous(64);
     std::vector<float> got = run(*backend, {&seq}, {prompt}, {0}, model.config.n_vocab, true);
     expect_close(got, want, 0.05, 0, "hybrid with " + std::to_string(gpu_layers) + " GPU layers");
+
+    auto decoding = make_hybrid_backend(model, options);
+    Sequence reversed;
+    for (size_t p = 0; p < prompt.size(); ++p) reversed.slots.push_back(static_cast<int32_t>(63 - p));
+    std::vector<float> steps;
+    for (size_t p = 0; p < prompt.size(); ++p) {
+      const std::vector<float> row =
+          run(*decoding, {&reversed}, {{prompt[p]}}, {static_cast<int32_t>(p)}, model.config.n_vocab, true);
+      steps.insert(steps.end(), row.begin(), row.end());
+    }
+    expect_close(steps, want, 0.05, 0, "hybrid token by token with " + std::to_string(gpu_layers) + " GPU layers");
   }
 }
 
