@@ -349,6 +349,66 @@ TEST(CudaOps, FusedRmsNormMatchesCpu) {
   }
 }
 
+// Gate/up with SwiGLU fused (matvec_swiglu): the quantized output against silu(g) * u from the CPU reference
+// matvecs, quantized on the CPU. The GPU's f32 sums differ from the reference in the last bits, so a value may round
+// to the neighbouring integer: each dequantized value must be within one step (its block's d) of the CPU's, and
+// every block scale within 0.1%. Every integer type, one pass and two per row (Q4_K at 4096), with and without a
+// fused norm scale.
+TEST(CudaOps, FusedSwigluMatchesCpu) {
+  TESSERA_REQUIRE_GPU();
+  const GgmlType kTypes[] = {GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+  const float eps = 1e-5f;
+  struct Case {
+    int64_t n_rows, n_cols;
+  };
+  for (const Case c : {Case{352, 4096}, Case{160, 2048}, Case{64, 768}}) {
+    const std::vector<float> x = random_floats(c.n_cols, -1, 1, 31);
+    DeviceBuffer<float> d_x(x);
+    DeviceQ8 d_xq(1, c.n_cols), d_out(1, c.n_rows);
+    quantize_q8(d_x.get(), c.n_cols, 1, d_xq.rows, nullptr);
+    std::vector<float> sums(c.n_cols / 32);
+    double square_sum = 0;
+    for (int64_t i = 0; i < c.n_cols; ++i) sums[i / 32] += x[i] * x[i], square_sum += static_cast<double>(x[i]) * x[i];
+    DeviceBuffer<float> d_sums(sums);
+    const std::vector<float> x_seen = dequantize_q8_cpu(quantize_q8_cpu(x));
+    for (const GgmlType type : kTypes) {
+      if (c.n_cols % 256 != 0 && type != GgmlType::Q4_0 && type != GgmlType::Q8_0) continue;
+      const std::vector<uint8_t> gate = random_matrix(type, c.n_rows, c.n_cols, 32);
+      const std::vector<uint8_t> up = random_matrix(type, c.n_rows, c.n_cols, 33);
+      DeviceBuffer<uint8_t> d_gate(gate), d_up(up);
+      const size_t row_bytes = ggml_row_bytes(type, c.n_cols);
+      const DeviceMatrix w_gate{type, d_gate.get(), row_bytes, c.n_cols, c.n_rows};
+      const DeviceMatrix w_up{type, d_up.get(), row_bytes, c.n_cols, c.n_rows};
+      ASSERT_TRUE(matvec_fuses_swiglu(w_gate, w_up));
+      for (const bool scaled : {false, true}) {
+        const std::string what = std::string(ggml_type_name(type)) + ", " + std::to_string(c.n_rows) + " x " +
+                                 std::to_string(c.n_cols) + (scaled ? ", norm-scaled" : "");
+        const NormScale norm = scaled ? NormScale{d_sums.get(), static_cast<int>(c.n_cols), eps} : NormScale{};
+        matvec_swiglu(w_gate, w_up, d_xq.rows, norm, d_out.rows, nullptr);
+        double max_abs = 0;
+        const std::vector<float> g = matvec_ref(type, gate, c.n_rows, c.n_cols, x_seen, 1, max_abs);
+        const std::vector<float> u = matvec_ref(type, up, c.n_rows, c.n_cols, x_seen, 1, max_abs);
+        const double scale = scaled ? 1.0 / std::sqrt(square_sum / c.n_cols + eps) : 1.0;
+        std::vector<float> h(c.n_rows);
+        for (int64_t i = 0; i < c.n_rows; ++i) {
+          const double gi = g[i] * scale, ui = u[i] * scale;
+          h[i] = static_cast<float>(gi / (1.0 + std::exp(-gi)) * ui);
+        }
+        const HostQ8 got = d_out.download(), want = quantize_q8_cpu(h);
+        const std::vector<float> got_values = dequantize_q8_cpu(got), want_values = dequantize_q8_cpu(want);
+        size_t bad = 0;
+        for (int64_t i = 0; i < c.n_rows; ++i) {
+          bad += !(std::fabs(got_values[i] - want_values[i]) <= 1.001 * want.d[i / 32] + 1e-7);
+        }
+        EXPECT_EQ(bad, 0u) << what << ": values more than one step from the CPU's";
+        for (size_t b = 0; b < want.d.size(); ++b) {
+          EXPECT_NEAR(got.d[b], want.d[b], 1e-3 * want.d[b] + 1e-9) << what << ", block " << b;
+        }
+      }
+    }
+  }
+}
+
 // What the fused RMSNorm cannot take is refused before anything is launched (no GPU needed): a type without an
 // integer kernel, rows that are not whole Q8 blocks or over kMaxFusedNormWidth, a producer that does not
 // accumulate, mismatched Q8 rows, a bad token count; and a norm scale on an f32-kernel launch or of the wrong width.
@@ -394,6 +454,41 @@ TEST(CudaOps, FusedRmsNormRefusesWhatItCannotTake) {
   const MatvecJob q4_job{matrix(GgmlType::Q4_K, 64, 256), f, 64, false};
   expect_refused([&] { matvec(&q4_job, 1, f, 256, xq, 1, nullptr, NormScale{f, 512, 1e-5f}); },
                  "bad fused-norm width");
+}
+
+// What matvec_swiglu cannot take is refused before anything is launched (no GPU needed): matrices of different
+// types or shapes, a type without an integer kernel, rows that are not whole Q8 blocks, Q8 rows of the wrong width
+// or an output that is the input, a norm scale of the wrong width.
+TEST(CudaOps, FusedSwigluRefusesWhatItCannotTake) {
+  auto expect_refused = [](auto&& call, const std::string& why) {
+    try {
+      call();
+      ADD_FAILURE() << "not refused: " << why;
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  };
+  int8_t q[2];
+  float2 ds[2];
+  float f[1];
+  uint8_t bytes[1];
+  auto matrix = [&](GgmlType type, int64_t n_rows, int64_t n_cols) {
+    return DeviceMatrix{type, bytes, ggml_row_bytes(type, n_cols), n_cols, n_rows};
+  };
+  const DeviceMatrix gate = matrix(GgmlType::Q4_K, 64, 256), up = gate;
+  const Q8Rows xq{q, ds, 256}, out{q + 1, ds + 1, 64};
+  EXPECT_TRUE(matvec_fuses_swiglu(gate, up));
+  EXPECT_FALSE(matvec_fuses_swiglu(gate, matrix(GgmlType::Q6_K, 64, 256)));
+  EXPECT_FALSE(matvec_fuses_swiglu(gate, matrix(GgmlType::Q4_K, 96, 256)));
+  EXPECT_FALSE(matvec_fuses_swiglu(gate, matrix(GgmlType::Q4_K, 64, 512)));
+  EXPECT_FALSE(matvec_fuses_swiglu(matrix(GgmlType::F16, 64, 256), matrix(GgmlType::F16, 64, 256)));
+  EXPECT_FALSE(matvec_fuses_swiglu(matrix(GgmlType::Q4_K, 48, 256), matrix(GgmlType::Q4_K, 48, 256)));
+  const std::string cannot = "needs two matrices", bad_q8 = "bad Q8 input or output";
+  expect_refused([&] { matvec_swiglu(gate, matrix(GgmlType::Q6_K, 64, 256), xq, {}, out, nullptr); }, cannot);
+  expect_refused([&] { matvec_swiglu(gate, up, Q8Rows{q, ds, 512}, {}, out, nullptr); }, bad_q8);
+  expect_refused([&] { matvec_swiglu(gate, up, xq, {}, Q8Rows{q + 1, ds + 1, 96}, nullptr); }, bad_q8);
+  expect_refused([&] { matvec_swiglu(gate, up, xq, {}, Q8Rows{q, ds, 64}, nullptr); }, bad_q8);
+  expect_refused([&] { matvec_swiglu(gate, up, xq, NormScale{f, 512, 1e-5f}, out, nullptr); }, "bad fused-norm width");
 }
 
 // The tensor-core path: W decoded to f16, x rounded to f16, f32 accumulation (F32 weights stay f32).

@@ -85,6 +85,13 @@ void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, cons
 // y += W xq for one job (accumulate, matvec_fuses_norm) and the next RMSNorm's part (NormOutput). One launch.
 void matvec_norm(const MatvecJob& job, const Q8Rows& xq, int n_tokens, const NormOutput& norm, cudaStream_t stream);
 
+// Decode, one token: out = silu(W_gate x) * (W_up x) quantized (out.ld == n_rows), in one launch that writes no
+// f32 products: a block owns one Q8 block of the output. Both matrices of one integer-kernel type and shape, rows
+// whole Q8 blocks; xq (must not be out) and norm as for matvec.
+bool matvec_fuses_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up);
+void matvec_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const Q8Rows& xq, const NormScale& norm,
+                   const Q8Rows& out, cudaStream_t stream);
+
 // ---- dequantization -----------------------------------------------------------------------------------------
 // out[i] = row row_ids[i] of w (all rows in order when row_ids is null) as f32, n_out rows of n_cols.
 void dequantize_rows_f32(const DeviceMatrix& w, const int32_t* row_ids, int64_t n_out, float* out, cudaStream_t stream);

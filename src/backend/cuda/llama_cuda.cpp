@@ -449,6 +449,12 @@ bool LlamaCuda::fuses_ffn_norm(int il, int n_tokens) const {
          matvec_reads_q8(w.w_up.type);
 }
 
+bool LlamaCuda::fuses_swiglu(int il, int n_tokens) const {
+  const LayerWeights& w = layers_[il];
+  return n_tokens == 1 && fuses_ffn_norm(il, n_tokens) && matvec_fuses_swiglu(w.w_gate, w.w_up) &&
+         matvec_reads_q8(w.w_down.type);
+}
+
 void LlamaCuda::enqueue_layers(int n_tokens) {
   const model::LlamaConfig& c = config_;
   dequantize_rows_f32(token_embd_, tokens_d(), n_tokens, x_, stream_);
@@ -499,15 +505,20 @@ void LlamaCuda::enqueue_layers(int n_tokens) {
                 decode ? max_splits_ : 1, partials_, attn_, stream_);
       matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, nullptr, n_tokens, true, {}, ffn_norm_fused_into_wo);
     }
-    if (fused_ffn_norm) {
-      matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, nullptr, norm_q8(), nullptr, n_tokens, false, fused_norm);
-    } else {
-      const Q8Rows norm_q8 = decode_q8(c.n_embd, n_tokens);
-      rms_norm(x_, nullptr, w.ffn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
-      matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, norm_, norm_q8, x16, n_tokens, false);
-    }
     const Q8Rows ff_q8 = decode_q8(c.n_ff, n_tokens);
-    swiglu(gate_, up_, gate_, x16, ff_q8, static_cast<int64_t>(n_tokens) * c.n_ff, stream_);
+    if (fuses_swiglu(il, n_tokens)) {
+      // Gate, up, SwiGLU and the down projection's quantized input in one launch (the f32 products stay on chip).
+      matvec_swiglu(w.w_gate, w.w_up, norm_q8(), fused_norm, ff_q8, stream_);
+    } else {
+      if (fused_ffn_norm) {
+        matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, nullptr, norm_q8(), nullptr, n_tokens, false, fused_norm);
+      } else {
+        const Q8Rows norm_q8 = decode_q8(c.n_embd, n_tokens);
+        rms_norm(x_, nullptr, w.ffn_norm, norm_, x16, norm_q8, n_tokens, c.n_embd, c.rms_eps, stream_);
+        matmuls({{&w.w_gate, gate_}, {&w.w_up, up_}}, norm_, norm_q8, x16, n_tokens, false);
+      }
+      swiglu(gate_, up_, gate_, x16, ff_q8, static_cast<int64_t>(n_tokens) * c.n_ff, stream_);
+    }
     matmuls({{&w.w_down, x_}}, gate_, ff_q8, x16, n_tokens, true, {},
             next_attn_norm_fused ? layers_[il + 1].attn_norm : nullptr);
   }

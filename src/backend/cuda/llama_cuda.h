@@ -63,6 +63,9 @@ class LlamaCuda {
   // kernels for its producer (the previous layer's down projection; Wo) and all its consumers.
   bool fuses_attn_norm(int il, int n_tokens) const;
   bool fuses_ffn_norm(int il, int n_tokens) const;
+  // Decode, one token: whether layer il's gate/up launch also applies SwiGLU and quantizes for the down
+  // projection (matvec_swiglu), which needs its fused ffn norm (the input must not be the Q8 buffer it writes).
+  bool fuses_swiglu(int il, int n_tokens) const;
   // The fused RMSNorm output of a decode step, [n_tokens][n_embd] quantized.
   Q8Rows norm_q8() const { return Q8Rows{norm_q8_, norm_q8_ds_, config_.n_embd}; }
   // The quantized-activation buffer as rows of `width`, or none where the decode kernels cannot use it (more than

@@ -232,6 +232,26 @@ void matvec_norm(const MatvecJob& job, const Q8Rows& xq, int n_tokens, const Nor
   matvec_q8_norm(job, xq, n_tokens, norm, stream);
 }
 
+bool matvec_fuses_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up) {
+  return has_q8_kernel(gate.type) && up.type == gate.type && up.n_rows == gate.n_rows && up.n_cols == gate.n_cols &&
+         gate.n_rows % kQ8Block == 0;
+}
+
+void matvec_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const Q8Rows& xq, const NormScale& norm,
+                   const Q8Rows& out, cudaStream_t stream) {
+  if (!matvec_fuses_swiglu(gate, up)) {
+    throw std::runtime_error("matvec_swiglu: needs two matrices of one integer-kernel type and shape, whole Q8 blocks "
+                             "of rows");
+  }
+  if (!xq.q || xq.ld != gate.n_cols || !out.q || out.ld != gate.n_rows || out.q == xq.q) {
+    throw std::runtime_error("matvec_swiglu: bad Q8 input or output");
+  }
+  if (norm.sums && (norm.n != gate.n_cols || norm.n > kMaxFusedNormWidth)) {
+    throw std::runtime_error("matvec_swiglu: bad fused-norm width");
+  }
+  matvec_q8_swiglu(gate, up, xq, norm, out, stream);
+}
+
 void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, const Q8Rows& xq, int n_tokens,
             cudaStream_t stream, const NormScale& norm) {
   if (n_jobs < 1 || n_jobs > kMaxMatvecJobs || n_tokens < 1 || n_tokens > kMaxMatvecTokens) {

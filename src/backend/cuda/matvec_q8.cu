@@ -294,18 +294,21 @@ constexpr int rows_per_thread(GgmlType type, int n_tokens) {
   return n_tokens == 1 && type != GgmlType::Q4_K ? 4 : 2;
 }
 
-// The work of one block: rows [group_row, group_row + rows_per_group) of `matrix`, for every token. The block's
-// kThreads threads form teams of threads_per_row (32, 64 or 128, fewest that cover a row's units in one pass, at
-// most kThreads / teams); a team takes kRowsPerThread rows, and thread i of a team units i, i + threads_per_row,
-// ... of each of them. A 4096-wide Q6_K row is 128 units (Q4_K: 64 units of 64 values, two teams per block), so at
-// one token every thread of the block has the loads of one unit of each of its rows in flight before it waits for
-// anything, and a warp's whole work is one round trip to memory: short per-block critical paths, many blocks in
-// flight. Longer rows take more passes (kPrefetch: each requests the next one's weights before it computes). The
-// warps of a team add their sums through shared memory, and one thread per row and token hands the result to
-// emit(row - group_row, token, sum). hooks.after_wait() runs after the previous kernel has finished (loads whose
-// results are wanted at the end), hooks.before_barrier() before the barrier that precedes emit.
-template <GgmlType T, int kTokens, int kRowsPerThread, int kThreads, bool kPrefetch, class Hooks, class Emit>
-__device__ __forceinline__ void matvec_q8_rows(const DeviceMatrix& matrix, int64_t group_row, int rows_per_group,
+// The work of one block: the rows_per_group rows of its group, for every token; row_at(r) is the address of row r
+// (rows past a matrix's end give its last row again, whose sums emit drops, so that no load needs a condition).
+// The block's kThreads threads form teams of threads_per_row (32, 64 or 128, fewest that cover a row's units in
+// one pass, at most kThreads / teams); a team takes kRowsPerThread rows, and thread i of a team units i,
+// i + threads_per_row, ... of each of them. A 4096-wide Q6_K row is 128 units (Q4_K: 64 units of 64 values, two
+// teams per block), so at one token every thread of the block has the loads of one unit of each of its rows in
+// flight before it waits for anything, and a warp's whole work is one round trip to memory: short per-block
+// critical paths, many blocks in flight. Longer rows take more passes (kPrefetch: each requests the next one's
+// weights before it computes). The warps of a team add their sums through shared memory, and one thread per row
+// and token hands the result to emit(r, token, sum). hooks.after_wait() runs after the previous kernel has
+// finished (loads whose results are wanted at the end), hooks.before_barrier() before the barrier that precedes
+// emit.
+template <GgmlType T, int kTokens, int kRowsPerThread, int kThreads, bool kPrefetch, class RowAt, class Hooks,
+          class Emit>
+__device__ __forceinline__ void matvec_q8_rows(RowAt row_at, int64_t n_cols, int rows_per_group,
                                                const int8_t* __restrict__ xq, const float2* __restrict__ xds,
                                                int64_t ld, Hooks& hooks, Emit emit) {
   using Dot = Q8Dot<T>;
@@ -313,14 +316,10 @@ __device__ __forceinline__ void matvec_q8_rows(const DeviceMatrix& matrix, int64
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int teams = rows_per_group / kRowsPerThread, threads_per_row = kThreads / teams;
   const int team = threadIdx.x / threads_per_row, first_unit = threadIdx.x % threads_per_row;
-  const int64_t first_row = group_row + team * kRowsPerThread;
-  // Rows past the end read the last row again (emit drops their sums), so that no load needs a condition.
   const uint8_t* rows[kRowsPerThread];
 #pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) {
-    rows[r] = matrix.data + min(first_row + r, matrix.n_rows - 1) * static_cast<int64_t>(matrix.row_bytes);
-  }
-  const int n_units = static_cast<int>(matrix.n_cols / Dot::kValues);
+  for (int r = 0; r < kRowsPerThread; ++r) rows[r] = row_at(team * kRowsPerThread + r);
+  const int n_units = static_cast<int>(n_cols / Dot::kValues);
   const int64_t ld_ds = ld / kQ8Block;
 
   typename Dot::Weights w[kRowsPerThread];
@@ -383,13 +382,20 @@ __device__ __forceinline__ void matvec_q8_rows(const DeviceMatrix& matrix, int64
   }
 }
 
+// row_at for matvec_q8_rows: the rows of `matrix` from group_row on.
+__device__ __forceinline__ auto rows_of(const DeviceMatrix& matrix, int64_t group_row) {
+  return [&matrix, group_row](int r) {
+    return matrix.data + min(group_row + r, matrix.n_rows - 1) * static_cast<int64_t>(matrix.row_bytes);
+  };
+}
+
 // Hooks for a consumer of a fused RMSNorm (NormScale). After the wait, thread i loads sum of squares i of each
 // token (in flight during the matvec; a block has a thread per Q8 block of a row up to kMaxFusedNormWidth); before
 // the barrier each warp adds its threads' up; scaled() adds the warps' (in a fixed order: steps are reproducible)
 // into 1 / rms. A separate instantiation, so that the plain kernels keep their registers.
 template <int kTokens, int kWarps>
 struct ScaleByNorm {
-  static_assert(kWarps * 32 * kQ8Block == kMaxFusedNormWidth, "a thread per sum");
+  static_assert(kWarps * 32 * kQ8Block >= kMaxFusedNormWidth, "a thread per sum");
   const NormScale norm;
   double* warp_totals;  // shared, [kWarps][kTokens]
   float sums[kTokens];
@@ -435,7 +441,7 @@ __device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int 
   using Hooks = std::conditional_t<kNormScaled, ScaleByNorm<kTokens, kThreadsPerBlock / 32>, Unscaled>;
   Hooks hooks{norm, &warp_totals[0][0]};
   matvec_q8_rows<T, kTokens, kRowsPerThread, kThreadsPerBlock, false>(
-      job.w, group_row, groups.rows_per_group, xq, xds, ld, hooks,
+      rows_of(job.w, group_row), job.w.n_cols, groups.rows_per_group, xq, xds, ld, hooks,
       [&](int row, int t, float s) {
         if (group_row + row >= job.w.n_rows) return;
         float* out = job.y + t * job.ldy + group_row + row;
@@ -508,7 +514,8 @@ __global__ void __launch_bounds__(kThreads)
     __device__ void before_barrier() const {}
   } residual{job.y + row, job.ldy};
   matvec_q8_rows<T, kTokens, kNormRowsPerThread<kTokens>, kThreads, norm_prefetches(T)>(
-      job.w, group_row, kQ8Block, xq, xds, ld, residual, [&](int r, int t, float s) { sums[r][t] = s; });
+      rows_of(job.w, group_row), job.w.n_cols, kQ8Block, xq, xds, ld, residual,
+      [&](int r, int t, float s) { sums[r][t] = s; });
   __syncthreads();
   if (warp >= kTokens) return;
   const int t = warp;
@@ -519,6 +526,37 @@ __global__ void __launch_bounds__(kThreads)
   for (int offset = 16; offset > 0; offset /= 2) square_sum += __shfl_xor_sync(0xFFFFFFFFu, square_sum, offset);
   if (lane == 0) norm.sums[t * (job.w.n_rows / kQ8Block) + blockIdx.x] = square_sum;
   quantize_q8_block(y * weight, norm.q8, t, blockIdx.x, lane);
+}
+
+// Gate and up projections with SwiGLU and its quantization fused (one token; the f32 products are not written): a
+// block owns 32 rows of each, one Q8 block of the output, which its first warp quantizes as silu(gate) * up. 16
+// teams of 32 threads take 4 rows each (two passes at 4096 columns). kNormScaled: x is a fused RMSNorm's unscaled
+// output (NormScale).
+constexpr int kSwigluThreads = 512;
+constexpr int kSwigluRowsPerThread = 4;
+
+template <GgmlType T, bool kNormScaled>
+__global__ void __launch_bounds__(kSwigluThreads)
+    matvec_q8_swiglu_kernel(const DeviceMatrix gate, const DeviceMatrix up, const int8_t* __restrict__ xq,
+                            const float2* __restrict__ xds, int64_t ld, const NormScale norm, const Q8Rows out) {
+  static_assert(2 * kQ8Block / kSwigluRowsPerThread * 32 == kSwigluThreads, "teams of 32 threads");
+  const int64_t group_row = static_cast<int64_t>(blockIdx.x) * kQ8Block;
+  __shared__ double warp_totals[kSwigluThreads / 32][1];
+  __shared__ float products[2 * kQ8Block];  // the gate rows, then the up rows
+  using Hooks = std::conditional_t<kNormScaled, ScaleByNorm<1, kSwigluThreads / 32>, Unscaled>;
+  Hooks hooks{norm, &warp_totals[0][0]};
+  const auto row_at = [&](int r) {
+    const DeviceMatrix& w = r < kQ8Block ? gate : up;
+    return w.data + (group_row + r % kQ8Block) * static_cast<int64_t>(w.row_bytes);
+  };
+  matvec_q8_rows<T, 1, kSwigluRowsPerThread, kSwigluThreads, false>(
+      row_at, gate.n_cols, 2 * kQ8Block, xq, xds, ld, hooks,
+      [&](int r, int t, float s) { products[r] = hooks.scaled(t, s); });
+  __syncthreads();
+  if (threadIdx.x >= 32) return;
+  const int lane = static_cast<int>(threadIdx.x);
+  const float g = products[lane];
+  quantize_q8_block(g / (1.0f + expf(-g)) * products[kQ8Block + lane], out, 0, blockIdx.x, lane);
 }
 
 // Rows per block (teams x rows per thread) of a launch of type T at a width.
@@ -603,6 +641,24 @@ struct LaunchQ8Norm {
   }
 };
 
+struct LaunchQ8Swiglu {
+  const DeviceMatrix* gate;
+  const DeviceMatrix* up;
+  const Q8Rows* xq;
+  const NormScale* norm;
+  const Q8Rows* out;
+  cudaStream_t stream;
+
+  template <GgmlType T>
+  void operator()() const {
+    if constexpr (has_q8_kernel(T)) {
+      auto* kernel = norm->sums ? matvec_q8_swiglu_kernel<T, true> : matvec_q8_swiglu_kernel<T, false>;
+      launch_chained("matvec_q8_swiglu_kernel", kernel, dim3(static_cast<unsigned>(gate->n_rows / kQ8Block)),
+                     dim3(kSwigluThreads), 0, stream, *gate, *up, xq->q, xq->ds, xq->ld, *norm, *out);
+    }
+  }
+};
+
 }  // namespace
 
 void matvec_q8(const MatvecJob* jobs, int n_jobs, const Q8Rows& xq, int n_tokens, const NormScale& norm,
@@ -627,6 +683,11 @@ void matvec_q8_mixed(const MatvecJob* jobs, int n_jobs, int first_second_type_jo
 void matvec_q8_norm(const MatvecJob& job, const Q8Rows& xq, int n_tokens, const NormOutput& norm,
                     cudaStream_t stream) {
   dispatch_type(job.w.type, LaunchQ8Norm{&job, &xq, n_tokens, &norm, stream});
+}
+
+void matvec_q8_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const Q8Rows& xq, const NormScale& norm,
+                      const Q8Rows& out, cudaStream_t stream) {
+  dispatch_type(gate.type, LaunchQ8Swiglu{&gate, &up, &xq, &norm, &out, stream});
 }
 
 }  // namespace tessera::cuda

@@ -23,5 +23,8 @@ void matvec_q8_mixed(const MatvecJob* jobs, int n_jobs, int first_second_type_jo
 // matvec_norm for the integer types.
 void matvec_q8_norm(const MatvecJob& job, const Q8Rows& xq, int n_tokens, const NormOutput& norm,
                     cudaStream_t stream);
+// matvec_swiglu for the integer types.
+void matvec_q8_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const Q8Rows& xq, const NormScale& norm,
+                      const Q8Rows& out, cudaStream_t stream);
 
 }  // namespace tessera::cuda
