@@ -409,50 +409,58 @@ TEST(CudaOps, FusedSwigluMatchesCpu) {
   }
 }
 
+// call() must be refused with a std::runtime_error whose message names `why`: without a GPU a launch would fail
+// too, with another message.
+template <class Call>
+void expect_refused(Call&& call, const std::string& why) {
+  try {
+    call();
+    ADD_FAILURE() << "not refused: " << why;
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+  }
+}
+
+// Host stand-ins for the device pointers of the refusal tests: nothing is launched, so nothing is read.
+struct Placeholders {
+  int8_t q[2];
+  float2 ds[2];
+  float f[1];
+  uint8_t bytes[1];
+  DeviceMatrix matrix(GgmlType type, int64_t n_rows, int64_t n_cols) {
+    return DeviceMatrix{type, bytes, ggml_row_bytes(type, n_cols), n_cols, n_rows};
+  }
+};
+
 // What the fused RMSNorm cannot take is refused before anything is launched (no GPU needed): a type without an
 // integer kernel, rows that are not whole Q8 blocks or over kMaxFusedNormWidth, a producer that does not
 // accumulate, mismatched Q8 rows, a bad token count; and a norm scale on an f32-kernel launch or of the wrong width.
 TEST(CudaOps, FusedRmsNormRefusesWhatItCannotTake) {
-  // The message names the refusal: without a GPU a launch would fail too, with another message.
-  auto expect_refused = [](auto&& call, const std::string& why) {
-    try {
-      call();
-      ADD_FAILURE() << "not refused: " << why;
-    } catch (const std::runtime_error& e) {
-      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
-    }
-  };
-  int8_t q[1];
-  float2 ds[1];
-  float f[1];
-  uint8_t bytes[1];
-  auto matrix = [&](GgmlType type, int64_t n_rows, int64_t n_cols) {
-    return DeviceMatrix{type, bytes, ggml_row_bytes(type, n_cols), n_cols, n_rows};
-  };
-  const Q8Rows xq{q, ds, 256}, out{q, ds, 64};
-  const NormOutput norm{f, out, f};
-  const MatvecJob good{matrix(GgmlType::Q4_K, 64, 256), f, 64, true};
+  Placeholders p;
+  const Q8Rows xq{p.q, p.ds, 256}, out{p.q, p.ds, 64};
+  const NormOutput norm{p.f, out, p.f};
+  const MatvecJob good{p.matrix(GgmlType::Q4_K, 64, 256), p.f, 64, true};
   EXPECT_TRUE(matvec_fuses_norm(good.w));
-  EXPECT_FALSE(matvec_fuses_norm(matrix(GgmlType::F16, 64, 256)));
-  EXPECT_FALSE(matvec_fuses_norm(matrix(GgmlType::Q4_K, 48, 256)));
-  EXPECT_FALSE(matvec_fuses_norm(matrix(GgmlType::Q4_K, kMaxFusedNormWidth + 32, 256)));
+  EXPECT_FALSE(matvec_fuses_norm(p.matrix(GgmlType::F16, 64, 256)));
+  EXPECT_FALSE(matvec_fuses_norm(p.matrix(GgmlType::Q4_K, 48, 256)));
+  EXPECT_FALSE(matvec_fuses_norm(p.matrix(GgmlType::Q4_K, kMaxFusedNormWidth + 32, 256)));
   MatvecJob job = good;
-  job.w = matrix(GgmlType::F16, 64, 256);
+  job.w = p.matrix(GgmlType::F16, 64, 256);
   const std::string cannot = "needs an integer-kernel type", bad_q8 = "bad Q8 input or output";
   expect_refused([&] { matvec_norm(job, xq, 1, norm, nullptr); }, cannot);
   job = good;
   job.accumulate = false;
   expect_refused([&] { matvec_norm(job, xq, 1, norm, nullptr); }, cannot);
-  expect_refused([&] { matvec_norm(good, Q8Rows{q, ds, 512}, 1, norm, nullptr); }, bad_q8);
-  expect_refused([&] { matvec_norm(good, xq, 1, NormOutput{f, Q8Rows{q, ds, 96}, f}, nullptr); }, bad_q8);
+  expect_refused([&] { matvec_norm(good, Q8Rows{p.q, p.ds, 512}, 1, norm, nullptr); }, bad_q8);
+  expect_refused([&] { matvec_norm(good, xq, 1, NormOutput{p.f, Q8Rows{p.q, p.ds, 96}, p.f}, nullptr); }, bad_q8);
   expect_refused([&] { matvec_norm(good, xq, 0, norm, nullptr); }, "bad token count");
   expect_refused([&] { matvec_norm(good, xq, kMaxMatvecTokens + 1, norm, nullptr); }, "bad token count");
 
-  const MatvecJob f16_job{matrix(GgmlType::F16, 64, 256), f, 64, false};
-  expect_refused([&] { matvec(&f16_job, 1, f, 256, Q8Rows{}, 1, nullptr, NormScale{f, 256, 1e-5f}); },
+  const MatvecJob f16_job{p.matrix(GgmlType::F16, 64, 256), p.f, 64, false};
+  expect_refused([&] { matvec(&f16_job, 1, p.f, 256, Q8Rows{}, 1, nullptr, NormScale{p.f, 256, 1e-5f}); },
                  "needs an integer-kernel weight type");
-  const MatvecJob q4_job{matrix(GgmlType::Q4_K, 64, 256), f, 64, false};
-  expect_refused([&] { matvec(&q4_job, 1, f, 256, xq, 1, nullptr, NormScale{f, 512, 1e-5f}); },
+  const MatvecJob q4_job{p.matrix(GgmlType::Q4_K, 64, 256), p.f, 64, false};
+  expect_refused([&] { matvec(&q4_job, 1, p.f, 256, xq, 1, nullptr, NormScale{p.f, 512, 1e-5f}); },
                  "bad fused-norm width");
 }
 
@@ -460,35 +468,22 @@ TEST(CudaOps, FusedRmsNormRefusesWhatItCannotTake) {
 // types or shapes, a type without an integer kernel, rows that are not whole Q8 blocks, Q8 rows of the wrong width
 // or an output that is the input, a norm scale of the wrong width.
 TEST(CudaOps, FusedSwigluRefusesWhatItCannotTake) {
-  auto expect_refused = [](auto&& call, const std::string& why) {
-    try {
-      call();
-      ADD_FAILURE() << "not refused: " << why;
-    } catch (const std::runtime_error& e) {
-      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
-    }
-  };
-  int8_t q[2];
-  float2 ds[2];
-  float f[1];
-  uint8_t bytes[1];
-  auto matrix = [&](GgmlType type, int64_t n_rows, int64_t n_cols) {
-    return DeviceMatrix{type, bytes, ggml_row_bytes(type, n_cols), n_cols, n_rows};
-  };
-  const DeviceMatrix gate = matrix(GgmlType::Q4_K, 64, 256), up = gate;
-  const Q8Rows xq{q, ds, 256}, out{q + 1, ds + 1, 64};
+  Placeholders p;
+  const DeviceMatrix gate = p.matrix(GgmlType::Q4_K, 64, 256), up = gate;
+  const Q8Rows xq{p.q, p.ds, 256}, out{p.q + 1, p.ds + 1, 64};
   EXPECT_TRUE(matvec_fuses_swiglu(gate, up));
-  EXPECT_FALSE(matvec_fuses_swiglu(gate, matrix(GgmlType::Q6_K, 64, 256)));
-  EXPECT_FALSE(matvec_fuses_swiglu(gate, matrix(GgmlType::Q4_K, 96, 256)));
-  EXPECT_FALSE(matvec_fuses_swiglu(gate, matrix(GgmlType::Q4_K, 64, 512)));
-  EXPECT_FALSE(matvec_fuses_swiglu(matrix(GgmlType::F16, 64, 256), matrix(GgmlType::F16, 64, 256)));
-  EXPECT_FALSE(matvec_fuses_swiglu(matrix(GgmlType::Q4_K, 48, 256), matrix(GgmlType::Q4_K, 48, 256)));
+  EXPECT_FALSE(matvec_fuses_swiglu(gate, p.matrix(GgmlType::Q6_K, 64, 256)));
+  EXPECT_FALSE(matvec_fuses_swiglu(gate, p.matrix(GgmlType::Q4_K, 96, 256)));
+  EXPECT_FALSE(matvec_fuses_swiglu(gate, p.matrix(GgmlType::Q4_K, 64, 512)));
+  EXPECT_FALSE(matvec_fuses_swiglu(p.matrix(GgmlType::F16, 64, 256), p.matrix(GgmlType::F16, 64, 256)));
+  EXPECT_FALSE(matvec_fuses_swiglu(p.matrix(GgmlType::Q4_K, 48, 256), p.matrix(GgmlType::Q4_K, 48, 256)));
   const std::string cannot = "needs two matrices", bad_q8 = "bad Q8 input or output";
-  expect_refused([&] { matvec_swiglu(gate, matrix(GgmlType::Q6_K, 64, 256), xq, {}, out, nullptr); }, cannot);
-  expect_refused([&] { matvec_swiglu(gate, up, Q8Rows{q, ds, 512}, {}, out, nullptr); }, bad_q8);
-  expect_refused([&] { matvec_swiglu(gate, up, xq, {}, Q8Rows{q + 1, ds + 1, 96}, nullptr); }, bad_q8);
-  expect_refused([&] { matvec_swiglu(gate, up, xq, {}, Q8Rows{q, ds, 64}, nullptr); }, bad_q8);
-  expect_refused([&] { matvec_swiglu(gate, up, xq, NormScale{f, 512, 1e-5f}, out, nullptr); }, "bad fused-norm width");
+  expect_refused([&] { matvec_swiglu(gate, p.matrix(GgmlType::Q6_K, 64, 256), xq, {}, out, nullptr); }, cannot);
+  expect_refused([&] { matvec_swiglu(gate, up, Q8Rows{p.q, p.ds, 512}, {}, out, nullptr); }, bad_q8);
+  expect_refused([&] { matvec_swiglu(gate, up, xq, {}, Q8Rows{p.q + 1, p.ds + 1, 96}, nullptr); }, bad_q8);
+  expect_refused([&] { matvec_swiglu(gate, up, xq, {}, Q8Rows{p.q, p.ds, 64}, nullptr); }, bad_q8);
+  expect_refused([&] { matvec_swiglu(gate, up, xq, NormScale{p.f, 512, 1e-5f}, out, nullptr); },
+                 "bad fused-norm width");
 }
 
 // The tensor-core path: W decoded to f16, x rounded to f16, f32 accumulation (F32 weights stay f32).
