@@ -483,15 +483,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 
 // The fused-RMSNorm producer (NormOutput): a block owns one Q8 block's worth of rows (32), so that it can quantize
 // them itself once they are summed: warp t takes token t, lane i row 32 * blockIdx.x + i. The grid is n_rows / 32
-// blocks (64 at TinyLlama's 2048, 128 at 4096), one per SM, with 4 rows per thread at one token (Q6_K at 8, for
-// more bytes in flight, measured slower: its 7B down projection 25.4 -> 26.0 us under ncu). kThreads (at most 512)
-// grows with the row's units. At one token each pass requests the next one's weights before it computes (rows
-// take up to 6 passes here, and these blocks have the registers): with several kernels running ahead (launch.cuh;
-// neutral with one) tg128 +2% for TinyLlama and 7B with Q6_K, and with Q4_K at 2 rows per thread (4 would spill)
-// +1-2% for TinyLlama. Not measured for the other types (Q5_K would spill), and Q4_K would spill at more tokens.
-constexpr int norm_rows_per_thread(GgmlType type, int n_tokens) {
-  return n_tokens == 1 && type != GgmlType::Q4_K ? 4 : 2;
-}
+// blocks (64 at TinyLlama's 2048, 128 at 4096), one per SM, with the plain kernel's rows per thread
+// (rows_per_thread: 4 at one token, Q4_K 2; Q6_K at 8, for more bytes in flight, measured slower: its 7B down
+// projection 25.4 -> 26.0 us under ncu). kThreads (at most 512) grows with the row's units. At one token each pass
+// requests the next one's weights before it computes (rows take up to 6 passes here, and these blocks have the
+// registers): with several kernels running ahead (launch.cuh; neutral with one) tg128 +2% for TinyLlama and 7B
+// with Q6_K, and +1-2% for TinyLlama with Q4_K at 2 rows per thread (at 4 it spilled and was slower). Not measured
+// for the other types (Q5_K would spill), and Q4_K would spill at more tokens.
 constexpr bool norm_prefetches(GgmlType type, int n_tokens) {
   return n_tokens == 1 && (type == GgmlType::Q4_K || type == GgmlType::Q6_K);
 }
@@ -516,7 +514,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __device__ void before_barrier() const {}
   } residual{job.y + row, job.ldy};
-  matvec_q8_rows<T, kTokens, norm_rows_per_thread(T, kTokens), kThreads, norm_prefetches(T, kTokens)>(
+  matvec_q8_rows<T, kTokens, rows_per_thread(T, kTokens), kThreads, norm_prefetches(T, kTokens)>(
       rows_of(job.w, group_row), job.w.n_cols, kQ8Block, xq, xds, ld, residual,
       [&](int r, int t, float s) { sums[r][t] = s; });
   __syncthreads();
@@ -630,7 +628,7 @@ struct LaunchQ8Norm {
   // Teams of the fewest threads per row (32, 64, 128) that cover its units in one pass, within kMaxNormThreads.
   template <GgmlType T>
   void launch_one_token() const {
-    constexpr int kTeams = kQ8Block / norm_rows_per_thread(T, 1);
+    constexpr int kTeams = kQ8Block / rows_per_thread(T, 1);
     const int64_t n_units = job->w.n_cols / Q8Dot<T>::kValues;
     const int threads_per_row = std::min(n_units <= 32 ? 32 : n_units <= 64 ? 64 : 128, kMaxNormThreads / kTeams);
     if (threads_per_row * kTeams == 256) return launch<T, 1, 256>();
