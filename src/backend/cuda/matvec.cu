@@ -201,6 +201,11 @@ struct LaunchMatvec {
   }
 };
 
+// Whether a fused norm's scale (if any) fits a launch whose rows are n_cols wide.
+bool norm_scale_fits(const NormScale& norm, int64_t n_cols) {
+  return !norm.sums || (norm.n == n_cols && norm.n <= kMaxFusedNormWidth);
+}
+
 }  // namespace
 
 bool supports_type(GgmlType type) { return dispatch_type(type, NoOp{}); }
@@ -246,9 +251,7 @@ void matvec_swiglu(const DeviceMatrix& gate, const DeviceMatrix& up, const Q8Row
   if (!xq.q || xq.ld != gate.n_cols || !out.q || out.ld != gate.n_rows || out.q == xq.q) {
     throw std::runtime_error("matvec_swiglu: bad Q8 input or output");
   }
-  if (norm.sums && (norm.n != gate.n_cols || norm.n > kMaxFusedNormWidth)) {
-    throw std::runtime_error("matvec_swiglu: bad fused-norm width");
-  }
+  if (!norm_scale_fits(norm, gate.n_cols)) throw std::runtime_error("matvec_swiglu: bad fused-norm width");
   matvec_q8_swiglu(gate, up, xq, norm, out, stream);
 }
 
@@ -271,9 +274,7 @@ void matvec(const MatvecJob* jobs, int n_jobs, const float* x, int64_t ldx, cons
   }
   if (mixed || has_q8_kernel(type)) {
     if (!xq.q || xq.ld != jobs[0].w.n_cols) throw std::runtime_error("matvec: this weight type needs x as Q8Rows");
-    if (norm.sums && (norm.n != jobs[0].w.n_cols || norm.n > kMaxFusedNormWidth)) {
-      throw std::runtime_error("matvec: bad fused-norm width");
-    }
+    if (!norm_scale_fits(norm, jobs[0].w.n_cols)) throw std::runtime_error("matvec: bad fused-norm width");
     if (mixed) {
       matvec_q8_mixed(jobs, n_jobs, second_type_job, xq, norm, stream);
     } else {
