@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/cpu/ops.h"
+#include "backend/cuda/device_layout.h"
 #include "backend/cuda/kernels.h"
 #include "cuda/cuda_test_util.h"
 #include "quant/quant.h"
@@ -113,6 +114,23 @@ std::vector<float> dequantize_q8_cpu(const HostQ8& xq) {
   return x;
 }
 
+// A matrix given as file rows, uploaded in the device layout as the backend uploads weights (device_layout.h).
+class DeviceWeights {
+ public:
+  DeviceWeights(GgmlType type, const std::vector<uint8_t>& file_rows, int64_t n_rows, int64_t n_cols)
+      : buffer_(device_row_bytes(type, n_cols) * n_rows),
+        matrix_{type, buffer_.get(), device_row_bytes(type, n_cols), n_cols, n_rows} {
+    std::vector<uint8_t> rows(device_row_bytes(type, n_cols) * n_rows);
+    to_device_layout(type, file_rows.data(), n_rows, n_cols, rows.data());
+    buffer_.upload(rows);
+  }
+  const DeviceMatrix& matrix() const { return matrix_; }
+
+ private:
+  DeviceBuffer<uint8_t> buffer_;
+  DeviceMatrix matrix_;
+};
+
 // Device Q8Rows of n_rows x n values, and their contents on the host.
 struct DeviceQ8 {
   DeviceQ8(int64_t n_rows, int64_t n) : q(n_rows * n), ds(n_rows * n / 32), rows{q.get(), ds.get(), n} {}
@@ -150,8 +168,8 @@ TEST_P(CudaTypes, DequantizeMatchesReference) {
   const int64_t n_rows = 7, n_cols = 768;
   const std::vector<uint8_t> bytes = random_matrix(type, n_rows, n_cols, 11);
   const std::vector<float> want = dequantize_ref(type, bytes, n_rows, n_cols);
-  DeviceBuffer<uint8_t> w(bytes);
-  const DeviceMatrix m{type, w.get(), ggml_row_bytes(type, n_cols), n_cols, n_rows};
+  const DeviceWeights w(type, bytes, n_rows, n_cols);
+  const DeviceMatrix& m = w.matrix();
   // Rows picked out of order, as the embedding lookup does.
   const std::vector<int32_t> ids = {5, 0, 6, 5, 2};
   DeviceBuffer<int32_t> d_ids(ids);
@@ -166,9 +184,9 @@ TEST_P(CudaTypes, DequantizeMatchesReference) {
 // y = W x for 1, 3 and 8 tokens, with a second and third matrix in the same launch and the accumulate mode;
 // 3328 columns with 8 tokens take two shared-memory tiles of x. The integer kernels (matvec_reads_q8) take x
 // quantized by quantize_q8, and the reference multiplies with that quantized x (the CPU engine's integers);
-// there 11008 columns (Llama-2-7B's FFN width) take several passes per row, and Q6_K, Q8_0 and Q4_0 blocks
-// (210, 34, 18 bytes) are only 2-byte aligned: every other one starts 2 bytes past a 4-byte boundary, and at
-// these widths so does every other Q6_K row.
+// there 11008 columns (Llama-2-7B's FFN width) take several passes per row, Q8_0 and Q4_0 blocks (34, 18 bytes)
+// are only 2-byte aligned (every other one starts 2 bytes past a 4-byte boundary), and Q6_K's device rows
+// (device_layout.h) end in padding at all three widths.
 TEST_P(CudaTypes, MatvecMatchesReference) {
   TESSERA_REQUIRE_GPU();
   for (const int64_t n_cols : {768, 3328, 11008}) {
@@ -176,19 +194,49 @@ TEST_P(CudaTypes, MatvecMatchesReference) {
   }
 }
 
-// A Q4_K_M layer's Wq, Wk (Q4_K) and Wv (Q6_K) share a one-token launch where both types have the same rows per
-// block (widths over 1024 up to 4096); elsewhere they cannot, and a second switch of type is refused.
+// Q6_K rows on the device hold every super-block's ql, then their qh, scales and d, at a 16-byte stride; the other
+// types keep the file's rows. Checked byte by byte (no GPU needed).
+TEST(CudaOps, DeviceLayoutGroupsQ6KFields) {
+  const int64_t n_rows = 3, n_cols = 768, n_blocks = 3;
+  const size_t file_row = ggml_row_bytes(GgmlType::Q6_K, n_cols);
+  ASSERT_EQ(file_row, 630u);
+  ASSERT_EQ(device_row_bytes(GgmlType::Q6_K, n_cols), 640u);
+  const std::vector<uint8_t> file = random_matrix(GgmlType::Q6_K, n_rows, n_cols, 5);
+  std::vector<uint8_t> device(640 * n_rows, 0xAA);
+  to_device_layout(GgmlType::Q6_K, file.data(), n_rows, n_cols, device.data());
+  size_t misplaced = 0;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const uint8_t* src = file.data() + r * file_row;
+    const uint8_t* dst = device.data() + r * 640;
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const uint8_t* block = src + 210 * b;
+      for (int i = 0; i < 128; ++i) misplaced += dst[128 * b + i] != block[i];
+      for (int i = 0; i < 64; ++i) misplaced += dst[128 * n_blocks + 64 * b + i] != block[128 + i];
+      for (int i = 0; i < 16; ++i) misplaced += dst[192 * n_blocks + 16 * b + i] != block[192 + i];
+      for (int i = 0; i < 2; ++i) misplaced += dst[208 * n_blocks + 2 * b + i] != block[208 + i];
+    }
+    for (size_t i = file_row; i < 640; ++i) misplaced += dst[i] != 0;
+  }
+  EXPECT_EQ(misplaced, 0u);
+
+  const std::vector<uint8_t> q4 = random_matrix(GgmlType::Q4_K, n_rows, n_cols, 6);
+  ASSERT_EQ(device_row_bytes(GgmlType::Q4_K, n_cols), ggml_row_bytes(GgmlType::Q4_K, n_cols));
+  std::vector<uint8_t> q4_device(q4.size());
+  to_device_layout(GgmlType::Q4_K, q4.data(), n_rows, n_cols, q4_device.data());
+  EXPECT_EQ(q4_device, q4);
+}
+
+// A Q4_K_M layer's Wq, Wk (Q4_K) and Wv (Q6_K) share a one-token launch at every width (both read 64-value units,
+// 2 rows per thread); more tokens, another order or another type cannot, and a second switch of type is refused.
 TEST(CudaOps, MatvecMixesQ4KAndQ6K) {
   TESSERA_REQUIRE_GPU();
   const GgmlType q4 = GgmlType::Q4_K, q6 = GgmlType::Q6_K;
-  for (const int64_t n_cols : {2048, 3328, 4096}) {
+  for (const int64_t n_cols : {768, 2048, 3328, 4096, 11008}) {
     ASSERT_TRUE(matvec_mixes_types(q4, q6, n_cols, 1)) << n_cols;
     matvec_case({q4, q4, q6}, n_cols, {1});
     matvec_case({q4, q6, q6}, n_cols, {1});
   }
   EXPECT_FALSE(matvec_mixes_types(q4, q6, 4096, 2));
-  EXPECT_FALSE(matvec_mixes_types(q4, q6, 768, 1));
-  EXPECT_FALSE(matvec_mixes_types(q4, q6, 11008, 1));
   EXPECT_FALSE(matvec_mixes_types(q6, q4, 4096, 1));
   EXPECT_FALSE(matvec_mixes_types(q4, GgmlType::Q8_0, 4096, 1));
   const std::vector<uint8_t> bytes(ggml_row_bytes(q6, 4096) * 8);
@@ -204,10 +252,10 @@ TEST(CudaOps, MatvecMixesQ4KAndQ6K) {
 void matvec_case(const std::array<GgmlType, 3>& types, int64_t n_cols, std::initializer_list<int> token_counts) {
   const int64_t rows[3] = {37, 5, 64};
   std::vector<std::vector<uint8_t>> bytes;
-  std::vector<std::unique_ptr<DeviceBuffer<uint8_t>>> weights;
+  std::vector<std::unique_ptr<DeviceWeights>> weights;
   for (int j = 0; j < 3; ++j) {
     bytes.push_back(random_matrix(types[j], rows[j], n_cols, 100 + j));
-    weights.push_back(std::make_unique<DeviceBuffer<uint8_t>>(bytes.back()));
+    weights.push_back(std::make_unique<DeviceWeights>(types[j], bytes.back(), rows[j], n_cols));
   }
   const bool q8 = matvec_reads_q8(types[0]);
   for (int n_tokens : token_counts) {
@@ -224,9 +272,7 @@ void matvec_case(const std::array<GgmlType, 3>& types, int64_t n_cols, std::init
     for (int j = 0; j < 3; ++j) {
       initial.push_back(random_floats(n_tokens * rows[j], -1, 1, 50 + j));
       ys.push_back(std::make_unique<DeviceBuffer<float>>(initial.back()));
-      jobs[j] = MatvecJob{
-          DeviceMatrix{types[j], weights[j]->get(), ggml_row_bytes(types[j], n_cols), n_cols, rows[j]},
-          ys[j]->get(), rows[j], j == 1};
+      jobs[j] = MatvecJob{weights[j]->matrix(), ys[j]->get(), rows[j], j == 1};
     }
     matvec(jobs, 3, d_x.get(), n_cols, q8 ? d_xq.rows : Q8Rows{}, n_tokens, nullptr);
     for (int j = 0; j < 3; ++j) {
@@ -283,7 +329,7 @@ TEST(CudaOps, FusedRmsNormMatchesCpu) {
     for (int producer_index = 0; producer_index < 5; ++producer_index) {
       const GgmlType producer = kTypes[producer_index];
       const std::vector<uint8_t> w1 = random_matrix(producer, c.n, c.n_in, 11);
-      DeviceBuffer<uint8_t> d_w1(w1);
+      const DeviceWeights d_w1(producer, w1, c.n, c.n_in);
       for (const int n_tokens : {1, 3, 8}) {
         const std::string what = std::string(ggml_type_name(producer)) + " producer, n " + std::to_string(c.n) +
                                  ", tokens " + std::to_string(n_tokens);
@@ -293,8 +339,7 @@ TEST(CudaOps, FusedRmsNormMatchesCpu) {
         DeviceQ8 d_aq(n_tokens, c.n_in), d_norm_q8(n_tokens, c.n);
         DeviceBuffer<float> d_sums(n_tokens * c.n / 32);
         quantize_q8(d_a.get(), c.n_in, n_tokens, d_aq.rows, nullptr);
-        const MatvecJob job{DeviceMatrix{producer, d_w1.get(), ggml_row_bytes(producer, c.n_in), c.n_in, c.n},
-                            d_y.get(), c.n, true};
+        const MatvecJob job{d_w1.matrix(), d_y.get(), c.n, true};
         ASSERT_TRUE(matvec_fuses_norm(job.w)) << what;
         matvec_norm(job, d_aq.rows, n_tokens, NormOutput{d_norm_weight.get(), d_norm_q8.rows, d_sums.get()}, nullptr);
 
@@ -328,14 +373,13 @@ TEST(CudaOps, FusedRmsNormMatchesCpu) {
         const int64_t rows[2] = {37, 64};
         MatvecJob jobs[2];
         std::vector<std::vector<uint8_t>> w2;
-        std::vector<std::unique_ptr<DeviceBuffer<uint8_t>>> d_w2;
+        std::vector<std::unique_ptr<DeviceWeights>> d_w2;
         std::vector<std::unique_ptr<DeviceBuffer<float>>> d_out;
         for (int j = 0; j < 2; ++j) {
           w2.push_back(random_matrix(types[j], rows[j], c.n, 20 + j));
-          d_w2.push_back(std::make_unique<DeviceBuffer<uint8_t>>(w2.back()));
+          d_w2.push_back(std::make_unique<DeviceWeights>(types[j], w2.back(), rows[j], c.n));
           d_out.push_back(std::make_unique<DeviceBuffer<float>>(n_tokens * rows[j]));
-          jobs[j] = MatvecJob{DeviceMatrix{types[j], d_w2[j]->get(), ggml_row_bytes(types[j], c.n), c.n, rows[j]},
-                              d_out[j]->get(), rows[j], false};
+          jobs[j] = MatvecJob{d_w2[j]->matrix(), d_out[j]->get(), rows[j], false};
         }
         matvec(jobs, mixed ? 2 : 1, nullptr, c.n, d_norm_q8.rows, n_tokens, nullptr, norm);
         for (int j = 0; j < (mixed ? 2 : 1); ++j) {
@@ -375,10 +419,8 @@ TEST(CudaOps, FusedSwigluMatchesCpu) {
       if (c.n_cols % 256 != 0 && type != GgmlType::Q4_0 && type != GgmlType::Q8_0) continue;
       const std::vector<uint8_t> gate = random_matrix(type, c.n_rows, c.n_cols, 32);
       const std::vector<uint8_t> up = random_matrix(type, c.n_rows, c.n_cols, 33);
-      DeviceBuffer<uint8_t> d_gate(gate), d_up(up);
-      const size_t row_bytes = ggml_row_bytes(type, c.n_cols);
-      const DeviceMatrix w_gate{type, d_gate.get(), row_bytes, c.n_cols, c.n_rows};
-      const DeviceMatrix w_up{type, d_up.get(), row_bytes, c.n_cols, c.n_rows};
+      const DeviceWeights d_gate(type, gate, c.n_rows, c.n_cols), d_up(type, up, c.n_rows, c.n_cols);
+      const DeviceMatrix &w_gate = d_gate.matrix(), &w_up = d_up.matrix();
       ASSERT_TRUE(matvec_fuses_swiglu(w_gate, w_up));
       for (const bool scaled : {false, true}) {
         const std::string what = std::string(ggml_type_name(type)) + ", " + std::to_string(c.n_rows) + " x " +
@@ -428,7 +470,7 @@ struct Placeholders {
   float f[1];
   uint8_t bytes[1];
   DeviceMatrix matrix(GgmlType type, int64_t n_rows, int64_t n_cols) {
-    return DeviceMatrix{type, bytes, ggml_row_bytes(type, n_cols), n_cols, n_rows};
+    return DeviceMatrix{type, bytes, device_row_bytes(type, n_cols), n_cols, n_rows};
   }
 };
 
@@ -495,13 +537,13 @@ TEST_P(CudaTypes, GemmMatchesReference) {
   const std::vector<float> w = dequantize_ref(type, bytes, n_rows, n_cols);
   const std::vector<float> x = random_floats(n_tokens * n_cols, -1, 1, 4);
   const std::vector<float> y0 = random_floats(n_tokens * n_rows, -1, 1, 5);
-  DeviceBuffer<uint8_t> d_w(bytes);
+  const DeviceWeights d_w(type, bytes, n_rows, n_cols);
   DeviceBuffer<float> d_x(x), d_y(y0);
   DeviceBuffer<__half> x16(n_tokens * n_cols), w16(n_rows * n_cols);
   convert_f32_to_f16(d_x.get(), x16.get(), n_tokens * n_cols, nullptr);
   cublasHandle_t handle;
   ASSERT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS);
-  const DeviceMatrix m{type, d_w.get(), ggml_row_bytes(type, n_cols), n_cols, n_rows};
+  const DeviceMatrix& m = d_w.matrix();
   gemm(handle, m, d_x.get(), x16.get(), n_tokens, d_y.get(), n_rows, true, w16.get(), nullptr);
   std::vector<float> want(n_tokens * n_rows);
   double max_abs = 0;
@@ -931,8 +973,8 @@ TEST(CudaOps, DequantizeToF16MatchesReference) {
     const std::vector<uint8_t> bytes = random_matrix(type, n_rows, n_cols, 21);
     std::vector<float> want = dequantize_ref(type, bytes, n_rows, n_cols);
     for (float& v : want) v = __half2float(__float2half_rn(v));
-    DeviceBuffer<uint8_t> w(bytes);
-    const DeviceMatrix m{type, w.get(), ggml_row_bytes(type, n_cols), n_cols, n_rows};
+    const DeviceWeights w(type, bytes, n_rows, n_cols);
+    const DeviceMatrix& m = w.matrix();
     DeviceBuffer<__half> out(n_rows * n_cols);
     dequantize_rows_f16(m, nullptr, n_rows, out.get(), nullptr);
     const std::vector<__half> got16 = out.download();

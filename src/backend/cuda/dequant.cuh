@@ -43,7 +43,7 @@ struct Chunk;
 template <>
 struct Chunk<GgmlType::F32> {
   static constexpr int kSize = 4;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const float4 f = reinterpret_cast<const float4*>(row)[c];
     v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
   }
@@ -52,7 +52,7 @@ struct Chunk<GgmlType::F32> {
 template <>
 struct Chunk<GgmlType::F16> {
   static constexpr int kSize = 8;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint4 u = reinterpret_cast<const uint4*>(row)[c];
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
@@ -66,7 +66,7 @@ struct Chunk<GgmlType::F16> {
 template <>
 struct Chunk<GgmlType::BF16> {
   static constexpr int kSize = 8;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint4 u = reinterpret_cast<const uint4*>(row)[c];
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
@@ -81,7 +81,7 @@ struct Chunk<GgmlType::BF16> {
 template <>
 struct Chunk<GgmlType::Q4_0> {
   static constexpr int kSize = 32;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint8_t* b = row + c * 18;
     const float d = f16_bits_to_float(load_u16(b));
     uint32_t q[4];
@@ -98,7 +98,7 @@ struct Chunk<GgmlType::Q4_0> {
 template <>
 struct Chunk<GgmlType::Q4_1> {
   static constexpr int kSize = 32;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint8_t* b = row + c * 20;
     const float d = f16_bits_to_float(load_u16(b));
     const float m = f16_bits_to_float(load_u16(b + 2));
@@ -116,7 +116,7 @@ struct Chunk<GgmlType::Q4_1> {
 template <>
 struct Chunk<GgmlType::Q5_0> {
   static constexpr int kSize = 32;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint8_t* b = row + c * 22;
     const float d = f16_bits_to_float(load_u16(b));
     const uint32_t qh = load_u32_a2(b + 2);
@@ -136,7 +136,7 @@ struct Chunk<GgmlType::Q5_0> {
 template <>
 struct Chunk<GgmlType::Q5_1> {
   static constexpr int kSize = 32;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint8_t* b = row + c * 24;
     const float d = f16_bits_to_float(load_u16(b));
     const float m = f16_bits_to_float(load_u16(b + 2));
@@ -157,7 +157,7 @@ struct Chunk<GgmlType::Q5_1> {
 template <>
 struct Chunk<GgmlType::Q8_0> {
   static constexpr int kSize = 32;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint8_t* b = row + c * 34;
     const float d = f16_bits_to_float(load_u16(b));
 #pragma unroll
@@ -174,7 +174,7 @@ struct Chunk<GgmlType::Q8_0> {
 template <>
 struct Chunk<GgmlType::Q2_K> {
   static constexpr int kSize = 32;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint8_t* b = row + (c / 8) * 84;
     const int sub = static_cast<int>(c % 8), h = sub / 4, s = sub % 4;
     const float d = f16_bits_to_float(load_u16(b + 80));
@@ -200,7 +200,7 @@ struct Chunk<GgmlType::Q3_K> {
     const int high = (scales[8 + i % 4] >> (2 * (i / 4))) & 3;
     return (low | (high << 4)) - 32;
   }
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint8_t* b = row + (c / 8) * 110;
     const int sub = static_cast<int>(c % 8), h = sub / 4, s = sub % 4;
     const float d = f16_bits_to_float(load_u16(b + 108));
@@ -237,7 +237,7 @@ __device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int& sc, i
 template <>
 struct Chunk<GgmlType::Q4_K> {
   static constexpr int kSize = 64;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint8_t* b = row + (c / 4) * 144;
     const int g = static_cast<int>(c % 4);
     const uint32_t dd = *reinterpret_cast<const uint32_t*>(b);
@@ -273,7 +273,7 @@ struct Chunk<GgmlType::Q4_K> {
 template <>
 struct Chunk<GgmlType::Q5_K> {
   static constexpr int kSize = 64;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
+  __device__ static void load(const uint8_t* row, int64_t, int64_t c, float* v) {
     const uint8_t* b = row + (c / 4) * 176;
     const int g = static_cast<int>(c % 4);
     const uint32_t dd = *reinterpret_cast<const uint32_t*>(b);
@@ -308,27 +308,29 @@ struct Chunk<GgmlType::Q5_K> {
   }
 };
 
-// Q6_K (210 bytes / 256 values). Chunk c covers values 32c'..: half h = c'/4 and quarter k = c'%4 of it; the low
-// 4 bits come from ql[64h + 32(k&1) + l] (low nibble for k < 2, high for k >= 2), the top 2 bits from
-// qh[32h + l] >> 2k, the scale from scales[8h + 2k + l/16].
+// Q6_K in its device layout (device_layout.h: a row's ql of every super-block, then its qh, scales and d). Chunk c
+// covers values 32c'.. of super-block c / 8 (c' = c % 8): half h = c'/4 and quarter k = c'%4 of it; the low 4 bits
+// come from ql[64h + 32(k&1) + l] (low nibble for k < 2, high for k >= 2), the top 2 bits from qh[32h + l] >> 2k,
+// the scale from scales[8h + 2k + l/16].
 template <>
 struct Chunk<GgmlType::Q6_K> {
   static constexpr int kSize = 32;
-  __device__ static void load(const uint8_t* row, int64_t c, float* v) {
-    const uint8_t* b = row + (c / 8) * 210;
+  __device__ static void load(const uint8_t* row, int64_t n_cols, int64_t c, float* v) {
+    const int64_t n_blocks = n_cols / 256, block = c / 8;
     const int sub = static_cast<int>(c % 8), h = sub / 4, k = sub % 4;
-    const float d = f16_bits_to_float(load_u16(b + 208));
-    const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
+    const uint8_t* ql = row + 128 * block + 64 * h + 32 * (k & 1);
+    const uint8_t* qh = row + 128 * n_blocks + 64 * block + 32 * h;
+    const int8_t* scales = reinterpret_cast<const int8_t*>(row + 192 * n_blocks + 16 * block + 8 * h + 2 * k);
+    const float d = f16_bits_to_float(load_u16(row + 208 * n_blocks + 2 * block));
     const int nib_shift = k >= 2 ? 4 : 0;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const float dl = d * static_cast<float>(scales[8 * h + 2 * k + half]);
-      uint32_t ql[4], qh[4];
-      load16_a2(b + 64 * h + 32 * (k & 1) + 16 * half, ql);
-      load16_a2(b + 128 + 32 * h + 16 * half, qh);
+      const float dl = d * static_cast<float>(scales[half]);
+      const uint4 ul = reinterpret_cast<const uint4*>(ql)[half], uh = reinterpret_cast<const uint4*>(qh)[half];
+      const uint32_t l4[4] = {ul.x, ul.y, ul.z, ul.w}, h4[4] = {uh.x, uh.y, uh.z, uh.w};
 #pragma unroll
       for (int l = 0; l < 16; ++l) {
-        const int q = ((byte_of(ql, l) >> nib_shift) & 0xF) | (((byte_of(qh, l) >> (2 * k)) & 3) << 4);
+        const int q = ((byte_of(l4, l) >> nib_shift) & 0xF) | (((byte_of(h4, l) >> (2 * k)) & 3) << 4);
         v[16 * half + l] = dl * int_to_float<32>(q);
       }
     }

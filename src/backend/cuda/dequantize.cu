@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kDequantizeThreads)
     const int64_t r = i / chunks_per_row, c = i % chunks_per_row;
     const int64_t src_row = row_ids ? row_ids[r] : r;
     float v[kChunk];
-    Chunk<T>::load(w + src_row * row_bytes, c, v);
+    Chunk<T>::load(w + src_row * row_bytes, n_cols, c, v);
     uint8_t* slot = stage + threadIdx.x * kSlotBytes;
 #pragma unroll
     for (int k = 0; k < kChunk; k += 4) {

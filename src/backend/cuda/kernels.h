@@ -13,7 +13,8 @@
 
 namespace tessera::cuda {
 
-// A weight matrix in device memory, in its GGUF block format: n_rows rows of n_cols values, row_bytes apart.
+// A weight matrix in device memory, in its GGUF block format (Q6_K's bytes permuted within each row, see
+// device_layout.h): n_rows rows of n_cols values, row_bytes apart.
 struct DeviceMatrix {
   GgmlType type = GgmlType::F32;
   const uint8_t* data = nullptr;
@@ -53,7 +54,7 @@ void quantize_q8(const float* x, int64_t ldx, int n_rows, const Q8Rows& out, cud
 // Whether the decode kernel for this weight type takes x quantized (Q8Rows, int8 dot products) instead of f32.
 bool matvec_reads_q8(GgmlType type);
 // Whether one matvec launch can take jobs of type `first` followed by jobs of type `second` (Q4_K then Q6_K, as
-// in a Q4_K_M layer's Wq, Wk, Wv, for one token at most widths).
+// in a Q4_K_M layer's Wq, Wk, Wv, for one token).
 bool matvec_mixes_types(GgmlType first, GgmlType second, int64_t n_cols, int n_tokens);
 
 // Decode steps fold RMSNorm into the matvecs on either side of it, which saves its launch. A Q8 block's integers

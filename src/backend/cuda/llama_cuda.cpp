@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/device_layout.h"
 
 namespace tessera::cuda {
 namespace {
@@ -17,6 +18,7 @@ constexpr size_t kAlign = 256;
 constexpr int kInitialCapacity = 512;  // tokens per step before the buffers grow (the engine's default n_batch)
 constexpr int kMaxSplits = 32;
 constexpr uint64_t kHeadroomBytes = 256ull << 20;  // cuBLAS workspace, graphs, the CUDA context's own needs
+constexpr size_t kStagingBytes = 8u << 20;          // host buffer for weights rewritten into the device layout
 
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 double mib(uint64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
@@ -89,7 +91,10 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
 
   // Sizes of everything, checked against free memory before the first allocation.
   Layout weights;
-  for (const model::MatrixView* m : matrices) weights.add(m->bytes());
+  auto device_bytes = [](const model::MatrixView& m) {
+    return device_row_bytes(m.type, m.n_cols) * static_cast<size_t>(m.n_rows);
+  };
+  for (const model::MatrixView* m : matrices) weights.add(device_bytes(*m));
   const size_t norm_bytes = static_cast<size_t>(config_.n_embd) * sizeof(float);
   for (int il = 0; il < n_layers_; ++il) weights.add(2 * align_up(norm_bytes));
   weights.add(norm_bytes);
@@ -136,7 +141,7 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
   TESSERA_CUBLAS_CHECK(cublasCreate(&cublas_));
   TESSERA_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
 
-  // Upload the weights, one copy each, in their file formats.
+  // Upload the weights, one copy each, in their block formats (device_layout.h).
   TESSERA_CUDA_CHECK(cudaMalloc(&weight_arena_, weights.size()));
   auto* base = static_cast<uint8_t*>(weight_arena_);
   size_t offset = 0;
@@ -146,13 +151,25 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
     offset = align_up(offset + bytes);
     return dst;
   };
+  std::vector<uint8_t> staging;
   auto upload_matrix = [&](const model::MatrixView& m) {
-    DeviceMatrix d;
-    d.type = m.type;
-    d.row_bytes = m.row_bytes;
-    d.n_cols = m.n_cols;
-    d.n_rows = m.n_rows;
-    d.data = upload(m.data, m.bytes());
+    DeviceMatrix d{m.type, nullptr, device_row_bytes(m.type, m.n_cols), m.n_cols, m.n_rows};
+    if (keeps_file_layout(m.type)) {
+      d.data = upload(m.data, m.bytes());
+      return d;
+    }
+    // Rewritten on the host a slice of rows at a time, so that the staging buffer stays small.
+    uint8_t* dst = base + offset;
+    const int64_t slice_rows = std::max<int64_t>(1, static_cast<int64_t>(kStagingBytes / d.row_bytes));
+    staging.resize(static_cast<size_t>(std::min(slice_rows, m.n_rows)) * d.row_bytes);
+    for (int64_t r = 0; r < m.n_rows; r += slice_rows) {
+      const int64_t n = std::min(slice_rows, m.n_rows - r);
+      to_device_layout(m.type, m.row(r), n, m.n_cols, staging.data());
+      TESSERA_CUDA_CHECK(cudaMemcpy(dst + static_cast<size_t>(r) * d.row_bytes, staging.data(),
+                                    static_cast<size_t>(n) * d.row_bytes, cudaMemcpyHostToDevice));
+    }
+    offset = align_up(offset + device_bytes(m));
+    d.data = dst;
     return d;
   };
   layers_.resize(n_layers_);

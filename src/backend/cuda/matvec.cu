@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         const uint8_t* w = job.w.data + row * job.w.row_bytes;
         for (int c = lane; c < n_chunks; c += 32) {
           float v[kChunk];
-          Chunk<T>::load(w, chunk0 + c, v);
+          Chunk<T>::load(w, n_cols, chunk0 + c, v);
 #pragma unroll
           for (int t = 0; t < kMaxMatvecTokens; ++t) {
             if (t < n_tokens) {

@@ -1,6 +1,7 @@
 // Decode matrix-vector products with 8-bit integer dot products (dp4a), for the block types that dominate
 // quantized models. x arrives quantized per 32 values (Q8Rows); a weight row is read in "units" of 16, 32 or 64
-// values whose packed quants one lane loads with one or a few wide loads, and the 32 lanes of a warp take 32
+// values whose packed quants one lane loads with one or a few wide loads (Q6_K from its device layout,
+// device_layout.h), and the 32 lanes of a warp take 32
 // consecutive units, so a warp reads one contiguous run of the row (coalesced). Each thread issues the loads of
 // one unit of each of its kRowsPerThread rows before it uses any of them: these kernels are bound by memory
 // latency, and loads in flight are what hides it. The integer sums are exact and the block
@@ -31,7 +32,6 @@ __device__ __forceinline__ float load_f16(const uint8_t* p) {
   return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(p))));
 }
 __device__ __forceinline__ int4 load_x16(const int8_t* p) { return __ldg(reinterpret_cast<const int4*>(p)); }
-__device__ __forceinline__ int2 load_x8(const int8_t* p) { return __ldg(reinterpret_cast<const int2*>(p)); }
 __device__ __forceinline__ float2 load_ds(const float2* p) { return __ldg(p); }
 
 __device__ __forceinline__ int low_nibbles(uint32_t q) { return static_cast<int>(q & 0x0F0F0F0Fu); }
@@ -90,7 +90,7 @@ struct Q8Dot<GgmlType::Q4_K> {
     int4 lo[2], hi[2];
     float2 ds_lo, ds_hi;
   };
-  __device__ static Weights load(const uint8_t* row, int u) {
+  __device__ static Weights load(const uint8_t* row, int u, int) {
     const uint8_t* b = row + (u / 4) * 144 + 32 * (u % 4);
     return {load16(b - 32 * (u % 4)), load16(b + 16), load16(b + 32)};
   }
@@ -143,7 +143,7 @@ struct Q8Dot<GgmlType::Q5_K> {
     int4 lo, hi;
     float2 ds_lo, ds_hi;
   };
-  __device__ static Weights load(const uint8_t* row, int u) {
+  __device__ static Weights load(const uint8_t* row, int u, int) {
     const uint8_t* b = row + (u / 8) * 176;
     const int k = u % 8;
     return {load16(b), load16(b + 16 + 16 * (k % 2)), load16(b + 48 + 16 * k)};
@@ -166,60 +166,59 @@ struct Q8Dot<GgmlType::Q5_K> {
   }
 };
 
-// Q6_K (210-byte super-blocks, only 2-byte aligned: ql[128], qh[64], int8 scales[16], d). Value 128h + 32k + l
-// (h < 2, k < 4, l < 32) has its low 4 bits in ql[64h + 32(k%2) + l] (low nibble for k < 2, high for k >= 2), its
-// top 2 bits in qh[32h + l] >> 2k, and scale scales[8h + 2k + l/16]. Unit j (8 per super-block; h = j/4, l from
-// 8(j%4)) takes 8 consecutive l for all four k: 32 values, in four runs of 8.
+// Q6_K in its device layout (device_layout.h: a row's ql of every super-block, then its qh, its int8 scales and its
+// d, at 16-byte aligned offsets). Value 128h + 32k + l of a super-block (h < 2, k < 4, l < 32) has its low 4 bits in
+// ql[64h + 32(k%2) + l] (low nibble for k < 2, high for k >= 2), its top 2 bits in qh[32h + l] >> 2k and scale
+// scales[8h + 2k + l/16]. Unit j (4 per super-block; h = j/2, l from 16(j%2)) takes 16 consecutive l for all four
+// k: 64 values in four runs of 16, whose quants are three 16-byte runs (ql at 64h + l and 64h + 32 + l, qh at
+// 32h + l) and whose four scales are one 8-byte word.
 template <>
 struct Q8Dot<GgmlType::Q6_K> {
-  static constexpr int kValues = 32;
+  static constexpr int kValues = 64;
   struct Weights {
-    uint32_t ql_a[2], ql_b[2], qh[2];  // ql[64h + l..], ql[64h + 32 + l..], qh[32h + l..]
-    uint32_t scales;                   // scales[8h + l/16 + 2k] in byte k
+    uint4 ql_a, ql_b, qh;  // ql[64h + l..], ql[64h + 32 + l..], qh[32h + l..]
+    uint2 scales;          // scales[8h..8h+7]
     float d;
   };
   struct Act {
-    int2 x[4];
+    int4 x[4];
     float2 ds[4];
   };
-  __device__ static Weights load(const uint8_t* row, int u) {
-    const uint8_t* b = row + (u / 8) * 210;
-    const int j = u % 8, h = j / 4, l = 8 * (j % 4);
-    Weights w;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      w.ql_a[i] = load4_a2(b + 64 * h + l + 4 * i);
-      w.ql_b[i] = load4_a2(b + 64 * h + 32 + l + 4 * i);
-      w.qh[i] = load4_a2(b + 128 + 32 * h + l + 4 * i);
-    }
-    // Bytes 8h + {0..7}: the scale of run k is byte 2k + l/16.
-    const uint32_t s0 = load4_a2(b + 192 + 8 * h), s1 = load4_a2(b + 196 + 8 * h);
-    w.scales = __byte_perm(s0, s1, l >= 16 ? 0x7531 : 0x6420);
-    w.d = load_f16(b + 208);
-    return w;
+  __device__ static Weights load(const uint8_t* row, int u, int n_units) {
+    const int n_blocks = n_units / 4, block = u / 4, j = u % 4, h = j / 2, l = 16 * (j % 2);
+    const uint8_t* ql = row + 128 * block + 64 * h + l;
+    return {load16(ql), load16(ql + 32), load16(row + 128 * n_blocks + 64 * block + 32 * h + l),
+            __ldg(reinterpret_cast<const uint2*>(row + 192 * n_blocks + 16 * block + 8 * h)),
+            load_f16(row + 208 * n_blocks + 2 * block)};
   }
   __device__ static Act load_act(const int8_t* xq, const float2* ds, int u) {
-    const int j = u % 8, v = (u / 8) * 256 + 128 * (j / 4) + 8 * (j % 4);
+    const int j = u % 4, v = (u / 4) * 256 + 128 * (j / 2) + 16 * (j % 2);
     Act a;
 #pragma unroll
-    for (int k = 0; k < 4; ++k) a.x[k] = load_x8(xq + v + 32 * k), a.ds[k] = load_ds(ds + v / 32 + k);
+    for (int k = 0; k < 4; ++k) a.x[k] = load_x16(xq + v + 32 * k), a.ds[k] = load_ds(ds + v / 32 + k);
     return a;
   }
-  __device__ static float dot(const Weights& w, const Act& x, int) {
+  __device__ static float dot(const Weights& w, const Act& x, int u) {
+    const uint32_t ql_a[4] = {w.ql_a.x, w.ql_a.y, w.ql_a.z, w.ql_a.w};
+    const uint32_t ql_b[4] = {w.ql_b.x, w.ql_b.y, w.ql_b.z, w.ql_b.w};
+    const uint32_t qh[4] = {w.qh.x, w.qh.y, w.qh.z, w.qh.w};
+    // Byte k: the scale of run k, scales[8h + 2k + l/16].
+    const uint32_t scales = __byte_perm(w.scales.x, w.scales.y, u % 2 == 1 ? 0x7531 : 0x6420);
     float r = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
+      const int xw[4] = {x.x[k].x, x.x[k].y, x.x[k].z, x.x[k].w};
       int sum = 0;
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const uint32_t ql = k % 2 == 0 ? w.ql_a[i] : w.ql_b[i];
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t ql = k % 2 == 0 ? ql_a[i] : ql_b[i];
         const uint32_t low = k < 2 ? ql & 0x0F0F0F0Fu : (ql >> 4) & 0x0F0F0F0Fu;
-        const uint32_t high = ((w.qh[i] >> (2 * k)) & 0x03030303u) << 4;
+        const uint32_t high = ((qh[i] >> (2 * k)) & 0x03030303u) << 4;
         // q - 32 in each byte: q + 0x60 stays below 0x100, and flipping bit 7 subtracts 0x80 mod 256.
         const int centered = static_cast<int>(((low | high) + 0x60606060u) ^ 0x80808080u);
-        sum = __dp4a(centered, i == 0 ? x.x[k].x : x.x[k].y, sum);
+        sum = __dp4a(centered, xw[i], sum);
       }
-      const int scale = static_cast<int8_t>((w.scales >> (8 * k)) & 0xFF);
+      const int scale = static_cast<int8_t>((scales >> (8 * k)) & 0xFF);
       r += static_cast<float>(scale) * x.ds[k].x * static_cast<float>(sum);
     }
     return w.d * r;
@@ -239,7 +238,7 @@ struct Q8Dot<GgmlType::Q4_0> {
     int4 lo, hi;
     float2 ds;
   };
-  __device__ static Weights load(const uint8_t* row, int u) {
+  __device__ static Weights load(const uint8_t* row, int u, int) {
     const uint8_t* b = row + u * 18;
     Weights w;
 #pragma unroll
@@ -271,7 +270,7 @@ struct Q8Dot<GgmlType::Q8_0> {
     int4 x;
     float2 ds;
   };
-  __device__ static Weights load(const uint8_t* row, int u) {
+  __device__ static Weights load(const uint8_t* row, int u, int) {
     const uint8_t* b = row + (u / 2) * 34;
     Weights w;
 #pragma unroll
@@ -288,18 +287,19 @@ struct Q8Dot<GgmlType::Q8_0> {
 };
 
 // Rows whose weights each thread has in flight at once. With more tokens the activations and sums take the
-// registers (4 rows at 8 tokens need ~250 and would halve the resident blocks). Q4_K's 64-value units hold twice
-// the bytes per row in flight: 2 rows (70 registers, 7 blocks per SM) measured faster than 4 (105, 4 blocks).
+// registers (4 rows at 8 tokens need ~250 and would halve the resident blocks). Q4_K's and Q6_K's 64-value units
+// hold twice the bytes per row in flight: 2 rows (Q4_K: 70 registers, 7 blocks per SM) measured faster than 4
+// (105, 4 blocks), and Q6_K at 2 rows can share a launch with Q4_K at every width.
 constexpr int rows_per_thread(GgmlType type, int n_tokens) {
-  return n_tokens == 1 && type != GgmlType::Q4_K ? 4 : 2;
+  return n_tokens == 1 && type != GgmlType::Q4_K && type != GgmlType::Q6_K ? 4 : 2;
 }
 
 // The work of one block: the rows_per_group rows of its group, for every token; row_at(r) is the address of row r
 // (rows past a matrix's end give its last row again, whose sums emit drops, so that no load needs a condition).
 // The block's kThreads threads form teams of threads_per_row (32, 64 or 128, fewest that cover a row's units in
 // one pass, at most kThreads / teams); a team takes kRowsPerThread rows, and thread i of a team units i,
-// i + threads_per_row, ... of each of them. A 4096-wide Q6_K row is 128 units (Q4_K: 64 units of 64 values, two
-// teams per block), so at one token every thread of the block has the loads of one unit of each of its rows in
+// i + threads_per_row, ... of each of them. A 4096-wide Q4_K or Q6_K row is 64 units of 64 values (two teams per
+// block), so at one token every thread of the block has the loads of one unit of each of its rows in
 // flight before it waits for anything, and a warp's whole work is one round trip to memory: short per-block
 // critical paths, many blocks in flight. Longer rows take more passes (kPrefetch: each requests the next one's
 // weights before it computes). The warps of a team add their sums through shared memory, and one thread per row
@@ -327,7 +327,7 @@ __device__ __forceinline__ void matvec_q8_rows(RowAt row_at, int64_t n_cols, int
   auto load_weights = [&](typename Dot::Weights(&into)[kRowsPerThread], int u) {
     u = min(u, n_units - 1);
 #pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) into[r] = Dot::load(rows[r], u);
+    for (int r = 0; r < kRowsPerThread; ++r) into[r] = Dot::load(rows[r], u, n_units);
   };
   // The weights do not depend on the previous kernel: the first ones are on their way before waiting for it.
   load_weights(w, first_unit);
@@ -452,9 +452,9 @@ __device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int 
 
 // Register budgets, chosen by measurement (tg128, alternating with the plain build in one device call): the
 // scaled one-token Q4_K kernel is held to 7 blocks per SM (72 registers; unbounded it takes 74, which fits 6), and
-// the others are given a minimum of one block, which lets ptxas spend more registers where it sees a use (Q6_K
-// at one token 72 -> 115): TinyLlama and 7B tg128 +16% / +7% over the plain build this way, +12.5% / +5.5% with
-// no bounds at all.
+// the others are given a minimum of one block, which lets ptxas spend more registers where it sees a use (the
+// 32-value Q6_K units of the file layout at one token: 72 -> 115): TinyLlama and 7B tg128 +16% / +7% over the
+// plain build this way, +12.5% / +5.5% with no bounds at all.
 constexpr int kQ4KBlocksPerSm = 7;
 constexpr int min_blocks_per_sm(GgmlType type, int n_tokens, bool norm_scaled) {
   return type == GgmlType::Q4_K && n_tokens == 1 && norm_scaled ? kQ4KBlocksPerSm : 1;
@@ -484,8 +484,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 // The fused-RMSNorm producer (NormOutput): a block owns one Q8 block's worth of rows (32), so that it can quantize
 // them itself once they are summed: warp t takes token t, lane i row 32 * blockIdx.x + i. The grid is n_rows / 32
 // blocks (64 at TinyLlama's 2048, 128 at 4096), one per SM, with the plain kernel's rows per thread
-// (rows_per_thread: 4 at one token, Q4_K 2; Q6_K at 8, for more bytes in flight, measured slower: its 7B down
-// projection 25.4 -> 26.0 us under ncu). kThreads (at most 512) grows with the row's units. At one token each pass
+// (rows_per_thread: 4 at one token, Q4_K and Q6_K 2; Q6_K's former 32-value units at 8 instead of 4, for more
+// bytes in flight, measured slower: its 7B down projection 25.4 -> 26.0 us under ncu). kThreads (at most 512) grows with the row's units. At one token each pass
 // requests the next one's weights before it computes (rows take up to 6 passes here, and these blocks have the
 // registers): with several kernels running ahead (launch.cuh; neutral with one) tg128 +2% for TinyLlama and 7B
 // with Q6_K, and +1-2% for TinyLlama with Q4_K at 2 rows per thread (at 4 it spilled and was slower). Not measured
@@ -668,7 +668,7 @@ void matvec_q8(const MatvecJob* jobs, int n_jobs, const Q8Rows& xq, int n_tokens
 }
 
 bool matvec_q8_mixes(GgmlType first, GgmlType second, int64_t n_cols, int n_tokens) {
-  return first == GgmlType::Q4_K && second == GgmlType::Q6_K && n_tokens == 1 &&
+  return first == GgmlType::Q4_K && second == GgmlType::Q6_K && n_tokens == 1 && n_cols % 256 == 0 &&
          rows_per_group<GgmlType::Q4_K>(n_cols, 1) == rows_per_group<GgmlType::Q6_K>(n_cols, 1);
 }
 
