@@ -301,8 +301,9 @@ constexpr int rows_per_thread(GgmlType type, int n_tokens) {
 // i + threads_per_row, ... of each of them. A 4096-wide Q4_K or Q6_K row is 64 units of 64 values (two teams per
 // block), so at one token every thread of the block has the loads of one unit of each of its rows in
 // flight before it waits for anything, and a warp's whole work is one round trip to memory: short per-block
-// critical paths, many blocks in flight. Longer rows take more passes (kPrefetch: each requests the next one's
-// weights before it computes). The warps of a team add their sums through shared memory, and one thread per row
+// critical paths, many blocks in flight. Longer rows take more passes (kPrefetch: two passes' weights are in
+// flight before the wait, and from then on each pass's registers are refilled with the pass after next as soon as
+// they have been used). The warps of a team add their sums through shared memory, and one thread per row
 // and token hands the result to emit(r, token, sum). hooks.after_wait() runs after the previous kernel has
 // finished (loads whose results are wanted at the end), hooks.before_barrier() before the barrier that precedes
 // emit.
@@ -322,39 +323,46 @@ __device__ __forceinline__ void matvec_q8_rows(RowAt row_at, int64_t n_cols, int
   const int n_units = static_cast<int>(n_cols / Dot::kValues);
   const int64_t ld_ds = ld / kQ8Block;
 
-  typename Dot::Weights w[kRowsPerThread];
   // Past the end: loads a valid unit, whose sum the loop never adds.
   auto load_weights = [&](typename Dot::Weights(&into)[kRowsPerThread], int u) {
     u = min(u, n_units - 1);
 #pragma unroll
     for (int r = 0; r < kRowsPerThread; ++r) into[r] = Dot::load(rows[r], u, n_units);
   };
-  // The weights do not depend on the previous kernel: the first ones are on their way before waiting for it.
-  load_weights(w, first_unit);
-  allow_next_kernel();
-  wait_for_previous_kernel();
-  hooks.after_wait();
-
   float acc[kRowsPerThread][kTokens] = {};
-  for (int u = first_unit; u < n_units; u += threads_per_row) {
-    typename Dot::Weights next[kPrefetch ? kRowsPerThread : 1];
-    const bool more = u + threads_per_row < n_units;
-    if constexpr (kPrefetch) {
-      if (more) load_weights(next, u + threads_per_row);
-    } else if (u != first_unit) {
-      load_weights(w, u);
-    }
+  auto accumulate = [&](const typename Dot::Weights(&w)[kRowsPerThread], int u) {
 #pragma unroll
     for (int t = 0; t < kTokens; ++t) {
       const typename Dot::Act a = Dot::load_act(xq + t * ld, xds + t * ld_ds, u);
 #pragma unroll
       for (int r = 0; r < kRowsPerThread; ++r) acc[r][t] += Dot::dot(w[r], a, u);
     }
-    if constexpr (kPrefetch) {
-      if (more) {
-#pragma unroll
-        for (int r = 0; r < kRowsPerThread; ++r) w[r] = next[r];
-      }
+  };
+  // The weights do not depend on the previous kernel: the first ones (kPrefetch: two passes' worth) are on their
+  // way before waiting for it.
+  typename Dot::Weights w[kRowsPerThread];
+  load_weights(w, first_unit);
+  if constexpr (kPrefetch) {
+    // Two sets of registers in turn: each set is refilled with the pass after next as soon as it has been used.
+    typename Dot::Weights w2[kRowsPerThread];
+    if (first_unit + threads_per_row < n_units) load_weights(w2, first_unit + threads_per_row);
+    allow_next_kernel();
+    wait_for_previous_kernel();
+    hooks.after_wait();
+    for (int u = first_unit; u < n_units; u += 2 * threads_per_row) {
+      accumulate(w, u);
+      if (u + 2 * threads_per_row < n_units) load_weights(w, u + 2 * threads_per_row);
+      if (u + threads_per_row >= n_units) break;
+      accumulate(w2, u + threads_per_row);
+      if (u + 3 * threads_per_row < n_units) load_weights(w2, u + 3 * threads_per_row);
+    }
+  } else {
+    allow_next_kernel();
+    wait_for_previous_kernel();
+    hooks.after_wait();
+    for (int u = first_unit; u < n_units; u += threads_per_row) {
+      if (u != first_unit) load_weights(w, u);
+      accumulate(w, u);
     }
   }
 
