@@ -301,13 +301,12 @@ constexpr int rows_per_thread(GgmlType type, int n_tokens) {
 // i + threads_per_row, ... of each of them. A 4096-wide Q4_K or Q6_K row is 64 units of 64 values (two teams per
 // block), so at one token every thread of the block has the loads of one unit of each of its rows in
 // flight before it waits for anything, and a warp's whole work is one round trip to memory: short per-block
-// critical paths, many blocks in flight. Longer rows take more passes (kPrefetch: two passes' weights are in
-// flight before the wait, and from then on each pass's registers are refilled with the pass after next as soon as
-// they have been used). The warps of a team add their sums through shared memory, and one thread per row
+// critical paths, many blocks in flight. Longer rows take more passes, kStages of them in flight at a time (the
+// first kStages before the wait). The warps of a team add their sums through shared memory, and one thread per row
 // and token hands the result to emit(r, token, sum). hooks.after_wait() runs after the previous kernel has
 // finished (loads whose results are wanted at the end), hooks.before_barrier() before the barrier that precedes
 // emit.
-template <GgmlType T, int kTokens, int kRowsPerThread, int kThreads, bool kPrefetch, class RowAt, class Hooks,
+template <GgmlType T, int kTokens, int kRowsPerThread, int kThreads, int kStages, class RowAt, class Hooks,
           class Emit>
 __device__ __forceinline__ void matvec_q8_rows(RowAt row_at, int64_t n_cols, int rows_per_group,
                                                const int8_t* __restrict__ xq, const float2* __restrict__ xds,
@@ -338,31 +337,24 @@ __device__ __forceinline__ void matvec_q8_rows(RowAt row_at, int64_t n_cols, int
       for (int r = 0; r < kRowsPerThread; ++r) acc[r][t] += Dot::dot(w[r], a, u);
     }
   };
-  // The weights do not depend on the previous kernel: the first ones (kPrefetch: two passes' worth) are on their
-  // way before waiting for it.
-  typename Dot::Weights w[kRowsPerThread];
-  load_weights(w, first_unit);
-  if constexpr (kPrefetch) {
-    // Two sets of registers in turn: each set is refilled with the pass after next as soon as it has been used.
-    typename Dot::Weights w2[kRowsPerThread];
-    if (first_unit + threads_per_row < n_units) load_weights(w2, first_unit + threads_per_row);
-    allow_next_kernel();
-    wait_for_previous_kernel();
-    hooks.after_wait();
-    for (int u = first_unit; u < n_units; u += 2 * threads_per_row) {
-      accumulate(w, u);
-      if (u + 2 * threads_per_row < n_units) load_weights(w, u + 2 * threads_per_row);
-      if (u + threads_per_row >= n_units) break;
-      accumulate(w2, u + threads_per_row);
-      if (u + 3 * threads_per_row < n_units) load_weights(w2, u + 3 * threads_per_row);
-    }
-  } else {
-    allow_next_kernel();
-    wait_for_previous_kernel();
-    hooks.after_wait();
-    for (int u = first_unit; u < n_units; u += threads_per_row) {
-      if (u != first_unit) load_weights(w, u);
-      accumulate(w, u);
+  // The weights do not depend on the previous kernel: the first kStages passes' are on their way before waiting
+  // for it. Each pass has its set of registers (kStages in turn), refilled with the pass kStages later as soon as it
+  // has been used.
+  typename Dot::Weights w[kStages][kRowsPerThread];
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) {
+    if (s == 0 || first_unit + s * threads_per_row < n_units) load_weights(w[s], first_unit + s * threads_per_row);
+  }
+  allow_next_kernel();
+  wait_for_previous_kernel();
+  hooks.after_wait();
+  for (int u = first_unit; u < n_units; u += kStages * threads_per_row) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      const int pass_unit = u + s * threads_per_row;
+      if (pass_unit >= n_units) break;
+      accumulate(w[s], pass_unit);
+      if (pass_unit + kStages * threads_per_row < n_units) load_weights(w[s], pass_unit + kStages * threads_per_row);
     }
   }
 
@@ -448,7 +440,7 @@ __device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int 
   __shared__ double warp_totals[kThreadsPerBlock / 32][kTokens];
   using Hooks = std::conditional_t<kNormScaled, ScaleByNorm<kTokens, kThreadsPerBlock / 32>, Unscaled>;
   Hooks hooks{norm, &warp_totals[0][0]};
-  matvec_q8_rows<T, kTokens, kRowsPerThread, kThreadsPerBlock, false>(
+  matvec_q8_rows<T, kTokens, kRowsPerThread, kThreadsPerBlock, 1>(
       rows_of(job.w, group_row), job.w.n_cols, groups.rows_per_group, xq, xds, ld, hooks,
       [&](int row, int t, float s) {
         if (group_row + row >= job.w.n_rows) return;
@@ -498,8 +490,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 // registers): with several kernels running ahead (launch.cuh; neutral with one) tg128 +2% for TinyLlama and 7B
 // with Q6_K, and +1-2% for TinyLlama with Q4_K at 2 rows per thread (at 4 it spilled and was slower). Not measured
 // for the other types (Q5_K would spill), and Q4_K would spill at more tokens.
-constexpr bool norm_prefetches(GgmlType type, int n_tokens) {
-  return n_tokens == 1 && (type == GgmlType::Q4_K || type == GgmlType::Q6_K);
+constexpr int norm_stages(GgmlType type, int n_tokens) {
+  return n_tokens == 1 && (type == GgmlType::Q4_K || type == GgmlType::Q6_K) ? 3 : 1;
 }
 constexpr int kMaxNormThreads = 512;
 
@@ -522,7 +514,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __device__ void before_barrier() const {}
   } residual{job.y + row, job.ldy};
-  matvec_q8_rows<T, kTokens, rows_per_thread(T, kTokens), kThreads, norm_prefetches(T, kTokens)>(
+  matvec_q8_rows<T, kTokens, rows_per_thread(T, kTokens), kThreads, norm_stages(T, kTokens)>(
       rows_of(job.w, group_row), job.w.n_cols, kQ8Block, xq, xds, ld, residual,
       [&](int r, int t, float s) { sums[r][t] = s; });
   __syncthreads();
@@ -558,7 +550,7 @@ __global__ void __launch_bounds__(kSwigluThreads)
     const DeviceMatrix& w = r < kQ8Block ? gate : up;
     return w.data + (group_row + r % kQ8Block) * static_cast<int64_t>(w.row_bytes);
   };
-  matvec_q8_rows<T, 1, kSwigluRowsPerThread, kSwigluThreads, false>(
+  matvec_q8_rows<T, 1, kSwigluRowsPerThread, kSwigluThreads, 1>(
       row_at, gate.n_cols, 2 * kQ8Block, xq, xds, ld, hooks,
       [&](int r, int t, float s) { products[r] = hooks.scaled(t, s); });
   __syncthreads();
