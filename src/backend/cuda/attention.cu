@@ -322,9 +322,11 @@ __device__ __forceinline__ float dot_row(const float* q, const uint8_t* row, int
 }
 
 // Grid (n_tokens, n_head / QH, n_splits), kDecodeThreads threads. Block (t, y, split) serves query heads
-// y*QH .. y*QH+QH-1 of token t over its split's share of the keys 0..positions[t].
+// y*QH .. y*QH+QH-1 of token t over its split's share of the keys 0..positions[t]. A minimum of one block per SM
+// lets ptxas use the registers it wants (102-116 with an f16 cache): without it, it held them to 64-80 and spilled
+// up to 40 bytes, on a kernel whose every step is on the decode's critical path.
 template <int QH, bool F16>
-__global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const DecodeArgs a) {
+__global__ void __launch_bounds__(kDecodeThreads, 1) decode_attention_kernel(const DecodeArgs a) {
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ float m_run[QH], l_run[QH], correction[QH];
   const AttentionParams& p = a.p;
@@ -532,21 +534,25 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(const 
       const int g = item / n_pairs, pair = item % n_pairs, h = pair / half_hd, i = pair % half_hd;
       const float c = correction[h];
       const float* const s = scores + h * tile_keys;
-      float2 o0 = make_float2(acc[it].x * c, acc[it].y * c), o1 = make_float2(0.0f, 0.0f);
+      // Four keys per step into four sums: their shared-memory loads are in flight together.
+      float2 o[4] = {make_float2(acc[it].x * c, acc[it].y * c)};
+      const int v_step = groups * layout.row_bytes;
+      const uint8_t* v = v_tile + g * layout.row_bytes;
       int r = g;
-      for (; r + groups < n; r += 2 * groups) {
-        const float w0 = s[r], w1 = s[r + groups];
-        const float2 v0 = load_pair<F16>(v_tile + r * layout.row_bytes, i);
-        const float2 v1 = load_pair<F16>(v_tile + (r + groups) * layout.row_bytes, i);
-        o0.x += w0 * v0.x, o0.y += w0 * v0.y;
-        o1.x += w1 * v1.x, o1.y += w1 * v1.y;
+      for (; r + 3 * groups < n; r += 4 * groups, v += 4 * v_step) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float w = s[r + k * groups];
+          const float2 x = load_pair<F16>(v + k * v_step, i);
+          o[k].x += w * x.x, o[k].y += w * x.y;
+        }
       }
-      if (r < n) {
-        const float w0 = s[r];
-        const float2 v0 = load_pair<F16>(v_tile + r * layout.row_bytes, i);
-        o0.x += w0 * v0.x, o0.y += w0 * v0.y;
+      for (; r < n; r += groups, v += v_step) {
+        const float w = s[r];
+        const float2 x = load_pair<F16>(v, i);
+        o[0].x += w * x.x, o[0].y += w * x.y;
       }
-      acc[it] = make_float2(o0.x + o1.x, o0.y + o1.y);
+      acc[it] = make_float2((o[0].x + o[1].x) + (o[2].x + o[3].x), (o[0].y + o[1].y) + (o[2].y + o[3].y));
     }
     __syncthreads();  // the tile is free for the next one
   }
