@@ -485,18 +485,18 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 // them itself once they are summed: warp t takes token t, lane i row 32 * blockIdx.x + i. The grid is n_rows / 32
 // blocks (64 at TinyLlama's 2048, 128 at 4096), one per SM, with the plain kernel's rows per thread
 // (rows_per_thread: 4 at one token, Q4_K and Q6_K 2; Q6_K's former 32-value units at 8 instead of 4, for more
-// bytes in flight, measured slower: its 7B down projection 25.4 -> 26.0 us under ncu). kThreads (at most 512) grows with the row's units. At one token each pass
-// requests the next one's weights before it computes (rows take up to 6 passes here, and these blocks have the
-// registers): with several kernels running ahead (launch.cuh; neutral with one) tg128 +2% for TinyLlama and 7B
-// with Q6_K, and +1-2% for TinyLlama with Q4_K at 2 rows per thread (at 4 it spilled and was slower). Not measured
-// for the other types (Q5_K would spill), and Q4_K would spill at more tokens.
-constexpr int norm_stages(GgmlType type, int n_tokens) {
-  return n_tokens == 1 && (type == GgmlType::Q4_K || type == GgmlType::Q6_K) ? 3 : 1;
-}
+// bytes in flight, measured slower: its 7B down projection 25.4 -> 26.0 us under ncu). kThreads (at most 512)
+// grows with the row's units. At one token Q4_K and Q6_K keep as many passes in flight as the row takes, up to
+// three (kStages; one block per SM has the registers: 120 / 128 at three, no spill): 7B tg128 +1-2% at two, +1%
+// more at three, with several kernels running ahead (launch.cuh). Not measured for the other types (Q5_K would
+// spill), nor at more tokens (Q4_K would spill). These blocks are one per SM at the widths served here, so a
+// minimum of one block per SM costs nothing and keeps ptxas from spilling to fit two.
+constexpr bool norm_keeps_passes_in_flight(GgmlType type) { return type == GgmlType::Q4_K || type == GgmlType::Q6_K; }
+constexpr int kMaxNormStages = 3;
 constexpr int kMaxNormThreads = 512;
 
-template <GgmlType T, int kTokens, int kThreads>
-__global__ void __launch_bounds__(kThreads)
+template <GgmlType T, int kTokens, int kThreads, int kStages>
+__global__ void __launch_bounds__(kThreads, 1)
     matvec_q8_norm_kernel(const MatvecJob job, const int8_t* __restrict__ xq, const float2* __restrict__ xds,
                           int64_t ld, const NormOutput norm) {
   static_assert(kThreads / 32 >= kTokens, "a warp per token");
@@ -514,7 +514,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __device__ void before_barrier() const {}
   } residual{job.y + row, job.ldy};
-  matvec_q8_rows<T, kTokens, rows_per_thread(T, kTokens), kThreads, norm_stages(T, kTokens)>(
+  matvec_q8_rows<T, kTokens, rows_per_thread(T, kTokens), kThreads, kStages>(
       rows_of(job.w, group_row), job.w.n_cols, kQ8Block, xq, xds, ld, residual,
       [&](int r, int t, float s) { sums[r][t] = s; });
   __syncthreads();
@@ -620,7 +620,7 @@ struct LaunchQ8Norm {
         if constexpr (tokens.value == 1) {
           launch_one_token<T>();
         } else {
-          launch<T, tokens.value, kMaxNormThreads>();
+          launch<T, tokens.value, kMaxNormThreads, 1>();
         }
       });
     }
@@ -631,12 +631,23 @@ struct LaunchQ8Norm {
     constexpr int kTeams = kQ8Block / rows_per_thread(T, 1);
     const int64_t n_units = job->w.n_cols / Q8Dot<T>::kValues;
     const int threads_per_row = std::min(n_units <= 32 ? 32 : n_units <= 64 ? 64 : 128, kMaxNormThreads / kTeams);
-    if (threads_per_row * kTeams == 256) return launch<T, 1, 256>();
-    launch<T, 1, kMaxNormThreads>();
+    const int passes = static_cast<int>((n_units + threads_per_row - 1) / threads_per_row);
+    const int stages = norm_keeps_passes_in_flight(T) ? std::clamp(passes, 1, kMaxNormStages) : 1;
+    if (threads_per_row * kTeams == 256) return launch_one_token<T, 256>(stages);
+    launch_one_token<T, kMaxNormThreads>(stages);
   }
-  template <GgmlType T, int kTokens, int kThreads>
+  template <GgmlType T, int kThreads>
+  void launch_one_token(int stages) const {
+    if constexpr (norm_keeps_passes_in_flight(T)) {
+      static_assert(kMaxNormStages == 3);
+      if (stages == 3) return launch<T, 1, kThreads, 3>();
+      if (stages == 2) return launch<T, 1, kThreads, 2>();
+    }
+    launch<T, 1, kThreads, 1>();
+  }
+  template <GgmlType T, int kTokens, int kThreads, int kStages>
   void launch() const {
-    launch_chained("matvec_q8_norm_kernel", matvec_q8_norm_kernel<T, kTokens, kThreads>,
+    launch_chained("matvec_q8_norm_kernel", matvec_q8_norm_kernel<T, kTokens, kThreads, kStages>,
                    dim3(static_cast<unsigned>(job->w.n_rows / kQ8Block)), dim3(kThreads), 0, stream, *job, xq->q,
                    xq->ds, xq->ld, *norm);
   }
