@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "backend/cuda/activation.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/dequant.cuh"
 #include "backend/cuda/launch.cuh"
@@ -557,7 +558,7 @@ __global__ void __launch_bounds__(kSwigluThreads)
   if (threadIdx.x >= 32) return;
   const int lane = static_cast<int>(threadIdx.x);
   const float g = products[lane];
-  quantize_q8_block(g / (1.0f + expf(-g)) * products[kQ8Block + lane], out, 0, blockIdx.x, lane);
+  quantize_q8_block(silu(g) * products[kQ8Block + lane], out, 0, blockIdx.x, lane);
 }
 
 // Rows per block (teams x rows per thread) of a launch of type T at a width.

@@ -2,6 +2,7 @@
 // values being one block.
 #include <stdexcept>
 
+#include "backend/cuda/activation.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
@@ -18,7 +19,7 @@ __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __res
   // With q8, count is a multiple of 32: whole warps leave here, and the others quantize together.
   if (i >= count) return;
   const float g = gate[i];
-  const float v = g / (1.0f + expf(-g)) * up[i];
+  const float v = silu(g) * up[i];
   out[i] = v;
   if (out16) out16[i] = __float2half_rn(v);
   if (q8.q) quantize_q8_block(v, q8, i / q8.ld, (i % q8.ld) / kQ8Block, static_cast<int>(threadIdx.x % 32));
