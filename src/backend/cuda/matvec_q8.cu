@@ -634,11 +634,13 @@ struct LaunchQ8Norm {
     const int threads_per_row = std::min(n_units <= 32 ? 32 : n_units <= 64 ? 64 : 128, kMaxNormThreads / kTeams);
     const int passes = static_cast<int>((n_units + threads_per_row - 1) / threads_per_row);
     const int stages = norm_keeps_passes_in_flight(T) ? std::clamp(passes, 1, kMaxNormStages) : 1;
-    if (threads_per_row * kTeams == 256) return launch_one_token<T, 256>(stages);
-    launch_one_token<T, kMaxNormThreads>(stages);
+    if constexpr (kTeams * 32 <= 256) {  // (teams of at least 32 threads)
+      if (threads_per_row * kTeams == 256) return launch_stages<T, 256>(stages);
+    }
+    launch_stages<T, kMaxNormThreads>(stages);
   }
   template <GgmlType T, int kThreads>
-  void launch_one_token(int stages) const {
+  void launch_stages(int stages) const {
     if constexpr (norm_keeps_passes_in_flight(T)) {
       static_assert(kMaxNormStages == 3);
       if (stages == 3) return launch<T, 1, kThreads, 3>();
