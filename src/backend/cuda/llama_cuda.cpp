@@ -145,10 +145,14 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
   TESSERA_CUDA_CHECK(cudaMalloc(&weight_arena_, weights.size()));
   auto* base = static_cast<uint8_t*>(weight_arena_);
   size_t offset = 0;
-  auto upload = [&](const void* src, size_t bytes) {
+  auto reserve = [&](size_t bytes) {
     uint8_t* dst = base + offset;
-    TESSERA_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
     offset = align_up(offset + bytes);
+    return dst;
+  };
+  auto upload = [&](const void* src, size_t bytes) {
+    uint8_t* dst = reserve(bytes);
+    TESSERA_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
     return dst;
   };
   std::vector<uint8_t> staging;
@@ -159,7 +163,7 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
       return d;
     }
     // Rewritten on the host a slice of rows at a time, so that the staging buffer stays small.
-    uint8_t* dst = base + offset;
+    uint8_t* dst = reserve(device_bytes(m));
     const int64_t slice_rows = std::max<int64_t>(1, static_cast<int64_t>(kStagingBytes / d.row_bytes));
     staging.resize(static_cast<size_t>(std::min(slice_rows, m.n_rows)) * d.row_bytes);
     for (int64_t r = 0; r < m.n_rows; r += slice_rows) {
@@ -168,7 +172,6 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
       TESSERA_CUDA_CHECK(cudaMemcpy(dst + static_cast<size_t>(r) * d.row_bytes, staging.data(),
                                     static_cast<size_t>(n) * d.row_bytes, cudaMemcpyHostToDevice));
     }
-    offset = align_up(offset + device_bytes(m));
     d.data = dst;
     return d;
   };
