@@ -1,6 +1,8 @@
 // Device-side decoding of GGUF block formats. Each type is read in "chunks": kSize consecutive values of a row
-// that one thread decodes into registers from one contiguous run of bytes. The value formulas follow the
-// scalar reference in src/quant (quant::dequantize_row_ref), operation for operation, so results match it.
+// that one thread decodes into registers, Chunk<T>::load(row, n_cols, c, values) for chunk c of a row of n_cols
+// values (the width matters only to Q6_K, whose device rows group each field of the row's super-blocks,
+// device_layout.h; the others read one contiguous run of bytes). The value formulas follow the scalar reference
+// in src/quant (quant::dequantize_row_ref), operation for operation, so results match it.
 #pragma once
 
 #include <cuda_bf16.h>
