@@ -873,20 +873,22 @@ TEST(CudaOps, DecodeAttentionMatchesCpu) {
   }
 }
 
-// Prompt attention on the tensor cores against cpu::attend: two sequences in one step, 37 tokens of a fresh
+// Flash prompt attention on the tensor cores against cpu::attend: two sequences in one step, 37 tokens of a fresh
 // sequence (positions 0..36) and 300 tokens continuing one with 20 cached keys (positions 20..319), interleaved in
-// the batch, slots a permutation (paged); GQA, head dims 64 and 80, f16 cache. Once with room for every query row
-// at a time and once with scores for 16 rows, so that queries are taken in chunks.
+// the batch, slots a permutation (paged), f16 cache. GQA groups of 1, 3, 4 and 8 (blocks that end part-way through
+// a token's heads and past the last token); head dims 8 and 40 (padded with zeros to the mma's 16), 64, 80 and 128
+// (key tiles of 64 and 32, several per block and a partial last one).
 TEST(CudaOps, PromptAttentionMatchesCpu) {
   TESSERA_REQUIRE_GPU();
   struct Shape {
     int n_head, n_head_kv, head_dim;
   };
-  cublasHandle_t handle = nullptr;
-  ASSERT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS);
-  for (const Shape shape : {Shape{6, 2, 80}, Shape{16, 2, 64}, Shape{4, 4, 64}}) {
+  for (const Shape shape : {Shape{6, 2, 80}, Shape{16, 2, 64}, Shape{4, 4, 64}, Shape{8, 2, 8}, Shape{4, 1, 40},
+                            Shape{8, 8, 128}}) {
     const int n_slots = 400, kv_dim = shape.n_head_kv * shape.head_dim, q_dim = shape.n_head * shape.head_dim;
     const int hd = shape.head_dim;
+    const AttentionParams p{shape.n_head, shape.n_head_kv, hd, true};
+    ASSERT_TRUE(prompt_attention_supported(p));
     std::vector<int32_t> perm(n_slots);
     std::iota(perm.begin(), perm.end(), 0);
     std::shuffle(perm.begin(), perm.end(), std::mt19937(5));
@@ -908,7 +910,8 @@ TEST(CudaOps, PromptAttentionMatchesCpu) {
     const PromptSequence sequences[2] = {{0, 37, offset0, 37}, {37, 300, offset1, 320}};
 
     const std::vector<float> k = random_floats(n_slots * kv_dim, -1, 1, 20), v = random_floats(n_slots * kv_dim, -1, 1, 21);
-    const std::vector<float> q = random_floats(n_tokens * q_dim, -1, 1, 22);
+    // Queries of up to +-4 so that the softmax has large scores to keep apart (and the running maximum moves).
+    const std::vector<float> q = random_floats(n_tokens * q_dim, -4, 4, 22);
     std::vector<uint8_t> kc(n_slots * kv_dim * 2), vc(kc.size());
     std::vector<float> k_stored(k.size()), v_stored(v.size());
     for (size_t i = 0; i < k.size(); ++i) {
@@ -927,39 +930,29 @@ TEST(CudaOps, PromptAttentionMatchesCpu) {
     DeviceBuffer<float> d_q(q), d_out(n_tokens * q_dim);
     DeviceBuffer<__half> d_out16(n_tokens * q_dim);
     DeviceBuffer<int32_t> d_pos(positions), d_rows(rows), d_table(table);
-    const int64_t max_keys = prompt_attention_padded_keys(320);
-    for (int64_t score_rows : {int64_t{n_tokens}, int64_t{16}}) {
-      PromptAttentionScratch scratch;
-      scratch.max_keys = max_keys;
-      scratch.max_rows = n_tokens;
-      scratch.score_capacity = score_rows * shape.n_head * max_keys;
-      DeviceBuffer<__half> k16(max_keys * kv_dim), v16(max_keys * kv_dim), q16(n_tokens * q_dim),
-          weights(scratch.score_capacity);
-      DeviceBuffer<float> o(n_tokens * q_dim), scores(scratch.score_capacity);
-      scratch.k16 = k16.get();
-      scratch.v16 = v16.get();
-      scratch.q16 = q16.get();
-      scratch.o = o.get();
-      scratch.scores = scores.get();
-      scratch.weights = weights.get();
-      const AttentionParams p{shape.n_head, shape.n_head_kv, hd, true};
-      prompt_attention(handle, p, d_q.get(), d_kc.get(), d_vc.get(), d_pos.get(), d_rows.get(), d_table.get(),
-                       sequences, 2, scratch, d_out.get(), d_out16.get(), nullptr);
-      const std::vector<float> got = d_out.download();
-      const std::string what = "prompt attention heads " + std::to_string(shape.n_head) + "/" +
-                               std::to_string(shape.n_head_kv) + " dim " + std::to_string(hd) + " score rows " +
-                               std::to_string(score_rows);
-      expect_close(got, want, 2e-3, 0, what);
-      const std::vector<__half> got16 = d_out16.download();
-      std::vector<float> got16_f(got16.size()), got_rounded(got.size());
-      for (size_t i = 0; i < got.size(); ++i) {
-        got16_f[i] = __half2float(got16[i]);
-        got_rounded[i] = cpu::round_to_f16(got[i]);
-      }
-      expect_close(got16_f, got_rounded, 0, 0, what + " f16 copy");
+    prompt_attention(p, d_q.get(), d_kc.get(), d_vc.get(), d_pos.get(), d_rows.get(), d_table.get(), sequences, 2,
+                     d_out.get(), d_out16.get(), nullptr);
+    const std::vector<float> got = d_out.download();
+    const std::string what = "prompt attention heads " + std::to_string(shape.n_head) + "/" +
+                             std::to_string(shape.n_head_kv) + " dim " + std::to_string(hd);
+    // Both round the weights to f16: the CPU after normalizing them, the GPU before (by the running maximum).
+    expect_close(got, want, 2e-3, 0, what);
+    const std::vector<__half> got16 = d_out16.download();
+    std::vector<float> got16_f(got16.size()), got_rounded(got.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      got16_f[i] = __half2float(got16[i]);
+      got_rounded[i] = cpu::round_to_f16(got[i]);
     }
+    expect_close(got16_f, got_rounded, 0, 0, what + " f16 copy");
   }
-  cublasDestroy(handle);
+}
+
+// What the flash kernel does not take: an f32 cache, head dims past 128 or not a multiple of 8.
+TEST(CudaOps, PromptAttentionRefusesWhatItCannotTake) {
+  EXPECT_TRUE(prompt_attention_supported(AttentionParams{32, 8, 128, true}));
+  EXPECT_FALSE(prompt_attention_supported(AttentionParams{32, 8, 128, false}));
+  EXPECT_FALSE(prompt_attention_supported(AttentionParams{8, 8, 256, true}));
+  EXPECT_FALSE(prompt_attention_supported(AttentionParams{8, 8, 36, true}));
 }
 
 // The GEMM path's decode to f16 for every type, on a matrix of 37 rows (several 128-chunk blocks and a partial

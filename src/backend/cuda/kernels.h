@@ -170,36 +170,22 @@ void decode_attention(const AttentionParams& p, const RopeParams& rope, const fl
                       float* partials, float* out, const Q8Rows& out_q8, cudaStream_t stream);
 
 // ---- prompt attention on the tensor cores (f16 cache) -------------------------------------------------------
-// The same result for the tokens of a prompt step, sequence by sequence: a sequence's tokens are the step rows
-// rows[row_begin .. row_begin + n_rows) (device array of token indices), its keys the cache slots
-// slot_table[table_offset .. table_offset + n_keys) (n_keys = its largest position in the step + 1).
+// The same result for the tokens of a prompt step, sequence by sequence, as flash attention (no score matrix in
+// memory): a sequence's tokens are the step rows rows[row_begin .. row_begin + n_rows) (device array of token
+// indices), its keys the cache slots slot_table[table_offset .. table_offset + n_keys) (n_keys = its largest
+// position in the step + 1).
 struct PromptSequence {
   int row_begin = 0;
   int n_rows = 0;
   int table_offset = 0;
   int n_keys = 0;
 };
-// Device scratch. k16/v16: [n_head_kv][prompt_attention_padded_keys(n_keys) <= max_keys][head_dim] halves each;
-// q16: [n_head][max_rows][head_dim] halves and o as many floats; scores (f32) and weights (f16): score_capacity
-// entries each. Queries are processed in chunks of at most max_rows, and of at most score_capacity /
-// (n_head * padded keys) rows (which must be >= 1).
-struct PromptAttentionScratch {
-  __half* k16 = nullptr;
-  __half* v16 = nullptr;
-  int64_t max_keys = 0;
-  __half* q16 = nullptr;
-  float* o = nullptr;
-  int max_rows = 0;
-  float* scores = nullptr;
-  __half* weights = nullptr;
-  int64_t score_capacity = 0;
-};
-// Keys are padded to a multiple of 8 (zero keys and values, zero weights) for aligned tensor-core operands.
-int64_t prompt_attention_padded_keys(int64_t n_keys);
+// An f16 cache and a head dimension that is a multiple of 8, up to 128.
+bool prompt_attention_supported(const AttentionParams& p);
 // out [n_tokens][q_dim] (and out16, when given, its f16 copy) for every row of the sequences.
-void prompt_attention(cublasHandle_t handle, const AttentionParams& p, const float* q, const void* k_cache,
-                      const void* v_cache, const int32_t* positions, const int32_t* rows, const int32_t* slot_table,
-                      const PromptSequence* sequences, int n_sequences, const PromptAttentionScratch& scratch,
-                      float* out, __half* out16, cudaStream_t stream);
+void prompt_attention(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
+                      const int32_t* positions, const int32_t* rows, const int32_t* slot_table,
+                      const PromptSequence* sequences, int n_sequences, float* out, __half* out16,
+                      cudaStream_t stream);
 
 }  // namespace tessera::cuda

@@ -109,23 +109,7 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
   const size_t per_token = sizeof(float) * (2ull * config_.n_embd + 2ull * config_.q_dim() + 2ull * config_.kv_dim() +
                                             2ull * config_.n_ff + config_.n_vocab) +
                            sizeof(__half) * max_width;
-  // Prompt attention scratch (f16 cache): the gathered keys and values of up to n_slots_ keys, queries and
-  // outputs of kInitialCapacity rows, and scores for kInitialCapacity rows of kInitialCapacity keys (longer
-  // sequences take fewer rows per chunk, down to one).
-  if (f16_cache_) {
-    prompt_scratch_.max_keys = prompt_attention_padded_keys(n_slots_);
-    prompt_scratch_.max_rows = kInitialCapacity;
-    prompt_scratch_.score_capacity = static_cast<int64_t>(config_.n_head) *
-                                     std::max<int64_t>(kInitialCapacity * kInitialCapacity, prompt_scratch_.max_keys);
-  }
-  Layout prompt_layout;
-  const size_t o_k16 = prompt_layout.add(prompt_scratch_.max_keys * config_.kv_dim() * sizeof(__half));
-  const size_t o_v16 = prompt_layout.add(prompt_scratch_.max_keys * config_.kv_dim() * sizeof(__half));
-  const size_t o_q16 = prompt_layout.add(static_cast<size_t>(prompt_scratch_.max_rows) * config_.q_dim() * sizeof(__half));
-  const size_t o_o = prompt_layout.add(static_cast<size_t>(prompt_scratch_.max_rows) * config_.q_dim() * sizeof(float));
-  const size_t o_scores = prompt_layout.add(prompt_scratch_.score_capacity * sizeof(float));
-  const size_t o_weights = prompt_layout.add(prompt_scratch_.score_capacity * sizeof(__half));
-  const uint64_t activation_bytes = per_token * kInitialCapacity + w16_bytes + prompt_layout.size();
+  const uint64_t activation_bytes = per_token * kInitialCapacity + w16_bytes;
   const uint64_t needed = weights.size() + kv_bytes_ + activation_bytes + kHeadroomBytes;
   size_t free_bytes = 0, total_bytes = 0;
   TESSERA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -208,16 +192,6 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
   // Flash decoding: enough key splits that one token's heads fill every multiprocessor twice.
   max_splits_ = std::clamp(2 * sm_count_ / std::max(1, config_.n_head_kv), 1, kMaxSplits);
   TESSERA_CUDA_CHECK(cudaMalloc(&w16_, w16_bytes));
-  if (f16_cache_) {
-    TESSERA_CUDA_CHECK(cudaMalloc(&prompt_arena_, prompt_layout.size()));
-    auto* pb = static_cast<uint8_t*>(prompt_arena_);
-    prompt_scratch_.k16 = reinterpret_cast<__half*>(pb + o_k16);
-    prompt_scratch_.v16 = reinterpret_cast<__half*>(pb + o_v16);
-    prompt_scratch_.q16 = reinterpret_cast<__half*>(pb + o_q16);
-    prompt_scratch_.o = reinterpret_cast<float*>(pb + o_o);
-    prompt_scratch_.scores = reinterpret_cast<float*>(pb + o_scores);
-    prompt_scratch_.weights = reinterpret_cast<__half*>(pb + o_weights);
-  }
   AttentionParams ap{config_.n_head, config_.n_head_kv, config_.head_dim, f16_cache_};
   fused_decode_attention_ = decode_attention_supported(ap);
   if (fused_decode_attention_) decode_attention_prepare(ap);
@@ -236,7 +210,6 @@ LlamaCuda::~LlamaCuda() {
   cudaFreeHost(logits_host_);
   cudaFree(partials_);
   cudaFree(w16_);
-  cudaFree(prompt_arena_);
   cudaFree(kv_arena_);
   cudaFree(weight_arena_);
   if (cublas_) cublasDestroy(cublas_);
@@ -374,11 +347,12 @@ void LlamaCuda::upload_step(const ForwardBatch& batch) {
     }
     h[4 * capacity_ + r] = row;
   }
-  // Prompt steps: the token indices grouped by sequence, and each sequence's share for prompt_attention. The
-  // tensor-core path needs an f16 cache and every sequence's keys within its scratch.
+  // Prompt steps: the token indices grouped by sequence, and each sequence's share for prompt_attention (an f16
+  // cache and a head dimension it takes; else attention_kernel serves the step).
+  const AttentionParams ap{config_.n_head, config_.n_head_kv, config_.head_dim, f16_cache_};
   prompt_sequences_.clear();
-  use_prompt_attention_ = f16_cache_ && n > kMaxMatvecTokens;
-  if (n > kMaxMatvecTokens) {
+  use_prompt_attention_ = n > kMaxMatvecTokens && prompt_attention_supported(ap);
+  if (use_prompt_attention_) {
     int32_t* rows = h + 5 * capacity_;
     int rows_used = 0;
     for (size_t s = 0; s < seq_len.size(); ++s) {
@@ -391,12 +365,10 @@ void LlamaCuda::upload_step(const ForwardBatch& batch) {
         if (batch.seq_index[t] == static_cast<int32_t>(s)) rows[rows_used++] = t;
       }
       seq.n_rows = rows_used - seq.row_begin;
-      if (prompt_attention_padded_keys(seq.n_keys) > prompt_scratch_.max_keys) use_prompt_attention_ = false;
       prompt_sequences_.push_back(seq);
     }
   }
   // Decode steps split each token's keys over blocks by the longest sequence (the graph is captured per count).
-  const AttentionParams ap{config_.n_head, config_.n_head_kv, config_.head_dim, f16_cache_};
   decode_splits_ = fused_decode_attention_ ? decode_attention_splits(ap, max_keys, max_splits_) : max_splits_;
   step_used_ = 6ull * capacity_ + table_used;
   TESSERA_CUDA_CHECK(
@@ -514,9 +486,8 @@ void LlamaCuda::enqueue_layers(int n_tokens) {
       rope_and_store_kv(rope, q_, k_, v_, positions_d(), write_slots_d(), n_tokens, k_cache_[il], v_cache_[il],
                         f16_cache_, stream_);
       // Writes Wo's f16 input as well.
-      prompt_attention(cublas_, ap, q_, k_cache_[il], v_cache_[il], positions_d(), prompt_rows_d(), slot_table_d(),
-                       prompt_sequences_.data(), static_cast<int>(prompt_sequences_.size()), prompt_scratch_, attn_,
-                       x16, stream_);
+      prompt_attention(ap, q_, k_cache_[il], v_cache_[il], positions_d(), prompt_rows_d(), slot_table_d(),
+                       prompt_sequences_.data(), static_cast<int>(prompt_sequences_.size()), attn_, x16, stream_);
       matmuls({{&w.wo, x_}}, attn_, Q8Rows{}, x16, n_tokens, true);
     } else {
       rope_and_store_kv(rope, q_, k_, v_, positions_d(), write_slots_d(), n_tokens, k_cache_[il], v_cache_[il],

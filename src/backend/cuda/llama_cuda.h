@@ -129,10 +129,7 @@ class LlamaCuda {
   // current step's key split count (chosen by its longest sequence).
   bool fused_decode_attention_ = false;
   int decode_splits_ = 1;
-  // Prompt attention on the tensor cores (f16 cache): scratch sized at setup (its own allocation), and the current
-  // step's sequences, when the step takes that path.
-  void* prompt_arena_ = nullptr;
-  PromptAttentionScratch prompt_scratch_;
+  // Prompt attention on the tensor cores (f16 cache): the current step's sequences, when the step takes that path.
   std::vector<PromptSequence> prompt_sequences_;
   bool use_prompt_attention_ = false;
 

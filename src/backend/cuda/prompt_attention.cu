@@ -1,152 +1,311 @@
-// Prompt attention over an f16 KV cache on the tensor cores: per sequence of the step, its keys and values are
-// gathered from the paged cache into contiguous f16 matrices, the scores of all query heads of a KV head come
-// from one cuBLAS GEMM (f16 in, f32 accumulate), a causal softmax per query row turns them into f16 weights, and
-// a second GEMM multiplies the weights with the values. Queries are taken in chunks so that the score matrix fits
-// its scratch buffer.
-#include <algorithm>
+// Prompt attention over an f16 KV cache: flash attention on the tensor cores (mma.sync m16n8k16, f16 operands,
+// f32 accumulators). Nothing of size keys x queries is written to memory: a block takes 64 rows of (query token,
+// query head) pairs that share one KV head, walks the sequence's keys in tiles that cp.async gathers from the
+// paged cache (through the slot table) into shared memory, the next tile in flight while the current one is used,
+// and keeps each row's running maximum, sum and weighted values in registers (online softmax).
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 with .f16 A/B and .f32 C/D), lane = 4 * g + t:
+// - A (16 x 16, row-major): a0 = (row g, cols 2t, 2t+1), a1 = (row g+8, same cols), a2/a3 = the same rows, cols +8;
+// - B (16 x 8, column-major): b0 = (rows 2t, 2t+1, col g), b1 = (rows 2t+8, 2t+9, col g);
+// - C (16 x 8): c0, c1 = (row g, cols 2t, 2t+1), c2, c3 = (row g+8, cols 2t, 2t+1).
+// So the scores' C fragments of two adjacent 8-key tiles are, rounded to f16, the A fragment of the weights for
+// the P.V product: the softmax never leaves the registers.
 #include <cmath>
 #include <stdexcept>
 #include <string>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace tessera::cuda {
 namespace {
 
-constexpr int kSoftmaxThreads = 256;
+constexpr int kWarps = 4;
+constexpr int kWarpRows = 16;                 // an mma's M
+constexpr int kBlockRows = kWarps * kWarpRows;  // (query token, query head) rows per block
+constexpr int kMaxHeadDim = 128;              // the output accumulators take head_dim / 2 registers per thread
 
-int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
+// D: head_dim rounded up to a multiple of 16 (an mma's K); the dimensions past head_dim are zeros.
+template <int D>
+struct FlashShape {
+  static constexpr int kKeys = D <= 64 ? 64 : 32;  // keys per tile: the scores take kKeys / 2 registers
+  static constexpr int kStride = D + 8;            // halves per shared row: 16 spare bytes put the 8 rows of an
+                                                   // ldmatrix in different banks
+  static constexpr int kChunks = D / 8;            // 16-byte pieces per row
+};
 
-// k16/v16 [n_head_kv][keys_padded][head_dim] from the cache rows slots[j]; keys n_keys..keys_padded-1 are zero so
-// that the padded GEMM columns contribute nothing.
-__global__ void gather_kv_kernel(const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
-                                 const int32_t* __restrict__ slots, int n_keys, int keys_padded, int n_head_kv,
-                                 int head_dim, __half* __restrict__ k16, __half* __restrict__ v16) {
-  const int j = blockIdx.x, kv_dim = n_head_kv * head_dim;
-  const bool valid = j < n_keys;
-  const int64_t row = valid ? static_cast<int64_t>(slots[j]) * kv_dim : 0;
-  for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-    const int kv_head = i / head_dim, d = i % head_dim;
-    const int64_t at = (static_cast<int64_t>(kv_head) * keys_padded + j) * head_dim + d;
-    k16[at] = valid ? k_cache[row + i] : __float2half_rn(0.0f);
-    v16[at] = valid ? v_cache[row + i] : __float2half_rn(0.0f);
-  }
+struct FlashArgs {
+  AttentionParams p;
+  const float* q;            // [n_tokens][n_head][head_dim], rotated
+  const __half* k_cache;     // [n_slots][n_head_kv][head_dim]
+  const __half* v_cache;
+  const int32_t* positions;  // [n_tokens]
+  const int32_t* rows;       // the sequence's token indices, [n_rows]
+  const int32_t* slots;      // the sequence's cache slots by position, [n_keys]
+  int n_rows;
+  int n_keys;
+  float scale_log2;  // log2(e) / sqrt(head_dim): the softmax runs in base 2
+  float* out;        // [n_tokens][n_head][head_dim]
+  __half* out16;     // its f16 copy, or null
+};
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// q16 [n_head][n_rows][head_dim] from the step's query rows rows[i], rounded to f16 as ggml does before its f16
-// dot products. Head-major, so the query rows of one KV head's heads form one GEMM operand.
-__global__ void gather_q_kernel(const float* __restrict__ q, const int32_t* __restrict__ rows, int n_rows, int n_head,
-                                int head_dim, __half* __restrict__ q16) {
-  const int i = blockIdx.x, q_dim = n_head * head_dim;
-  const float* src = q + static_cast<int64_t>(rows[i]) * q_dim;
-  for (int idx = threadIdx.x; idx < q_dim; idx += blockDim.x) {
-    const int h = idx / head_dim, d = idx % head_dim;
-    q16[(static_cast<int64_t>(h) * n_rows + i) * head_dim + d] = __float2half_rn(src[idx]);
-  }
+// 16 bytes global -> shared without passing through registers; zeros when !valid (nothing is read then).
+__device__ __forceinline__ void copy_16_async(void* shared, const void* global, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_address(shared)), "l"(global),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void wait_async_copies() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
 }
 
-__device__ float block_reduce(float v, bool take_max, float* shared) {
-  for (int o = 16; o > 0; o /= 2) {
-    const float other = __shfl_xor_sync(0xFFFFFFFFu, v, o);
-    v = take_max ? fmaxf(v, other) : v + other;
+// Four 8 x 8 f16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, fragment i comes back in r[i].
+__device__ __forceinline__ void load_matrices(uint32_t (&r)[4], const __half* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(row))
+               : "memory");
+}
+// The same, each matrix transposed.
+__device__ __forceinline__ void load_matrices_transposed(uint32_t (&r)[4], const __half* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(row))
+               : "memory");
+}
+
+// d += a * b for one 16 x 8 tile.
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_f16(float low, float high) {
+  const __half2 h = __floats2half2_rn(low, high);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+__device__ __forceinline__ float max_of_row(float v) {  // over the 4 lanes (t) that hold one row
+  v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, 2));
+}
+__device__ __forceinline__ float sum_of_row(float v) {
+  v += __shfl_xor_sync(0xFFFFFFFFu, v, 1);
+  return v + __shfl_xor_sync(0xFFFFFFFFu, v, 2);
+}
+
+// Grid: (blocks of kBlockRows rows of the sequence, KV heads). Row m of KV head kv is query token rows[m / group]
+// with query head kv * group + m % group, so the block's K/V tiles serve all query heads of the KV head (GQA).
+// Token t sees keys 0..positions[t]. The blocks of the latest tokens, which have the most keys, start first.
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32) flash_prompt_attention_kernel(const FlashArgs a) {
+  using Shape = FlashShape<D>;
+  constexpr int kKeys = Shape::kKeys, kStride = Shape::kStride, kChunks = Shape::kChunks;
+  __shared__ __align__(16) __half k_tile[2][kKeys][kStride];  // [buffer][key][dim]
+  __shared__ __align__(16) __half v_tile[2][kKeys][kStride];
+  __shared__ int warp_key_counts[kWarps];
+  allow_next_kernel();
+  wait_for_previous_kernel();
+
+  const AttentionParams& p = a.p;
+  const int hd = p.head_dim, group = p.n_head / p.n_head_kv, kv_head = blockIdx.y;
+  const int64_t q_dim = static_cast<int64_t>(p.n_head) * hd, kv_dim = static_cast<int64_t>(p.n_head_kv) * hd;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int first_row = (gridDim.x - 1 - blockIdx.x) * kBlockRows + warp * kWarpRows;
+
+  // This lane's two rows, first_row + g and first_row + g + 8: their token, query head and key count (0 past the
+  // sequence's rows).
+  int token[2], head[2], n_visible[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int m = first_row + g + 8 * r, i = m / group;
+    token[r] = i < a.n_rows ? a.rows[i] : -1;
+    head[r] = kv_head * group + m % group;
+    n_visible[r] = token[r] >= 0 ? min(a.positions[token[r]] + 1, a.n_keys) : 0;
   }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // shared may still be read by a previous reduction
-  if (lane == 0) shared[warp] = v;
+  const int warp_keys = __reduce_max_sync(0xFFFFFFFFu, max(n_visible[0], n_visible[1]));
+  if (lane == 0) warp_key_counts[warp] = warp_keys;
+
+  // The queries as A fragments, rounded to f16 (as ggml does before its f16 dot products).
+  uint32_t q_frag[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int upper = 0; upper < 2; ++upper) {
+      const int dim = kk * 16 + upper * 8 + 2 * t;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float2 v = make_float2(0.0f, 0.0f);
+        if (token[r] >= 0 && dim < hd) v = *reinterpret_cast<const float2*>(a.q + token[r] * q_dim + head[r] * hd + dim);
+        q_frag[kk][r + 2 * upper] = pack_f16(v.x, v.y);
+      }
+    }
+  }
   __syncthreads();
-  v = shared[0];
-  for (int w = 1; w < kSoftmaxThreads / 32; ++w) v = take_max ? fmaxf(v, shared[w]) : v + shared[w];
-  return v;
-}
+  int block_keys = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) block_keys = max(block_keys, warp_key_counts[w]);
 
-// One block per score row (head h, query i of the chunk): query token rows[i] sees keys 0..positions[rows[i]].
-// Weights exp(s - max) / sum in f32, then rounded to f16 like the CPU reference; masked and padded keys get 0.
-__global__ void __launch_bounds__(kSoftmaxThreads)
-    causal_softmax_kernel(const float* __restrict__ scores, const int32_t* __restrict__ rows,
-                          const int32_t* __restrict__ positions, int n_rows, int keys_padded,
-                          __half* __restrict__ weights) {
-  __shared__ float partial[kSoftmaxThreads / 32];
-  const int64_t r = blockIdx.x;
-  const int n_valid = positions[rows[r % n_rows]] + 1;
-  const float* s = scores + r * keys_padded;
-  __half* w = weights + r * keys_padded;
-  float biggest = -INFINITY;
-  for (int j = threadIdx.x; j < n_valid; j += kSoftmaxThreads) biggest = fmaxf(biggest, s[j]);
-  biggest = block_reduce(biggest, true, partial);
-  float sum = 0;
-  for (int j = threadIdx.x; j < n_valid; j += kSoftmaxThreads) sum += expf(s[j] - biggest);
-  sum = block_reduce(sum, false, partial);
-  const float inv_sum = 1.0f / sum;
-  for (int j = threadIdx.x; j < keys_padded; j += kSoftmaxThreads) {
-    w[j] = __float2half_rn(j < n_valid ? expf(s[j] - biggest) * inv_sum : 0.0f);
+  // Keys key0.. of the KV head into buffer b (zeros past the block's keys and past head_dim).
+  auto load_tile = [&](int key0, int b) {
+    for (int c = threadIdx.x; c < kKeys * kChunks; c += kWarps * 32) {
+      const int j = c / kChunks, dim = c % kChunks * 8, key = key0 + j;
+      const bool valid = key < block_keys && dim < hd;
+      const int64_t at = valid ? a.slots[key] * kv_dim + kv_head * hd + dim : 0;
+      copy_16_async(&k_tile[b][j][dim], a.k_cache + at, valid);
+      copy_16_async(&v_tile[b][j][dim], a.v_cache + at, valid);
+    }
+    commit_async_copies();
+  };
+
+  float o[D / 8][4] = {};                        // weighted values, unnormalized: [dim tile][C fragment]
+  float row_max[2] = {-INFINITY, -INFINITY};    // of the scaled scores so far (base 2)
+  float row_sum[2] = {0.0f, 0.0f};              // this lane's share of the sum of weights
+  const int n_tiles = (block_keys + kKeys - 1) / kKeys;
+  if (n_tiles > 0) load_tile(0, 0);
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int key0 = tile * kKeys, b = tile & 1;
+    if (tile + 1 < n_tiles) {
+      load_tile(key0 + kKeys, b ^ 1);
+      wait_async_copies<1>();
+    } else {
+      wait_async_copies<0>();
+    }
+    __syncthreads();
+    if (key0 < warp_keys) {
+      // s [key tile of 8][C fragment] = Q K^T for this tile's keys.
+      float s[kKeys / 8][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+        for (int n = 0; n < kKeys / 8; n += 2) {
+          uint32_t k_frag[4];  // B fragments of key tiles n and n + 1
+          load_matrices(k_frag, &k_tile[b][n * 8 + lane % 8 + lane / 16 * 8][kk * 16 + lane / 8 % 2 * 8]);
+          mma(s[n], q_frag[kk], k_frag[0], k_frag[1]);
+          mma(s[n + 1], q_frag[kk], k_frag[2], k_frag[3]);
+        }
+      }
+      // Online softmax: mask, new maxima, rescale what came before, weights exp2(s - max).
+      float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e / 2, key = key0 + n * 8 + 2 * t + e % 2;
+          s[n][e] = key < n_visible[r] ? s[n][e] * a.scale_log2 : -INFINITY;
+          tile_max[r] = fmaxf(tile_max[r], s[n][e]);
+        }
+      }
+      float base[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float new_max = fmaxf(row_max[r], max_of_row(tile_max[r]));
+        base[r] = new_max == -INFINITY ? 0.0f : new_max;  // a row with nothing visible yet keeps weights of 0
+        const float rescale = exp2f(row_max[r] - base[r]);
+        row_max[r] = new_max;
+        row_sum[r] *= rescale;
+#pragma unroll
+        for (int d = 0; d < D / 8; ++d) o[d][2 * r] *= rescale, o[d][2 * r + 1] *= rescale;
+      }
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[n][e] = exp2f(s[n][e] - base[e / 2]);
+          row_sum[e / 2] += s[n][e];
+        }
+      }
+      // o += P V, 16 keys at a time.
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
+        const uint32_t p_frag[4] = {pack_f16(s[2 * kk][0], s[2 * kk][1]), pack_f16(s[2 * kk][2], s[2 * kk][3]),
+                                    pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int d = 0; d < D / 8; d += 2) {
+          uint32_t v_frag[4];  // B fragments of dim tiles d and d + 1
+          load_matrices_transposed(v_frag, &v_tile[b][kk * 16 + lane % 16][d * 8 + lane / 16 * 8]);
+          mma(o[d], p_frag, v_frag[0], v_frag[1]);
+          mma(o[d + 1], p_frag, v_frag[2], v_frag[3]);
+        }
+      }
+    }
+    __syncthreads();  // the next iteration refills the buffer read here
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (token[r] < 0) continue;
+    const float sum = sum_of_row(row_sum[r]), inv_sum = sum > 0 ? 1.0f / sum : 0.0f;
+    const int64_t at = token[r] * q_dim + head[r] * hd;
+#pragma unroll
+    for (int d = 0; d < D / 8; ++d) {
+      const int dim = d * 8 + 2 * t;
+      if (dim >= hd) continue;
+      const float2 v = make_float2(o[d][2 * r] * inv_sum, o[d][2 * r + 1] * inv_sum);
+      *reinterpret_cast<float2*>(a.out + at + dim) = v;
+      if (a.out16) *reinterpret_cast<__half2*>(a.out16 + at + dim) = __floats2half2_rn(v.x, v.y);
+    }
   }
 }
 
-// out[rows[i]] (and out16, when given) from the GEMM result o [n_head][n_rows][head_dim].
-__global__ void scatter_output_kernel(const float* __restrict__ o, const int32_t* __restrict__ rows, int n_rows,
-                                      int n_head, int head_dim, float* __restrict__ out, __half* __restrict__ out16) {
-  const int i = blockIdx.x, q_dim = n_head * head_dim;
-  const int64_t dst = static_cast<int64_t>(rows[i]) * q_dim;
-  for (int idx = threadIdx.x; idx < q_dim; idx += blockDim.x) {
-    const int h = idx / head_dim, d = idx % head_dim;
-    const float v = o[(static_cast<int64_t>(h) * n_rows + i) * head_dim + d];
-    out[dst + idx] = v;
-    if (out16) out16[dst + idx] = __float2half_rn(v);
-  }
+int padded_head_dim(int head_dim) { return (head_dim + 15) / 16 * 16; }
+
+template <int D>
+void launch_flash(const FlashArgs& a, cudaStream_t stream) {
+  const int blocks = (a.n_rows * (a.p.n_head / a.p.n_head_kv) + kBlockRows - 1) / kBlockRows;
+  launch_chained("flash_prompt_attention_kernel", flash_prompt_attention_kernel<D>,
+                 dim3(blocks, a.p.n_head_kv), dim3(kWarps * 32), 0, stream, a);
 }
 
 }  // namespace
 
-int64_t prompt_attention_padded_keys(int64_t n_keys) { return round_up(n_keys, 8); }
+bool prompt_attention_supported(const AttentionParams& p) {
+  // Rows of whole 16-byte pieces for cp.async, and at most kMaxHeadDim (registers).
+  return p.f16_cache && p.head_dim % 8 == 0 && p.head_dim <= kMaxHeadDim && p.n_head % p.n_head_kv == 0;
+}
 
-void prompt_attention(cublasHandle_t handle, const AttentionParams& p, const float* q, const void* k_cache,
-                      const void* v_cache, const int32_t* positions, const int32_t* rows, const int32_t* slot_table,
-                      const PromptSequence* sequences, int n_sequences, const PromptAttentionScratch& scratch,
-                      float* out, __half* out16, cudaStream_t stream) {
-  if (!p.f16_cache) throw std::runtime_error("prompt_attention needs an f16 KV cache");
-  TESSERA_CUBLAS_CHECK(cublasSetStream(handle, stream));
-  const int hd = p.head_dim, group = p.n_head / p.n_head_kv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd)), zero = 0.0f, one = 1.0f;
+void prompt_attention(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
+                      const int32_t* positions, const int32_t* rows, const int32_t* slot_table,
+                      const PromptSequence* sequences, int n_sequences, float* out, __half* out16,
+                      cudaStream_t stream) {
+  if (!prompt_attention_supported(p)) {
+    throw std::runtime_error("prompt_attention needs an f16 KV cache and a head dimension that is a multiple of 8 "
+                             "up to " + std::to_string(kMaxHeadDim) + ", not " + std::to_string(p.head_dim));
+  }
+  FlashArgs a{};
+  a.p = p;
+  a.q = q;
+  a.k_cache = static_cast<const __half*>(k_cache);
+  a.v_cache = static_cast<const __half*>(v_cache);
+  a.positions = positions;
+  a.scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(p.head_dim)));
+  a.out = out;
+  a.out16 = out16;
   for (int s = 0; s < n_sequences; ++s) {
     const PromptSequence& seq = sequences[s];
     if (seq.n_rows == 0) continue;
-    const int64_t keys = prompt_attention_padded_keys(seq.n_keys);
-    if (keys > scratch.max_keys) {
-      throw std::runtime_error("prompt_attention: " + std::to_string(seq.n_keys) + " keys are over the scratch's " +
-                               std::to_string(scratch.max_keys));
-    }
-    const int64_t rows_fitting = scratch.score_capacity / (static_cast<int64_t>(p.n_head) * keys);
-    const int chunk = static_cast<int>(std::min<int64_t>({seq.n_rows, scratch.max_rows, rows_fitting}));
-    if (chunk < 1) throw std::runtime_error("prompt_attention: the score scratch cannot hold one query row");
-    gather_kv_kernel<<<static_cast<unsigned>(keys), 256, 0, stream>>>(
-        static_cast<const __half*>(k_cache), static_cast<const __half*>(v_cache), slot_table + seq.table_offset,
-        seq.n_keys, static_cast<int>(keys), p.n_head_kv, hd, scratch.k16, scratch.v16);
-    check_launch("gather_kv_kernel");
-    for (int begin = 0; begin < seq.n_rows; begin += chunk) {
-      const int n = std::min(chunk, seq.n_rows - begin);
-      const int32_t* chunk_rows = rows + seq.row_begin + begin;
-      gather_q_kernel<<<n, 256, 0, stream>>>(q, chunk_rows, n, p.n_head, hd, scratch.q16);
-      check_launch("gather_q_kernel");
-      // Column-major views, one batch entry per KV head, m_rows = its group * n query rows: scores (keys x
-      // m_rows, ld keys) = K (hd x keys, transposed) * Q (hd x m_rows).
-      const int m_rows = group * n;
-      TESSERA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-          handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(keys), m_rows, hd, &scale, scratch.k16, CUDA_R_16F, hd,
-          keys * hd, scratch.q16, CUDA_R_16F, hd, static_cast<int64_t>(m_rows) * hd, &zero, scratch.scores,
-          CUDA_R_32F, static_cast<int>(keys), static_cast<int64_t>(m_rows) * keys, p.n_head_kv, CUBLAS_COMPUTE_32F,
-          CUBLAS_GEMM_DEFAULT));
-      causal_softmax_kernel<<<static_cast<unsigned>(p.n_head) * n, kSoftmaxThreads, 0, stream>>>(
-          scratch.scores, chunk_rows, positions, n, static_cast<int>(keys), scratch.weights);
-      check_launch("causal_softmax_kernel");
-      // o (hd x m_rows) = V (hd x keys) * weights (keys x m_rows).
-      TESSERA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-          handle, CUBLAS_OP_N, CUBLAS_OP_N, hd, m_rows, static_cast<int>(keys), &one, scratch.v16, CUDA_R_16F, hd,
-          keys * hd, scratch.weights, CUDA_R_16F, static_cast<int>(keys), static_cast<int64_t>(m_rows) * keys, &zero,
-          scratch.o, CUDA_R_32F, hd, static_cast<int64_t>(m_rows) * hd, p.n_head_kv, CUBLAS_COMPUTE_32F,
-          CUBLAS_GEMM_DEFAULT));
-      scatter_output_kernel<<<n, 256, 0, stream>>>(scratch.o, chunk_rows, n, p.n_head, hd, out, out16);
-      check_launch("scatter_output_kernel");
+    a.rows = rows + seq.row_begin;
+    a.slots = slot_table + seq.table_offset;
+    a.n_rows = seq.n_rows;
+    a.n_keys = seq.n_keys;
+    switch (padded_head_dim(p.head_dim)) {
+      case 16: launch_flash<16>(a, stream); break;
+      case 32: launch_flash<32>(a, stream); break;
+      case 48:
+      case 64: launch_flash<64>(a, stream); break;
+      case 80: launch_flash<80>(a, stream); break;
+      case 96: launch_flash<96>(a, stream); break;
+      default: launch_flash<128>(a, stream); break;
     }
   }
 }
