@@ -4,11 +4,7 @@
 // paged cache (through the slot table) into shared memory, the next tile in flight while the current one is used,
 // and keeps each row's running maximum, sum and weighted values in registers (online softmax).
 //
-// Fragment layouts (PTX ISA, mma.m16n8k16 with .f16 A/B and .f32 C/D), lane = 4 * g + t:
-// - A (16 x 16, row-major): a0 = (row g, cols 2t, 2t+1), a1 = (row g+8, same cols), a2/a3 = the same rows, cols +8;
-// - B (16 x 8, column-major): b0 = (rows 2t, 2t+1, col g), b1 = (rows 2t+8, 2t+9, col g);
-// - C (16 x 8): c0, c1 = (row g, cols 2t, 2t+1), c2, c3 = (row g+8, cols 2t, 2t+1).
-// So the scores' C fragments of two adjacent 8-key tiles are, rounded to f16, the A fragment of the weights for
+// The scores' C fragments of two adjacent 8-key tiles are, rounded to f16, the A fragment of the weights for
 // the P.V product: the softmax never leaves the registers.
 #include <cmath>
 #include <stdexcept>
@@ -17,6 +13,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/mma.cuh"
 
 namespace tessera::cuda {
 namespace {
@@ -50,10 +47,6 @@ struct FlashArgs {
   __half* out16;     // its f16 copy, or null
 };
 
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 // 16 bytes global -> shared without passing through registers; zeros when !valid (nothing is read then).
 __device__ __forceinline__ void copy_16_async(void* shared, const void* global, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_address(shared)), "l"(global),
@@ -64,43 +57,6 @@ __device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.c
 template <int kPending>
 __device__ __forceinline__ void wait_async_copies() {
   asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
-}
-
-// Four 8 x 8 f16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, fragment i comes back in r[i].
-__device__ __forceinline__ void load_matrices(uint32_t (&r)[4], const __half* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(row))
-               : "memory");
-}
-// The same, each matrix transposed.
-__device__ __forceinline__ void load_matrices_transposed(uint32_t (&r)[4], const __half* row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(row))
-               : "memory");
-}
-
-// d += a * b for one 16 x 8 tile.
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_f16(float low, float high) {
-  const __half2 h = __floats2half2_rn(low, high);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-__device__ __forceinline__ float max_of_row(float v) {  // over the 4 lanes (t) that hold one row
-  v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, 2));
-}
-__device__ __forceinline__ float sum_of_row(float v) {
-  v += __shfl_xor_sync(0xFFFFFFFFu, v, 1);
-  return v + __shfl_xor_sync(0xFFFFFFFFu, v, 2);
 }
 
 // Grid: (blocks of kBlockRows rows of the sequence, KV heads). Row m of KV head kv is query token rows[m / group]
@@ -190,8 +146,8 @@ __global__ void __launch_bounds__(kWarps * 32) flash_prompt_attention_kernel(con
         for (int n = 0; n < kKeys / 8; n += 2) {
           uint32_t k_frag[4];  // B fragments of key tiles n and n + 1
           load_matrices(k_frag, &k_tile[b][n * 8 + lane % 8 + lane / 16 * 8][kk * 16 + lane / 8 % 2 * 8]);
-          mma(s[n], q_frag[kk], k_frag[0], k_frag[1]);
-          mma(s[n + 1], q_frag[kk], k_frag[2], k_frag[3]);
+          mma_m16n8k16(s[n], q_frag[kk], k_frag[0], k_frag[1]);
+          mma_m16n8k16(s[n + 1], q_frag[kk], k_frag[2], k_frag[3]);
         }
       }
       // Online softmax: mask, new maxima, rescale what came before, weights exp2(s - max).
@@ -234,8 +190,8 @@ __global__ void __launch_bounds__(kWarps * 32) flash_prompt_attention_kernel(con
         for (int d = 0; d < D / 8; d += 2) {
           uint32_t v_frag[4];  // B fragments of dim tiles d and d + 1
           load_matrices_transposed(v_frag, &v_tile[b][kk * 16 + lane % 16][d * 8 + lane / 16 * 8]);
-          mma(o[d], p_frag, v_frag[0], v_frag[1]);
-          mma(o[d + 1], p_frag, v_frag[2], v_frag[3]);
+          mma_m16n8k16(o[d], p_frag, v_frag[0], v_frag[1]);
+          mma_m16n8k16(o[d + 1], p_frag, v_frag[2], v_frag[3]);
         }
       }
     }
