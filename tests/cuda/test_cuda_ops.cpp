@@ -770,14 +770,20 @@ TEST(CudaOps, AttentionMatchesCpu) {
 // position 5 of a third; slots a permutation (paged), and the new tokens' slots hold garbage before the step. GQA
 // shapes with one and several blocks per KV head, partial rotation with freq_factors, f16/f32 cache, 1 split (several
 // shared-memory tiles per block for the long sequence), 2 and 7 splits; the Q8 output against quantizing the output.
+// Each with the default query heads per block and with up to 8 (one block for all query heads of a KV head).
 TEST(CudaOps, DecodeAttentionMatchesCpu) {
   TESSERA_REQUIRE_GPU();
   struct Shape {
     int n_head, n_head_kv, head_dim;
   };
+  struct Variant {
+    bool f16;
+    int max_heads;
+  };
   for (const Shape shape : {Shape{6, 2, 80}, Shape{32, 2, 64}, Shape{8, 4, 8}, Shape{4, 4, 128}, Shape{32, 4, 64}}) {
-    for (bool f16 : {true, false}) {
-      const AttentionParams p{shape.n_head, shape.n_head_kv, shape.head_dim, f16};
+    for (const Variant variant : {Variant{true, 0}, Variant{false, 0}, Variant{true, 8}, Variant{false, 8}}) {
+      const bool f16 = variant.f16;
+      const AttentionParams p{shape.n_head, shape.n_head_kv, shape.head_dim, f16, variant.max_heads};
       ASSERT_TRUE(decode_attention_supported(p));
       decode_attention_prepare(p);
       for (int n_splits : {1, 2, 7}) {
@@ -861,7 +867,8 @@ TEST(CudaOps, DecodeAttentionMatchesCpu) {
                                                             shape.n_head, shape.n_head_kv, hd, f16);
         const std::string what = "decode attention heads " + std::to_string(shape.n_head) + "/" +
                                  std::to_string(shape.n_head_kv) + " dim " + std::to_string(hd) +
-                                 (f16 ? " f16" : " f32") + " splits " + std::to_string(n_splits);
+                                 (f16 ? " f16" : " f32") + " splits " + std::to_string(n_splits) +
+                                 " heads per block at most " + std::to_string(variant.max_heads);
         const std::vector<float> got = d_out.download();
         // The CPU rounds softmax weights to f16 (ggml's f16 path); the GPU keeps them in f32.
         expect_close(got, want, f16 ? 2e-3 : 2e-5, 0, what);

@@ -190,13 +190,14 @@ int heads_per_block(const AttentionParams& p) {
   return group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
 }
 
-// Query heads per decode block: heads_per_block, at most TESSERA_DECODE_HEADS (1, 2, 4 or 8; default 2, see the
-// top of the file; 1 measured the same as 2).
+// Query heads per decode block: heads_per_block, at most p.max_decode_heads, else TESSERA_DECODE_HEADS (1, 2, 4
+// or 8), else 2 (see the top of the file; 1 measured the same as 2).
 int decode_heads(const AttentionParams& p) {
-  static const int cap = [] {
+  static const int env_cap = [] {
     const char* env = std::getenv("TESSERA_DECODE_HEADS");
     return env ? std::atoi(env) : 2;
   }();
+  const int cap = p.max_decode_heads > 0 ? p.max_decode_heads : env_cap;
   int heads = heads_per_block(p);
   while (heads > 1 && heads > cap) heads /= 2;
   return heads;

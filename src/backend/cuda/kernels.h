@@ -145,6 +145,9 @@ struct AttentionParams {
   int n_head_kv = 0;
   int head_dim = 0;
   bool f16_cache = true;
+  // decode_attention: at most this many query heads of a KV head per block (8: all of a group of up to 8, each
+  // K/V row read by one block); 0 for the default (2, or TESSERA_DECODE_HEADS).
+  int max_decode_heads = 0;
 };
 void attention(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
                const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table, int n_tokens,
