@@ -1,4 +1,4 @@
-// Tensor-core building blocks shared by the attention kernels (sm_80 and newer): mma.sync m16n8k16 with f16
+// Tensor-core building blocks (sm_80 and newer; used by the flash prompt attention): mma.sync m16n8k16 with f16
 // operands and f32 accumulators, and ldmatrix to fetch its operands from shared memory.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 with .f16 A/B and .f32 C/D), lane = 4 * g + t:
