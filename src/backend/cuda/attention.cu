@@ -19,6 +19,7 @@
 #include <string>
 #include <type_traits>
 
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
@@ -258,20 +259,6 @@ struct DecodeArgs {
   Q8Rows out_q8;
 };
 
-__device__ __forceinline__ void copy16_async(void* shared, const void* global) {
-#if __CUDA_ARCH__ >= 800
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(address), "l"(global));
-#else
-  *static_cast<uint4*>(shared) = *static_cast<const uint4*>(global);
-#endif
-}
-__device__ __forceinline__ void wait_async_copies() {
-#if __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_all;" ::: "memory");
-#endif
-}
-
 // Pair i of a cache row (f16 or f32) as floats, and back.
 template <bool F16>
 __device__ __forceinline__ float2 load_pair(const uint8_t* row, int i) {
@@ -390,12 +377,10 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_attention_kernel(con
       const int r = c / chunks, part = c % chunks;
       if (tile_slots[r] < 0) continue;
       const int64_t at = (static_cast<int64_t>(tile_slots[r]) * kv_dim + head_offset) * (F16 ? 2 : 4) + part * 16;
-      copy16_async(k_tile + r * layout.k_stride + part * 16, k_cache + at);
-      copy16_async(v_tile + r * layout.row_bytes + part * 16, v_cache + at);
+      copy_16_async(k_tile + r * layout.k_stride + part * 16, k_cache + at);
+      copy_16_async(v_tile + r * layout.row_bytes + part * 16, v_cache + at);
     }
-#if __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;" ::);
-#endif
+    commit_async_copies();
   };
 
   // Before the previous kernel (the Wq/Wk/Wv matvec) finishes: RoPE angles, and the first tile of older keys.
@@ -477,7 +462,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_attention_kernel(con
   for (int begin = k_begin; begin < k_end; begin += tile_keys) {
     const int n = min(tile_keys, k_end - begin);
     if (begin != k_begin) load_tile(begin, n);
-    wait_async_copies();
+    wait_async_copies<0>();
     __syncthreads();
     if (begin != k_begin) {
       // A later tile (long contexts): the step's new keys in it straight from k/v.

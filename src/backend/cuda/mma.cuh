@@ -14,11 +14,9 @@
 
 #include <cstdint>
 
-namespace tessera::cuda {
+#include "backend/cuda/async_copy.cuh"  // shared_address
 
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+namespace tessera::cuda {
 
 // Four 8 x 8 f16 matrices; lanes 8i..8i+7 give the 16-byte-aligned row addresses of matrix i, whose fragment
 // comes back in r[i].

@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
@@ -46,18 +47,6 @@ struct FlashArgs {
   float* out;        // [n_tokens][n_head][head_dim]
   __half* out16;     // its f16 copy, or null
 };
-
-// 16 bytes global -> shared without passing through registers; zeros when !valid (nothing is read then).
-__device__ __forceinline__ void copy_16_async(void* shared, const void* global, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_address(shared)), "l"(global),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void wait_async_copies() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
-}
 
 // Grid: (blocks of kBlockRows rows of the sequence, KV heads). Row m of KV head kv is query token rows[m / group]
 // with query head kv * group + m % group, so the block's K/V tiles serve all query heads of the KV head (GQA).
@@ -117,8 +106,8 @@ __global__ void __launch_bounds__(kWarps * 32) flash_prompt_attention_kernel(con
       const int j = c / kChunks, dim = c % kChunks * 8, key = key0 + j;
       const bool valid = key < block_keys && dim < hd;
       const int64_t at = valid ? a.slots[key] * kv_dim + kv_head * hd + dim : 0;
-      copy_16_async(&k_tile[b][j][dim], a.k_cache + at, valid);
-      copy_16_async(&v_tile[b][j][dim], a.v_cache + at, valid);
+      copy_16_async_or_zeros(&k_tile[b][j][dim], a.k_cache + at, valid);
+      copy_16_async_or_zeros(&v_tile[b][j][dim], a.v_cache + at, valid);
     }
     commit_async_copies();
   };
