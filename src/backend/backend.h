@@ -44,6 +44,9 @@ class Backend {
   // Writes logits [output_rows.size()][n_vocab] into `logits`. Throws std::runtime_error on failure.
   virtual void forward(const ForwardBatch& batch, float* logits) = 0;
   virtual uint64_t kv_cache_bytes() const = 0;
+  // The host memory that token generation streams weights from (the CPU's repacked matrices), so that a
+  // bandwidth probe can read those very bytes; empty where there is none.
+  virtual std::span<const uint8_t> streamed_host_weights() const { return {}; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(const model::LlamaModel& model, const BackendOptions& options);

@@ -80,14 +80,15 @@ class Buffer {
   uint8_t* data_;
 };
 
-}  // namespace
-
-MemoryBandwidth measure_read_bandwidth(int threads, size_t buffer_bytes, int repetitions) {
-  if (threads < 1) throw std::invalid_argument("the bandwidth probe needs at least one thread");
+// Times `repetitions` passes of every thread over its share of [base, base + threads * share), after `prepare`
+// (run by each thread on its own share first) and one untimed pass.
+template <class Prepare>
+MemoryBandwidth time_reads(int threads, const uint8_t* base, size_t share, int repetitions, Prepare prepare) {
   if (repetitions < 1) throw std::invalid_argument("the bandwidth probe needs at least one repetition");
   MemoryBandwidth result;
   result.threads = threads;
   result.repetitions = repetitions;
+  result.buffer_bytes = share * threads;
   ReadFn read = read_scalar;
   result.method = "scalar";
   __builtin_cpu_init();
@@ -99,19 +100,13 @@ MemoryBandwidth measure_read_bandwidth(int threads, size_t buffer_bytes, int rep
     result.method = "avx2";
   }
 
-  // Each thread's share is a whole number of 256-byte steps, 4 KiB aligned.
-  const size_t share = buffer_bytes / threads / 4096 * 4096;
-  if (share == 0) throw std::invalid_argument("the bandwidth probe buffer is too small for the thread count");
-  result.buffer_bytes = share * threads;
-  Buffer buffer(result.buffer_bytes);
-
   std::vector<double> seconds(repetitions);
   std::vector<uint64_t> sink(threads);
   std::barrier sync(threads);
   auto worker = [&](int t) {
-    uint8_t* mine = buffer.data() + share * t;
-    std::memset(mine, t + 1, share);  // first touch by the thread that reads it
-    read(mine, share);                // warm-up pass
+    const uint8_t* mine = base + share * t;
+    prepare(t, share);
+    sink[t] ^= read(mine, share);  // warm-up pass
     for (int r = 0; r < repetitions; ++r) {
       sync.arrive_and_wait();
       const auto start = std::chrono::steady_clock::now();
@@ -134,6 +129,32 @@ MemoryBandwidth measure_read_bandwidth(int threads, size_t buffer_bytes, int rep
   result.best_gb_s = rates.back();
   result.median_gb_s = rates[rates.size() / 2];
   return result;
+}
+
+// Each thread's share: a whole number of 4 KiB pages (so of the readers' 256-byte steps).
+size_t share_of(size_t bytes, int threads) {
+  if (threads < 1) throw std::invalid_argument("the bandwidth probe needs at least one thread");
+  const size_t share = bytes / threads / 4096 * 4096;
+  if (share == 0) throw std::invalid_argument("the bandwidth probe buffer is too small for the thread count");
+  return share;
+}
+
+}  // namespace
+
+MemoryBandwidth measure_read_bandwidth(int threads, size_t buffer_bytes, int repetitions) {
+  const size_t share = share_of(buffer_bytes, threads);
+  Buffer buffer(share * threads);
+  return time_reads(threads, buffer.data(), share, repetitions, [&](int t, size_t n) {
+    std::memset(buffer.data() + n * t, t + 1, n);  // first touch by the thread that reads it
+  });
+}
+
+MemoryBandwidth measure_read_bandwidth(int threads, std::span<const uint8_t> region, int repetitions) {
+  // The vector loads are aligned: start at the region's first 64-byte boundary.
+  const size_t skip = (64 - reinterpret_cast<uintptr_t>(region.data()) % 64) % 64;
+  if (region.size() <= skip) throw std::invalid_argument("the bandwidth probe region is empty");
+  const size_t share = share_of(region.size() - skip, threads);
+  return time_reads(threads, region.data() + skip, share, repetitions, [](int, size_t) {});
 }
 
 }  // namespace tessera::cli

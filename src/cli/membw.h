@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <span>
 #include <string>
 
 namespace tessera::cli {
@@ -19,5 +21,9 @@ struct MemoryBandwidth {
 // Reads a buffer of `buffer_bytes` (far larger than the last-level cache) `repetitions` times, each thread
 // streaming its own contiguous share, and reports the read rate.
 MemoryBandwidth measure_read_bandwidth(int threads, size_t buffer_bytes = size_t{512} << 20, int repetitions = 10);
+
+// The same over memory already in use (the loaded weights), which it only reads: what the threads get from
+// exactly the bytes that token generation streams.
+MemoryBandwidth measure_read_bandwidth(int threads, std::span<const uint8_t> region, int repetitions);
 
 }  // namespace tessera::cli

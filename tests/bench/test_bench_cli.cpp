@@ -112,6 +112,9 @@ TEST_F(BenchCli, GenerationWithMembwProbesBesideEachRepetition) {
   const std::vector<double> probes = j[0]["membw_adjacent_gb_s"].get<std::vector<double>>();
   ASSERT_EQ(probes.size(), 3u);
   for (double gb_s : probes) EXPECT_GT(gb_s, 0.5);
+  // The tiny model's weights are far smaller than the last-level cache, so a 256 MiB buffer is read instead.
+  EXPECT_EQ(j[0]["membw_adjacent_source"], "buffer");
+  EXPECT_EQ(j[0]["membw_adjacent_bytes"].get<uint64_t>(), uint64_t{256} << 20);
   // The mean of each repetition's weight bandwidth over the better probe beside it.
   const std::vector<double> samples = j[0]["samples_ts"].get<std::vector<double>>();
   ASSERT_EQ(samples.size(), 2u);

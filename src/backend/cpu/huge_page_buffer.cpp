@@ -11,7 +11,7 @@ namespace {
 constexpr size_t kHugePage = size_t{2} << 20;
 }
 
-HugePageBuffer::HugePageBuffer(size_t bytes) {
+HugePageBuffer::HugePageBuffer(size_t bytes) : size_(bytes) {
   const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
   void* p = std::aligned_alloc(kHugePage, rounded == 0 ? kHugePage : rounded);
   if (!p) throw std::bad_alloc();

@@ -14,12 +14,14 @@ class HugePageBuffer {
   explicit HugePageBuffer(size_t bytes);  // uninitialised; throws std::bad_alloc when memory runs out
 
   uint8_t* data() const { return data_.get(); }
+  size_t size() const { return size_; }  // the bytes asked for
 
  private:
   struct Free {
     void operator()(uint8_t* p) const;
   };
   std::unique_ptr<uint8_t, Free> data_;
+  size_t size_ = 0;
 };
 
 }  // namespace tessera::cpu

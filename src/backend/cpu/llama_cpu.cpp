@@ -389,6 +389,7 @@ class CpuBackend final : public Backend {
   std::string_view name() const override { return "cpu"; }
   std::string device() const override { return cpu_device_name(llama_.n_threads()); }
   uint64_t kv_cache_bytes() const override { return llama_.kv_cache_bytes(); }
+  std::span<const uint8_t> streamed_host_weights() const override { return llama_.interleaved_weights(); }
 
   void forward(const ForwardBatch& batch, float* logits) override {
     const size_t n = batch.tokens.size() * static_cast<size_t>(model_.config.n_embd);

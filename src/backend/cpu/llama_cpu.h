@@ -33,6 +33,10 @@ class LlamaCpu {
 
   uint64_t kv_cache_bytes() const;
   int n_threads() const { return pool_.size(); }
+  // The repacked matrices, which decode streams once per token.
+  std::span<const uint8_t> interleaved_weights() const {
+    return {interleaved_buffer_.data(), interleaved_buffer_.size()};
+  }
 
   // y[t] = W x[t] for each (W, y) pair, all in one parallel loop; x is quantized once per activation type.
   struct MatmulJob {

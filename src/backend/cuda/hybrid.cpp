@@ -36,6 +36,9 @@ class HybridBackend final : public Backend {
   uint64_t kv_cache_bytes() const override {
     return (gpu_ ? gpu_->kv_cache_bytes() : 0) + (cpu_ ? cpu_->kv_cache_bytes() : 0);
   }
+  std::span<const uint8_t> streamed_host_weights() const override {
+    return cpu_ ? cpu_->interleaved_weights() : std::span<const uint8_t>{};
+  }
 
   void forward(const ForwardBatch& batch, float* logits) override {
     if (!cpu_) {
