@@ -43,12 +43,18 @@ inline __m512i dpbusd_broadcast(__m512i acc, __m512i w, const int8_t* x) {
 // share runs a few lines into the tile after that one (prefetched again later): a fixed count per step needs no
 // loop and no branch, which cost more instructions than the step's arithmetic.
 constexpr int kPrefetchTiles = 2;
-template <class Tile>
+// A pass of fewer than kTokens tokens is the last one over its row group (for decode, the only one): nothing reads
+// those tiles again, so they are prefetched with the non-temporal hint, which asks the processor to keep them out
+// of the outer caches. TinyLlama decode, blocks of 32 tokens alternating in one process, 30 rounds at read
+// probes of 70-80 GB/s: +2.9% +- 0.6% tokens/s (+0.7% +- 0.6% over 10 rounds at 54-69 GB/s).
+template <int NT>
+constexpr auto kPrefetchHint = NT < kTokens ? _MM_HINT_NTA : _MM_HINT_T0;
+template <int NT, class Tile>
 inline void prefetch_ahead(const Tile* tile, int step) {
   constexpr int kLines = (sizeof(Tile) + 63) / 64, kPerStep = (kLines + 7) / 8;
   const char* base = reinterpret_cast<const char*>(tile + kPrefetchTiles) + 64 * kPerStep * step;
 #pragma GCC unroll 8
-  for (int l = 0; l < kPerStep; ++l) _mm_prefetch(base + 64 * l, _MM_HINT_T0);
+  for (int l = 0; l < kPerStep; ++l) _mm_prefetch(base + 64 * l, kPrefetchHint<NT>);
 }
 
 inline const BlockQ8_K* activation_block(const uint8_t* x, size_t x_stride, int t, int64_t i) {
@@ -75,7 +81,7 @@ void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x
     for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
 #pragma GCC unroll 1
     for (int k = 0; k < 8; ++k) {
-      prefetch_ahead(&tile, k);
+      prefetch_ahead<NT>(&tile, k);
       const __m512i scale = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tile.scales[k])));
       // w[2p]: columns 8p..8p+3 of the sub-block, w[2p + 1]: columns 8p+4..8p+7. For one token, Q4_K leaves the
       // high nibbles in place (16 x level, one operation less per vector) and shifts its odd sum, which comes out
@@ -142,7 +148,7 @@ void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_
     for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
 #pragma GCC unroll 1
     for (int j = 0; j < 8; ++j) {
-      prefetch_ahead(&tile, j);
+      prefetch_ahead<NT>(&tile, j);
       const TileQ6_K::Step& step = tile.steps[j];
       // Lane r: int16 scales of sub-blocks 2j and 2j + 1 of row r.
       const __m512i scale_pair = _mm512_cvtepi8_epi16(load256(step.scale_pairs));
@@ -206,7 +212,7 @@ void block32_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t
     // (0.6 KB for Q4_0, 1.1 KB for Q8_0): measured at least as fast, TinyLlama tg128, 5 alternating rounds each,
     // Q4_0 66.0 vs 64.6 t/s and Q8_0 29.4 vs 28.8 t/s.
     const char* ahead = reinterpret_cast<const char*>(&tile) + kPrefetchTiles * sizeof(TileQ4_K);
-    for (int l = 0; l < kLines; ++l) _mm_prefetch(ahead + 64 * l, _MM_HINT_T0);
+    for (int l = 0; l < kLines; ++l) _mm_prefetch(ahead + 64 * l, kPrefetchHint<NT>);
     __m512i w[8];  // w[q]: columns 4q..4q+3
     if constexpr (kNibbles) {
 #pragma GCC unroll 4
