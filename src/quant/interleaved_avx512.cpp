@@ -39,10 +39,12 @@ inline __m512i dpbusd_broadcast(__m512i acc, __m512i w, const int8_t* x) {
 }
 
 // Decode streams the weights from memory once; the hardware prefetcher alone leaves one core short of the
-// bandwidth, so each of a tile's 8 steps also asks for its share of a tile kPrefetchTiles ahead. The last step's
-// share runs a few lines into the tile after that one (prefetched again later): a fixed count per step needs no
-// loop and no branch, which cost more instructions than the step's arithmetic.
-constexpr int kPrefetchTiles = 2;
+// bandwidth, so each of a tile's 8 steps also asks for its share of the tile that starts kPrefetchBytes ahead. The
+// last step's share runs a few lines further (prefetched again later): a fixed count per step needs no loop and
+// no branch, which cost more instructions than the step's arithmetic. The distance is in bytes whatever the tile
+// (what it must cover is the memory's latency at the rate one core reads): two Q4_K tiles, 4.7 KB. Two Q6_K
+// tiles (6.7 KB) for Q6_K instead: TinyLlama and 7B decode in alternating blocks, 4 runs, 1.0% +- 0.5% slower.
+constexpr int kPrefetchBytes = 2 * sizeof(TileQ4_K);
 // A pass of fewer than kTokens tokens is the last one over its row group (for decode, the only one): nothing reads
 // those tiles again, so they are prefetched with the non-temporal hint, which asks the processor to keep them out
 // of the outer caches. TinyLlama decode, blocks of 32 tokens alternating in one process, 30 rounds at read
@@ -52,7 +54,7 @@ constexpr auto kPrefetchHint = NT < kTokens ? _MM_HINT_NTA : _MM_HINT_T0;
 template <int NT, class Tile>
 inline void prefetch_ahead(const Tile* tile, int step) {
   constexpr int kLines = (sizeof(Tile) + 63) / 64, kPerStep = (kLines + 7) / 8;
-  const char* base = reinterpret_cast<const char*>(tile + kPrefetchTiles) + 64 * kPerStep * step;
+  const char* base = reinterpret_cast<const char*>(tile) + kPrefetchBytes + 64 * kPerStep * step;
 #pragma GCC unroll 8
   for (int l = 0; l < kPerStep; ++l) _mm_prefetch(base + 64 * l, kPrefetchHint<NT>);
 }
@@ -208,10 +210,9 @@ void block32_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t i = 0; i < n_blocks; ++i) {
     const Tile& tile = tiles[i];
-    // The K-quant kernels' distance in bytes (kPrefetchTiles Q4_K tiles, 4.7 KB), not in these smaller tiles
-    // (0.6 KB for Q4_0, 1.1 KB for Q8_0): measured at least as fast, TinyLlama tg128, 5 alternating rounds each,
-    // Q4_0 66.0 vs 64.6 t/s and Q8_0 29.4 vs 28.8 t/s.
-    const char* ahead = reinterpret_cast<const char*>(&tile) + kPrefetchTiles * sizeof(TileQ4_K);
+    // The same distance in bytes, not two of these smaller tiles (0.6 KB for Q4_0, 1.1 KB for Q8_0): measured at
+    // least as fast, TinyLlama tg128, 5 alternating rounds each, Q4_0 66.0 vs 64.6 t/s and Q8_0 29.4 vs 28.8 t/s.
+    const char* ahead = reinterpret_cast<const char*>(&tile) + kPrefetchBytes;
     for (int l = 0; l < kLines; ++l) _mm_prefetch(ahead + 64 * l, kPrefetchHint<NT>);
     __m512i w[8];  // w[q]: columns 4q..4q+3
     if constexpr (kNibbles) {
