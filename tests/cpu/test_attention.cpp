@@ -196,6 +196,8 @@ TEST(AttendBlock, MatchesAttendRowByRow) {
       {64, 8, 32, 481},  // TinyLlama's last prompt block
       {64, 8, 7, 1},     // the first tokens of a prompt
       {80, 3, 5, 33},    {128, 1, 9, 100}, {8, 4, 3, 2}, {20, 2, 11, 64}, {72, 5, 4, 17}, {128, 8, 2, 250},
+      // One query row (decode where each KV head serves one query head): the path without key panels.
+      {128, 1, 1, 77},   {64, 1, 1, 1},     {20, 1, 1, 300}, {200, 1, 1, 33},
   };
   for (const Shape& s : shapes) {
     for (bool f16 : {true, false}) {

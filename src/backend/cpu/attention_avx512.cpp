@@ -1,5 +1,6 @@
-// GCC 12 reports its own intrinsics' placeholder operands (_mm512_undefined_ps) as maybe-uninitialized.
+// GCC 12 reports its own intrinsics' placeholder operands (_mm512_undefined_ps) as (maybe-)uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <immintrin.h>
 
@@ -34,6 +35,7 @@ struct Avx512 {
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static float reduce_max(V x) { return _mm512_reduce_max_ps(x); }
+  static float reduce_add(V x) { return _mm512_reduce_add_ps(x); }
   static V round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static V scale_by_pow2(V p, V n) { return _mm512_scalef_ps(p, n); }
   static V zero_where_less(V y, V x, V limit) {

@@ -6,7 +6,8 @@
 // S provides: V (a vector of kLanes floats), Sum (double accumulator); kRows query rows per tile, kKeyVectors
 // vectors of keys per score tile, kDimVectors vectors of head dimensions per output tile; zero, broadcast, load,
 // load_first(p, n) / store_first(p, x, n) (the first n lanes, the rest of a load zero), store, sub, mul,
-// add, div, fma(a, b, c) = a * b + c, max(a, b), min(a, b) (b where either is NaN), reduce_max, round (to nearest integer),
+// add, div, fma(a, b, c) = a * b + c, max(a, b), min(a, b) (b where either is NaN), reduce_max, reduce_add,
+// round (to nearest integer),
 // scale_by_pow2(p, n) = p * 2^n for integral n in [-126, 127], zero_where_less(y, x, limit), round_to_f16,
 // sum_zero, sum_add(acc, x) = acc + x in double, reduce_sum.
 #pragma once
@@ -160,11 +161,10 @@ void softmax_row(float* row, int n_keys, int64_t n_padded, bool f16_rounding) {
 
 // out_rows[i][d0 .. d0 + kVecs * kLanes) = sum over j < n_keys of weights[i][j] * value j, for the kRows rows of
 // the tile; the last vector covers only last_lanes dimensions.
-template <class S, int kVecs>
+template <class S, int kRows, int kVecs>
 void weighted_values_chunk(const float* weights, int64_t weight_stride, int n_keys, const float* values,
                            int64_t stride, int d0, int last_lanes, float* const* out_rows) {
   using V = typename S::V;
-  constexpr int kRows = S::kRows;
   V acc[kRows][kVecs];
 #pragma GCC unroll 16
   for (int i = 0; i < kRows; ++i)
@@ -194,33 +194,72 @@ void weighted_values_chunk(const float* weights, int64_t weight_stride, int n_ke
   }
 }
 
-template <class S, int kVecs>
+template <class S, int kRows, int kVecs>
 void weighted_values_chunk_of_width(int vectors, const float* weights, int64_t weight_stride, int n_keys,
                                     const float* values, int64_t stride, int d0, int last_lanes,
                                     float* const* out_rows) {
   if constexpr (kVecs > 1) {
     if (vectors < kVecs) {
-      weighted_values_chunk_of_width<S, kVecs - 1>(vectors, weights, weight_stride, n_keys, values, stride, d0,
-                                                   last_lanes, out_rows);
+      weighted_values_chunk_of_width<S, kRows, kVecs - 1>(vectors, weights, weight_stride, n_keys, values, stride,
+                                                          d0, last_lanes, out_rows);
       return;
     }
   }
-  weighted_values_chunk<S, kVecs>(weights, weight_stride, n_keys, values, stride, d0, last_lanes, out_rows);
+  weighted_values_chunk<S, kRows, kVecs>(weights, weight_stride, n_keys, values, stride, d0, last_lanes, out_rows);
 }
 
-// out_rows[i] = weights[i] V over the first n_keys values, in chunks of head dimensions that keep a tile of
-// accumulators in registers.
-template <class S>
+// out_rows[i] = weights[i] V over the first n_keys values for kRows rows, in chunks of head dimensions that keep
+// the accumulators in registers: kDimVectors vectors for a tile of rows; for a single row, half as many
+// accumulators as a tile has, so that they and the values loaded for them fit the registers together.
+template <class S, int kRows>
 void weighted_values(const float* weights, int64_t weight_stride, int n_keys, const float* values, int64_t stride,
                      int head_dim, float* const* out_rows) {
-  constexpr int kChunk = S::kDimVectors * S::kLanes;
+  constexpr int kChunkVectors = kRows == 1 ? S::kDimVectors * S::kRows / 2 : S::kDimVectors;
+  constexpr int kChunk = kChunkVectors * S::kLanes;
   for (int d0 = 0; d0 < head_dim; d0 += kChunk) {
     const int width = static_cast<int>(min_of(kChunk, head_dim - d0));
     const int vectors = (width + S::kLanes - 1) / S::kLanes;
     const int last_lanes = width - (vectors - 1) * S::kLanes;
-    weighted_values_chunk_of_width<S, S::kDimVectors>(vectors, weights, weight_stride, n_keys, values, stride, d0,
-                                                      last_lanes, out_rows);
+    weighted_values_chunk_of_width<S, kRows, kChunkVectors>(vectors, weights, weight_stride, n_keys, values, stride,
+                                                            d0, last_lanes, out_rows);
   }
+}
+
+// scores[j] = (query . key j) * scale for j < n_keys: one query row against the keys as they are stored. Without
+// other rows to share each key load, transposing the keys into panels would cost more than the products.
+template <class S>
+void score_row(const float* query, int head_dim, const float* keys, int64_t stride, int n_keys, float scale,
+               float* scores) {
+  using V = typename S::V;
+  for (int j = 0; j < n_keys; ++j) {
+    const float* key = keys + j * stride;
+    V acc = S::zero();
+    int d = 0;
+    for (; d + S::kLanes <= head_dim; d += S::kLanes) acc = S::fma(S::load(query + d), S::load(key + d), acc);
+    if (d < head_dim) {
+      const int rest = head_dim - d;
+      acc = S::fma(S::load_first(query + d, rest), S::load_first(key + d, rest), acc);
+    }
+    scores[j] = S::reduce_add(acc) * scale;
+  }
+}
+
+// attend_block for a block of a single query row (one token of a model whose KV heads each serve one query head,
+// such as Llama-2-7B's decode): a tile of kRows rows would compute kRows - 1 rows of zeros. Scratch as the tiled
+// path's: the query, then its scores.
+template <class S>
+void attend_row(const AttentionBlock& b, float* query, float* scores) {
+  const int hd = b.head_dim, n_keys = b.n_keys[0];
+  for (int d = 0; d < hd; d += S::kLanes) {
+    const int lanes = static_cast<int>(min_of(S::kLanes, hd - d));
+    typename S::V x = S::load_first(b.q + d, lanes);
+    if (b.f16_rounding) x = S::round_to_f16(x);
+    S::store_first(query + d, x, lanes);
+  }
+  score_row<S>(query, hd, b.keys, b.kv_stride, n_keys, b.scale, scores);
+  softmax_row<S>(scores, n_keys, round_up(n_keys, S::kKeyVectors * S::kLanes), b.f16_rounding);
+  float* const out_rows[1] = {b.out};
+  weighted_values<S, 1>(scores, 0, n_keys, b.values, b.kv_stride, hd, out_rows);
 }
 
 // Query rows are taken kRows at a time (row r is token r / n_heads, head r % n_heads): their scores against every
@@ -245,6 +284,10 @@ void attend_block_simd(const AttentionBlock& b, float* scratch) {
   float* queries = panels + key_pad * hd;
   float* scores = queries + kMaxTileRows * round_up(hd, kScratchAlignment);
   float* discard = scores + kMaxTileRows * key_pad;
+  if (b.n_tokens * b.n_heads == 1) {
+    attend_row<S>(b, queries, scores);
+    return;
+  }
   transpose_keys<S>(b.keys, b.kv_stride, max_keys, hd, panels);
 
   const int n_rows = b.n_tokens * b.n_heads;
@@ -291,7 +334,7 @@ void attend_block_simd(const AttentionBlock& b, float* scratch) {
         for (int64_t j = 0; j < tile_padded; ++j) row[j] = 0;
       }
     }
-    weighted_values<S>(scores, key_pad, tile_keys, b.values, b.kv_stride, hd, out_rows);
+    weighted_values<S, kRows>(scores, key_pad, tile_keys, b.values, b.kv_stride, hd, out_rows);
   }
 }
 
