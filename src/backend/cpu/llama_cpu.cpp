@@ -35,13 +35,10 @@ LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options
       last_layer_(last_layer),
       pool_(options.n_threads > 0 ? options.n_threads : physical_core_count()) {
   const size_t elem = kv_type_ == KvCacheType::F16 ? 2 : 4;
-  const size_t layer_bytes = static_cast<size_t>(n_slots_) * model.config.kv_dim() * elem;
-  k_cache_.resize(model.config.n_layer);
-  v_cache_.resize(model.config.n_layer);
-  for (int il = first_layer_; il < last_layer_; ++il) {
-    k_cache_[il].resize(layer_bytes);
-    v_cache_[il].resize(layer_bytes);
-  }
+  kv_layer_bytes_ = static_cast<size_t>(n_slots_) * model.config.kv_dim() * elem;
+  const size_t kv_bytes = 2 * kv_layer_bytes_ * static_cast<size_t>(last_layer_ - first_layer_);
+  kv_buffer_ = HugePageBuffer(kv_bytes);
+  std::memset(kv_buffer_.data(), 0, kv_bytes);
   scratch_.resize(pool_.size());
   interleave_weights();
 }
@@ -75,11 +72,7 @@ void LlamaCpu::interleave_weights() {
   }
 }
 
-uint64_t LlamaCpu::kv_cache_bytes() const {
-  uint64_t total = 0;
-  for (int il = first_layer_; il < last_layer_; ++il) total += k_cache_[il].size() + v_cache_[il].size();
-  return total;
-}
+uint64_t LlamaCpu::kv_cache_bytes() const { return 2 * kv_layer_bytes_ * static_cast<uint64_t>(last_layer_ - first_layer_); }
 
 void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
   const model::MatrixView& e = model_.token_embd;
@@ -242,12 +235,12 @@ void LlamaCpu::store_kv(int il, const ForwardBatch& batch) {
     const float* k = k_.data() + t * kv_dim;
     const float* v = v_.data() + t * kv_dim;
     if (kv_type_ == KvCacheType::F16) {
-      f32_to_f16(k, reinterpret_cast<uint16_t*>(k_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim, kv_dim);
-      f32_to_f16(v, reinterpret_cast<uint16_t*>(v_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim, kv_dim);
+      f32_to_f16(k, reinterpret_cast<uint16_t*>(k_cache(il)) + static_cast<int64_t>(slot) * kv_dim, kv_dim);
+      f32_to_f16(v, reinterpret_cast<uint16_t*>(v_cache(il)) + static_cast<int64_t>(slot) * kv_dim, kv_dim);
     } else {
-      std::memcpy(reinterpret_cast<float*>(k_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim, k,
+      std::memcpy(reinterpret_cast<float*>(k_cache(il)) + static_cast<int64_t>(slot) * kv_dim, k,
                   kv_dim * sizeof(float));
-      std::memcpy(reinterpret_cast<float*>(v_cache_[il].data()) + static_cast<int64_t>(slot) * kv_dim, v,
+      std::memcpy(reinterpret_cast<float*>(v_cache(il)) + static_cast<int64_t>(slot) * kv_dim, v,
                   kv_dim * sizeof(float));
     }
   });
@@ -292,16 +285,16 @@ void LlamaCpu::attention(int il, const ForwardBatch& batch) {
       if (j + kGatherAhead < n_keys) {
         const int64_t ahead = (static_cast<int64_t>(slots[j + kGatherAhead]) * kv_dim + h * hd) * elem;
         for (size_t line = 0; line < hd * elem; line += 64) {
-          __builtin_prefetch(k_cache_[il].data() + ahead + line);
-          __builtin_prefetch(v_cache_[il].data() + ahead + line);
+          __builtin_prefetch(k_cache(il) + ahead + line);
+          __builtin_prefetch(v_cache(il) + ahead + line);
         }
       }
       if (f16) {
-        f16_to_f32(reinterpret_cast<const uint16_t*>(k_cache_[il].data()) + offset, keys + j * hd, hd);
-        f16_to_f32(reinterpret_cast<const uint16_t*>(v_cache_[il].data()) + offset, values + j * hd, hd);
+        f16_to_f32(reinterpret_cast<const uint16_t*>(k_cache(il)) + offset, keys + j * hd, hd);
+        f16_to_f32(reinterpret_cast<const uint16_t*>(v_cache(il)) + offset, values + j * hd, hd);
       } else {
-        std::memcpy(keys + j * hd, reinterpret_cast<const float*>(k_cache_[il].data()) + offset, hd * sizeof(float));
-        std::memcpy(values + j * hd, reinterpret_cast<const float*>(v_cache_[il].data()) + offset, hd * sizeof(float));
+        std::memcpy(keys + j * hd, reinterpret_cast<const float*>(k_cache(il)) + offset, hd * sizeof(float));
+        std::memcpy(values + j * hd, reinterpret_cast<const float*>(v_cache(il)) + offset, hd * sizeof(float));
       }
     }
     int32_t token_keys[kAttentionTokenBlock];

@@ -82,8 +82,12 @@ class LlamaCpu {
   HugePageBuffer interleaved_buffer_;
   std::unordered_map<const model::MatrixView*, const uint8_t*> interleaved_;
 
-  std::vector<std::vector<uint8_t>> k_cache_;  // per layer: [n_slots][kv_dim] f16 or f32
-  std::vector<std::vector<uint8_t>> v_cache_;  // per layer: [n_slots][kv_dim] f16 or f32
+  // Keys and values of this CPU's layers, each [n_slots][kv_dim] f16 or f32, in one buffer on huge pages: attention
+  // reads a KV head's rows a slot (kv_dim values) apart, which on 4 KiB pages costs a TLB miss every row or two.
+  HugePageBuffer kv_buffer_;
+  size_t kv_layer_bytes_ = 0;  // of one layer's keys (or values)
+  uint8_t* k_cache(int il) const { return kv_buffer_.data() + 2 * (il - first_layer_) * kv_layer_bytes_; }
+  uint8_t* v_cache(int il) const { return k_cache(il) + kv_layer_bytes_; }
 
   // Activations, grown to the largest batch seen and then reused.
   std::vector<RopeAngles> rope_;  // [n_tokens]: depend only on position, so computed once per forward
