@@ -232,23 +232,24 @@ void LlamaCpu::store_kv(int il, const ForwardBatch& batch) {
     apply_rope(q_.data() + t * c.q_dim(), c.n_head, c.head_dim, rope_[t]);
     apply_rope(k_.data() + t * kv_dim, c.n_head_kv, c.head_dim, rope_[t]);
     const int32_t slot = batch.sequences[batch.seq_index[t]].slots[batch.positions[t]];
-    const float* k = k_.data() + t * kv_dim;
-    const float* v = v_.data() + t * kv_dim;
-    if (kv_type_ == KvCacheType::F16) {
-      f32_to_f16(k, reinterpret_cast<uint16_t*>(k_cache(il)) + static_cast<int64_t>(slot) * kv_dim, kv_dim);
-      f32_to_f16(v, reinterpret_cast<uint16_t*>(v_cache(il)) + static_cast<int64_t>(slot) * kv_dim, kv_dim);
-    } else {
-      std::memcpy(reinterpret_cast<float*>(k_cache(il)) + static_cast<int64_t>(slot) * kv_dim, k,
-                  kv_dim * sizeof(float));
-      std::memcpy(reinterpret_cast<float*>(v_cache(il)) + static_cast<int64_t>(slot) * kv_dim, v,
-                  kv_dim * sizeof(float));
+    for (int h = 0; h < c.n_head_kv; ++h) {
+      const float* k = k_.data() + t * kv_dim + h * c.head_dim;
+      const float* v = v_.data() + t * kv_dim + h * c.head_dim;
+      const int64_t at = kv_offset(h, slot);
+      if (kv_type_ == KvCacheType::F16) {
+        f32_to_f16(k, reinterpret_cast<uint16_t*>(k_cache(il)) + at, c.head_dim);
+        f32_to_f16(v, reinterpret_cast<uint16_t*>(v_cache(il)) + at, c.head_dim);
+      } else {
+        std::memcpy(reinterpret_cast<float*>(k_cache(il)) + at, k, c.head_dim * sizeof(float));
+        std::memcpy(reinterpret_cast<float*>(v_cache(il)) + at, v, c.head_dim * sizeof(float));
+      }
     }
   });
 }
 
 void LlamaCpu::attention(int il, const ForwardBatch& batch) {
   const model::LlamaConfig& c = model_.config;
-  const int hd = c.head_dim, kv_dim = c.kv_dim(), group = c.n_head / c.n_head_kv;
+  const int hd = c.head_dim, group = c.n_head / c.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const bool f16 = kv_type_ == KvCacheType::F16;
 
@@ -280,10 +281,10 @@ void LlamaCpu::attention(int il, const ForwardBatch& batch) {
     float* attend_scratch = values + static_cast<int64_t>(n_keys) * hd;
     const size_t elem = f16 ? 2 : 4;
     for (int j = 0; j < n_keys; ++j) {
-      const int64_t offset = static_cast<int64_t>(slots[j]) * kv_dim + h * hd;
+      const int64_t offset = kv_offset(h, slots[j]);
       // The weights streamed since this layer's last step have evicted the cache rows: fetch ahead of use.
       if (j + kGatherAhead < n_keys) {
-        const int64_t ahead = (static_cast<int64_t>(slots[j + kGatherAhead]) * kv_dim + h * hd) * elem;
+        const int64_t ahead = kv_offset(h, slots[j + kGatherAhead]) * elem;
         for (size_t line = 0; line < hd * elem; line += 64) {
           __builtin_prefetch(k_cache(il) + ahead + line);
           __builtin_prefetch(v_cache(il) + ahead + line);

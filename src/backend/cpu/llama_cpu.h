@@ -82,12 +82,17 @@ class LlamaCpu {
   HugePageBuffer interleaved_buffer_;
   std::unordered_map<const model::MatrixView*, const uint8_t*> interleaved_;
 
-  // Keys and values of this CPU's layers, each [n_slots][kv_dim] f16 or f32, in one buffer on huge pages: attention
-  // reads a KV head's rows a slot (kv_dim values) apart, which on 4 KiB pages costs a TLB miss every row or two.
+  // Keys and values of this CPU's layers, each [n_head_kv][n_slots][head_dim] f16 or f32, in one buffer on huge
+  // pages. Attention gathers one KV head's rows slot by slot: head-major, the slots of a sequence's cache block
+  // are one contiguous run.
   HugePageBuffer kv_buffer_;
   size_t kv_layer_bytes_ = 0;  // of one layer's keys (or values)
   uint8_t* k_cache(int il) const { return kv_buffer_.data() + 2 * (il - first_layer_) * kv_layer_bytes_; }
   uint8_t* v_cache(int il) const { return k_cache(il) + kv_layer_bytes_; }
+  // Where KV head h of `slot` starts in a layer's keys or values, in elements.
+  int64_t kv_offset(int h, int32_t slot) const {
+    return (static_cast<int64_t>(h) * n_slots_ + slot) * model_.config.head_dim;
+  }
 
   // Activations, grown to the largest batch seen and then reused.
   std::vector<RopeAngles> rope_;  // [n_tokens]: depend only on position, so computed once per forward
