@@ -195,9 +195,9 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
   if (bw) print_membw_line(*bw);
   for (const TestResult& r : results) {
     if (r.adjacent_gb_s.empty()) continue;
-    fmt::print("{} adjacent probes ({} {} x {}, before and after each repetition): {:.1f} GB/s\n", r.name,
-               r.adjacent_probe_reads_weights ? "the loaded weights," : "a buffer of", human_bytes(r.adjacent_probe_bytes),
-               kAdjacentProbeRepetitions, fmt::join(r.adjacent_gb_s, ", "));
+    const char* source = r.adjacent_probe_reads_weights ? "the loaded weights," : "a buffer of";
+    fmt::print("{} adjacent probes ({} {} x {}, before and after each repetition): {:.1f} GB/s\n", r.name, source,
+               human_bytes(r.adjacent_probe_bytes), kAdjacentProbeRepetitions, fmt::join(r.adjacent_gb_s, ", "));
   }
 }
 

@@ -7,9 +7,8 @@
 // vectors of keys per score tile, kDimVectors vectors of head dimensions per output tile; zero, broadcast, load,
 // load_first(p, n) / store_first(p, x, n) (the first n lanes, the rest of a load zero), store, sub, mul,
 // add, div, fma(a, b, c) = a * b + c, max(a, b), min(a, b) (b where either is NaN), reduce_max, reduce_add,
-// round (to nearest integer),
-// scale_by_pow2(p, n) = p * 2^n for integral n in [-126, 127], zero_where_less(y, x, limit), round_to_f16,
-// sum_zero, sum_add(acc, x) = acc + x in double, reduce_sum.
+// round (to nearest integer), scale_by_pow2(p, n) = p * 2^n for integral n in [-126, 127],
+// zero_where_less(y, x, limit), round_to_f16, sum_zero, sum_add(acc, x) = acc + x in double, reduce_sum.
 #pragma once
 
 #include <cstdint>

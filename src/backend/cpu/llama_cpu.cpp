@@ -36,9 +36,8 @@ LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options
       pool_(options.n_threads > 0 ? options.n_threads : physical_core_count()) {
   const size_t elem = kv_type_ == KvCacheType::F16 ? 2 : 4;
   kv_layer_bytes_ = static_cast<size_t>(n_slots_) * model.config.kv_dim() * elem;
-  const size_t kv_bytes = 2 * kv_layer_bytes_ * static_cast<size_t>(last_layer_ - first_layer_);
-  kv_buffer_ = HugePageBuffer(kv_bytes);
-  std::memset(kv_buffer_.data(), 0, kv_bytes);
+  kv_buffer_ = HugePageBuffer(2 * kv_layer_bytes_ * static_cast<size_t>(last_layer_ - first_layer_));
+  std::memset(kv_buffer_.data(), 0, kv_buffer_.size());
   scratch_.resize(pool_.size());
   interleave_weights();
 }
@@ -72,7 +71,7 @@ void LlamaCpu::interleave_weights() {
   }
 }
 
-uint64_t LlamaCpu::kv_cache_bytes() const { return 2 * kv_layer_bytes_ * static_cast<uint64_t>(last_layer_ - first_layer_); }
+uint64_t LlamaCpu::kv_cache_bytes() const { return kv_buffer_.size(); }
 
 void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
   const model::MatrixView& e = model_.token_embd;
