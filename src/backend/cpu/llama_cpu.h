@@ -13,6 +13,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/huge_page_buffer.h"
 #include "backend/cpu/ops.h"
+#include "backend/cpu/row_ranges.h"
 #include "backend/cpu/thread_pool.h"
 #include "model/llama.h"
 
@@ -60,7 +61,8 @@ class LlamaCpu {
   size_t prepare(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens,
                  std::array<Resolved, kMaxMatmulJobs>& resolved);
   void multiply_rows(const Resolved& job, int64_t row_begin, int64_t row_end, int64_t n_tokens);
-  void schedule_chunks(std::span<const int64_t> job_rows);  // fills chunks_
+  // Starts ranges_ on these jobs' rows; row_bytes (of the first job) sizes the smallest claim.
+  void share_rows(std::span<const int64_t> job_rows, size_t row_bytes);
   void run_matmuls(std::span<const Resolved> jobs, int64_t n_tokens);
   // proj = W_down (silu(W_gate x) * W_up x); gate_ holds the SwiGLU afterwards, up_ the up projection.
   void feed_forward(const model::LlamaLayer& w, const float* x, int64_t n_tokens);
@@ -107,12 +109,7 @@ class LlamaCpu {
   std::vector<uint8_t> xq_;     // quantized activations, [n_tokens][activation row bytes]
   std::vector<uint8_t> swiglu_xq_;  // the down projection's quantized input, [n_tokens][activation row bytes]
   std::vector<std::atomic<int64_t>> piece_rows_done_;  // decode feed_forward: gate and up rows done per piece
-  struct RowChunk {
-    size_t job;
-    int64_t row_begin;
-    int64_t row_end;
-  };
-  std::vector<RowChunk> chunks_;  // matmuls' work list, kept to reuse its memory
+  RowRanges ranges_;  // matmuls' rows, shared out among the threads
   std::vector<std::vector<float>> scratch_;  // per thread: gathered keys, values and scores of one KV head
 };
 
