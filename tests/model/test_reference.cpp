@@ -278,5 +278,51 @@ TEST(ReferenceForward, BatchOfTwoSequencesEqualsEachAlone) {
   }
 }
 
+// Two sequences decoded a token at a time, in turn, take KV blocks in turn: each one's keys are runs of a block's
+// slots with the other's blocks between them. Their logits equal those of each decoded alone (one run of slots),
+// bit for bit, with either cache type.
+TEST(ReferenceForward, SequencesWithInterleavedKvBlocksEqualEachAlone) {
+  const Shape shape;
+  const int V = shape.n_vocab;
+  const Weights w = random_weights(shape, 5);
+  const std::vector<uint8_t> bytes = write_model(shape, w);
+  const gguf::File file = gguf::File::parse(bytes);
+  std::vector<int32_t> a(40), b(40);
+  for (int i = 0; i < 40; ++i) {
+    a[i] = (7 * i + 1) % V;
+    b[i] = (11 * i + 3) % V;
+  }
+  for (KvCacheType kv_type : {KvCacheType::F32, KvCacheType::F16}) {
+    engine::EngineOptions options = f32_cache_options();
+    options.n_ctx = 128;
+    options.kv_type = kv_type;
+    auto decode_alone = [&](const std::vector<int32_t>& tokens) {
+      engine::Engine eng(file, options);
+      const int32_t seq = eng.new_sequence();
+      std::vector<float> logits;
+      for (int32_t t : tokens) {
+        const std::span<const float> l = eng.eval(seq, std::span<const int32_t>(&t, 1));
+        logits.assign(l.begin(), l.end());
+      }
+      return logits;
+    };
+    const std::vector<float> alone_a = decode_alone(a), alone_b = decode_alone(b);
+    engine::Engine eng(file, options);
+    const int32_t sa = eng.new_sequence(), sb = eng.new_sequence();
+    std::vector<float> turn_a, turn_b;
+    for (size_t i = 0; i < a.size(); ++i) {
+      std::span<const float> l = eng.eval(sa, std::span<const int32_t>(&a[i], 1));
+      turn_a.assign(l.begin(), l.end());
+      l = eng.eval(sb, std::span<const int32_t>(&b[i], 1));
+      turn_b.assign(l.begin(), l.end());
+    }
+    ASSERT_EQ(turn_a.size(), static_cast<size_t>(V));
+    for (int v = 0; v < V; ++v) {
+      ASSERT_EQ(turn_a[v], alone_a[v]) << "sequence a, vocab " << v << ", f16 cache " << (kv_type == KvCacheType::F16);
+      ASSERT_EQ(turn_b[v], alone_b[v]) << "sequence b, vocab " << v << ", f16 cache " << (kv_type == KvCacheType::F16);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tessera

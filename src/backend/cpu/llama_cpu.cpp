@@ -275,23 +275,31 @@ void LlamaCpu::attention(int il, const ForwardBatch& batch) {
     float* values = keys + static_cast<int64_t>(n_keys) * hd;
     float* attend_scratch = values + static_cast<int64_t>(n_keys) * hd;
     const size_t elem = f16 ? 2 : 4;
-    for (int j = 0; j < n_keys; ++j) {
-      const int64_t offset = kv_offset(h, slots[j]);
-      // The weights streamed since this layer's last step have evicted the cache rows: fetch ahead of use.
-      if (j + kGatherAhead < n_keys) {
-        const int64_t ahead = kv_offset(h, slots[j + kGatherAhead]) * elem;
-        for (size_t line = 0; line < hd * elem; line += 64) {
+    // Keys in consecutive slots (a KV block's, head-major) are one run, copied in one call: a call per key cost
+    // more than its copy.
+    for (int j = 0; j < n_keys;) {
+      int run = 1;
+      while (j + run < n_keys && slots[j + run] == slots[j] + run) ++run;
+      const int64_t offset = kv_offset(h, slots[j]), n = static_cast<int64_t>(run) * hd;
+      // The weights streamed since this layer's last step have evicted the cache rows: ask for the next run's
+      // first keys ahead of use (the hardware prefetcher follows a run once it has started).
+      if (j + run < n_keys) {
+        const int32_t next = slots[j + run];
+        const int64_t ahead = kv_offset(h, next) * elem;
+        const size_t bytes = static_cast<size_t>(std::min(kGatherAhead, n_slots_ - next)) * hd * elem;
+        for (size_t line = 0; line < bytes; line += 64) {
           __builtin_prefetch(k_cache(il) + ahead + line);
           __builtin_prefetch(v_cache(il) + ahead + line);
         }
       }
       if (f16) {
-        f16_to_f32(reinterpret_cast<const uint16_t*>(k_cache(il)) + offset, keys + j * hd, hd);
-        f16_to_f32(reinterpret_cast<const uint16_t*>(v_cache(il)) + offset, values + j * hd, hd);
+        f16_to_f32(reinterpret_cast<const uint16_t*>(k_cache(il)) + offset, keys + j * hd, n);
+        f16_to_f32(reinterpret_cast<const uint16_t*>(v_cache(il)) + offset, values + j * hd, n);
       } else {
-        std::memcpy(keys + j * hd, reinterpret_cast<const float*>(k_cache(il)) + offset, hd * sizeof(float));
-        std::memcpy(values + j * hd, reinterpret_cast<const float*>(v_cache(il)) + offset, hd * sizeof(float));
+        std::memcpy(keys + j * hd, reinterpret_cast<const float*>(k_cache(il)) + offset, n * sizeof(float));
+        std::memcpy(values + j * hd, reinterpret_cast<const float*>(v_cache(il)) + offset, n * sizeof(float));
       }
+      j += run;
     }
     int32_t token_keys[kAttentionTokenBlock];
     for (int64_t t = b.t0; t < b.t1; ++t) token_keys[t - b.t0] = batch.positions[t] + 1;
