@@ -85,8 +85,8 @@ class LlamaCpu {
   std::unordered_map<const model::MatrixView*, const uint8_t*> interleaved_;
 
   // Keys and values of this CPU's layers, each [n_head_kv][n_slots][head_dim] f16 or f32, in one buffer on huge
-  // pages. Attention gathers one KV head's rows slot by slot: head-major, the slots of a sequence's cache block
-  // are one contiguous run.
+  // pages. Head-major, so the slots of a sequence's cache block are one contiguous run of a KV head's rows, which
+  // attention gathers in one copy.
   HugePageBuffer kv_buffer_;
   size_t kv_layer_bytes_ = 0;  // of one layer's keys (or values)
   uint8_t* k_cache(int il) const { return kv_buffer_.data() + 2 * (il - first_layer_) * kv_layer_bytes_; }
