@@ -146,20 +146,21 @@ void LlamaCpu::multiply_rows(const Resolved& job, int64_t row_begin, int64_t row
   }
 }
 
-void LlamaCpu::share_rows(std::span<const int64_t> job_rows, size_t row_bytes) {
+template <class OnClaim>
+void LlamaCpu::for_each_claim(std::span<const int64_t> job_rows, size_t row_bytes, const OnClaim& on_claim) {
   ranges_.reset(job_rows, quant::kInterleavedRows, pool_.size(),
                 std::max<int64_t>(1, kMinClaimBytes / static_cast<int64_t>(row_bytes * quant::kInterleavedRows)));
+  pool_.parallel_for(pool_.size(), [&](int64_t part, int) {
+    RowRanges::Claim claim;
+    while (ranges_.next(static_cast<int>(part), claim)) on_claim(claim);
+  });
 }
 
 void LlamaCpu::run_matmuls(std::span<const Resolved> jobs, int64_t n_tokens) {
   std::array<int64_t, kMaxMatmulJobs> job_rows;
   for (size_t j = 0; j < jobs.size(); ++j) job_rows[j] = jobs[j].w->n_rows;
-  share_rows(std::span(job_rows.data(), jobs.size()), jobs[0].w->row_bytes);
-  pool_.parallel_for(pool_.size(), [&](int64_t part, int) {
-    RowRanges::Claim claim;
-    while (ranges_.next(static_cast<int>(part), claim)) {
-      multiply_rows(jobs[claim.job], claim.row_begin, claim.row_end, n_tokens);
-    }
+  for_each_claim(std::span(job_rows.data(), jobs.size()), jobs[0].w->row_bytes, [&](const RowRanges::Claim& claim) {
+    multiply_rows(jobs[claim.job], claim.row_begin, claim.row_end, n_tokens);
   });
 }
 
@@ -195,23 +196,18 @@ void LlamaCpu::feed_forward(const model::LlamaLayer& w, const float* x, int64_t 
   }
   for (int64_t p = 0; p < n_pieces; ++p) piece_rows_done_[p].store(0, std::memory_order_relaxed);
   const int64_t rows[] = {n_ff, n_ff};
-  share_rows(rows, w.w_gate.row_bytes);
-  pool_.parallel_for(pool_.size(), [&](int64_t part, int) {
-    RowRanges::Claim claim;
-    while (ranges_.next(static_cast<int>(part), claim)) {
-      multiply_rows(resolved[claim.job], claim.row_begin, claim.row_end, n_tokens);
-      for (int64_t p = claim.row_begin / kSwigluPiece; p * kSwigluPiece < claim.row_end; ++p) {
-        const int64_t begin = p * kSwigluPiece, end = std::min(n_ff, begin + kSwigluPiece);
-        const int64_t mine = std::min(claim.row_end, end) - std::max(claim.row_begin, begin);
-        // acq_rel: the thread that completes the piece sees the rows of it that other threads computed.
-        if (piece_rows_done_[p].fetch_add(mine, std::memory_order_acq_rel) + mine != 2 * (end - begin)) continue;
-        const size_t offset = quant::activation_row_bytes(w.w_down.type, begin);
-        for (int64_t t = 0; t < n_tokens; ++t) {
-          float* gate = gate_.data() + t * n_ff + begin;
-          swiglu_at(level, gate, up_.data() + t * n_ff + begin, gate, end - begin);
-          quant::quantize_activations(w.w_down.type, gate, swiglu_xq_.data() + t * down_row_bytes + offset,
-                                      end - begin);
-        }
+  for_each_claim(rows, w.w_gate.row_bytes, [&](const RowRanges::Claim& claim) {
+    multiply_rows(resolved[claim.job], claim.row_begin, claim.row_end, n_tokens);
+    for (int64_t p = claim.row_begin / kSwigluPiece; p * kSwigluPiece < claim.row_end; ++p) {
+      const int64_t begin = p * kSwigluPiece, end = std::min(n_ff, begin + kSwigluPiece);
+      const int64_t mine = std::min(claim.row_end, end) - std::max(claim.row_begin, begin);
+      // acq_rel: the thread that completes the piece sees the rows of it that other threads computed.
+      if (piece_rows_done_[p].fetch_add(mine, std::memory_order_acq_rel) + mine != 2 * (end - begin)) continue;
+      const size_t offset = quant::activation_row_bytes(w.w_down.type, begin);
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        float* gate = gate_.data() + t * n_ff + begin;
+        swiglu_at(level, gate, up_.data() + t * n_ff + begin, gate, end - begin);
+        quant::quantize_activations(w.w_down.type, gate, swiglu_xq_.data() + t * down_row_bytes + offset, end - begin);
       }
     }
   });

@@ -61,8 +61,10 @@ class LlamaCpu {
   size_t prepare(std::initializer_list<MatmulJob> jobs, const float* x, int64_t n_tokens,
                  std::array<Resolved, kMaxMatmulJobs>& resolved);
   void multiply_rows(const Resolved& job, int64_t row_begin, int64_t row_end, int64_t n_tokens);
-  // Starts ranges_ on these jobs' rows; row_bytes (of the first job) sizes the smallest claim.
-  void share_rows(std::span<const int64_t> job_rows, size_t row_bytes);
+  // on_claim(claim) for every claim of these jobs' rows, shared out among the threads by ranges_; row_bytes (of
+  // the first job) sizes the smallest claim. Defined in llama_cpu.cpp, its only user.
+  template <class OnClaim>
+  void for_each_claim(std::span<const int64_t> job_rows, size_t row_bytes, const OnClaim& on_claim);
   void run_matmuls(std::span<const Resolved> jobs, int64_t n_tokens);
   // proj = W_down (silu(W_gate x) * W_up x); gate_ holds the SwiGLU afterwards, up_ the up projection.
   void feed_forward(const model::LlamaLayer& w, const float* x, int64_t n_tokens);
