@@ -27,6 +27,7 @@
 #include "cli/membw.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
+#include "quant/interleaved.h"
 #include "quant/quant.h"
 #include "quant/quantize_model.h"
 
@@ -176,7 +177,12 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
                     const BenchArgs& args, int threads, const std::optional<MemoryBandwidth>& bw) {
   if (model) {
     const std::string label = fmt::format("llama {} {}", human_params(model->n_params), model->type);
-    fmt::print("device: {}\n\n", model->device);
+    std::string kernels;
+    if (args.engine.backend != "cuda") {
+      kernels = fmt::format("; CPU kernels: {}, weight prefetch {}", quant::simd_level_name(quant::active_simd_level()),
+                            quant::weight_prefetch_name(quant::active_weight_prefetch()));
+    }
+    fmt::print("device: {}{}\n\n", model->device, kernels);
     fmt::print("| model | size | params | backend | threads | test | t/s | weights GB/s | of membw "
                "| of adjacent membw |\n");
     fmt::print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
@@ -221,6 +227,7 @@ void print_json(const std::optional<ModelSummary>& model, const std::vector<Test
     o["device"] = model->device;
     o["threads"] = threads;
     o["simd"] = quant::simd_level_name(quant::active_simd_level());
+    o["weight_prefetch"] = quant::weight_prefetch_name(quant::active_weight_prefetch());
     o["model_file"] = model->path;
     o["model_type"] = model->type;
     o["model_params"] = model->n_params;

@@ -27,6 +27,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
 
 #include "gguf/ggml_type.h"
 
@@ -48,9 +49,28 @@ void interleave_rows(GgmlType type, const void* src, size_t src_row_bytes, int64
 // The inverse for one row: the GGUF bytes of row `row`. This is the layout's reference definition.
 void deinterleave_row(GgmlType type, const void* interleaved, int64_t n_cols, int64_t row, void* dst_row);
 
+// How a pass of fewer than 8 tokens (decode's) asks for the tiles a few KB ahead of the ones it reads. It is the
+// last pass over them, streaming them from memory, and which request keeps one core reading fastest depends on
+// the processor's own prefetchers; the wrong one costs a third (docs/BENCH.md has the measurements). Passes of 8
+// tokens always prefetch into L1: their tiles are read again by the next 8.
+enum class WeightPrefetch {
+  None,         // leave it to the hardware prefetchers
+  NonTemporal,  // prefetchnta: into L1, kept out of the outer caches
+  L1,           // prefetcht0
+};
+// By processor (cpuid's vendor string and family): AMD family 0x19 (Zen 4) None, later AMD families NonTemporal,
+// others L1.
+WeightPrefetch weight_prefetch_for(std::string_view cpu_vendor, unsigned cpu_family);
+WeightPrefetch weight_prefetch_for_cpu();
+// That, unless TESSERA_PREFETCH=none|nta|l1 says otherwise (an unknown value throws).
+WeightPrefetch active_weight_prefetch();
+std::string_view weight_prefetch_name(WeightPrefetch prefetch);
+
 // quant::gemm on an interleaved matrix: y[t * ldy + r] = dot(row r, activation row t) for r in
-// [row_begin, row_end) (multiples of 16). Activations as quantize_activations makes them for `type`.
+// [row_begin, row_end) (multiples of 16). Activations as quantize_activations makes them for `type`. The
+// prefetch changes only the speed.
 void gemm_interleaved(GgmlType type, const void* interleaved, int64_t n_cols, int64_t row_begin, int64_t row_end,
-                      const void* xq, size_t xq_row_bytes, int64_t n_tokens, float* y, int64_t ldy);
+                      const void* xq, size_t xq_row_bytes, int64_t n_tokens, float* y, int64_t ldy,
+                      WeightPrefetch prefetch = active_weight_prefetch());
 
 }  // namespace tessera::quant

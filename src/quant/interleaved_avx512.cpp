@@ -38,25 +38,27 @@ inline __m512i dpbusd_broadcast(__m512i acc, __m512i w, const int8_t* x) {
   return acc;
 }
 
-// Decode streams the weights from memory once; the hardware prefetcher alone leaves one core short of the
-// bandwidth, so each of a tile's 8 steps also asks for its share of the tile that starts kPrefetchBytes ahead. The
-// last step's share runs a few lines further (prefetched again later): a fixed count per step needs no loop and
-// no branch, which cost more instructions than the step's arithmetic. The distance is in bytes whatever the tile
-// (what it must cover is the memory's latency at the rate one core reads): two Q4_K tiles, 4.7 KB. Two Q6_K
-// tiles (6.7 KB) for Q6_K instead: TinyLlama and 7B decode in alternating blocks, 4 runs, 1.0% +- 0.5% slower.
+// Software prefetch (interleaved.h's WeightPrefetch): each of a tile's 8 steps asks for its share of the tile that
+// starts kPrefetchBytes ahead. The last step's share runs a few lines further (prefetched again later): a fixed
+// count per step needs no loop and no branch, which cost more instructions than the step's arithmetic. The
+// distance is in bytes whatever the tile (what it must cover is the memory's latency at the rate one core reads):
+// two Q4_K tiles, 4.7 KB. Two Q6_K tiles (6.7 KB) for Q6_K instead: TinyLlama and 7B decode in alternating blocks
+// on Zen 5, 4 runs, 1.0% +- 0.5% slower.
 constexpr int kPrefetchBytes = 2 * sizeof(TileQ4_K);
-// A pass of fewer than kTokens tokens is the last one over its row group (for decode, the only one): nothing reads
-// those tiles again, so they are prefetched with the non-temporal hint, which asks the processor to keep them out
-// of the outer caches. TinyLlama decode, blocks of 32 tokens alternating in one process, 30 rounds at read
-// probes of 70-80 GB/s: +2.9% +- 0.6% tokens/s (+0.7% +- 0.6% over 10 rounds at 54-69 GB/s).
-template <int NT>
-constexpr auto kPrefetchHint = NT < kTokens ? _MM_HINT_NTA : _MM_HINT_T0;
-template <int NT, class Tile>
+// A pass of fewer than kTokens tokens is the last one over its row group (for decode, the only one), and follows
+// the WeightPrefetch asked for; a pass of kTokens leaves its tiles in L1 for the next one.
+template <WeightPrefetch P, int NT>
+constexpr bool kPrefetches = NT == kTokens || P != WeightPrefetch::None;
+template <WeightPrefetch P, int NT>
+constexpr auto kPrefetchHint = NT == kTokens || P == WeightPrefetch::L1 ? _MM_HINT_T0 : _MM_HINT_NTA;
+template <WeightPrefetch P, int NT, class Tile>
 inline void prefetch_ahead(const Tile* tile, int step) {
-  constexpr int kLines = (sizeof(Tile) + 63) / 64, kPerStep = (kLines + 7) / 8;
-  const char* base = reinterpret_cast<const char*>(tile) + kPrefetchBytes + 64 * kPerStep * step;
+  if constexpr (kPrefetches<P, NT>) {
+    constexpr int kLines = (sizeof(Tile) + 63) / 64, kPerStep = (kLines + 7) / 8;
+    const char* base = reinterpret_cast<const char*>(tile) + kPrefetchBytes + 64 * kPerStep * step;
 #pragma GCC unroll 8
-  for (int l = 0; l < kPerStep; ++l) _mm_prefetch(base + 64 * l, kPrefetchHint<NT>);
+    for (int l = 0; l < kPerStep; ++l) _mm_prefetch(base + 64 * l, kPrefetchHint<P, NT>);
+  }
 }
 
 inline const BlockQ8_K* activation_block(const uint8_t* x, size_t x_stride, int t, int64_t i) {
@@ -71,7 +73,7 @@ inline __m512i fifth_bit(__m512i qh, int q) {
 
 // One 16-row group (its n_blocks tiles) times NT activation rows: y[t * ldy + r] for r < 16. Q4_K and Q5_K
 // (TileQ5_K's sub-blocks add the fifth bits of the levels).
-template <class Tile, int NT>
+template <class Tile, WeightPrefetch P, int NT>
 void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, float* y, int64_t ldy) {
   constexpr bool kFifthBit = std::is_same_v<Tile, TileQ5_K>;
   const __m512i low4 = _mm512_set1_epi8(0x0F);
@@ -83,7 +85,7 @@ void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x
     for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
 #pragma GCC unroll 1
     for (int k = 0; k < 8; ++k) {
-      prefetch_ahead<NT>(&tile, k);
+      prefetch_ahead<P, NT>(&tile, k);
       const __m512i scale = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tile.scales[k])));
       // w[2p]: columns 8p..8p+3 of the sub-block, w[2p + 1]: columns 8p+4..8p+7. For one token, Q4_K leaves the
       // high nibbles in place (16 x level, one operation less per vector) and shifts its odd sum, which comes out
@@ -139,7 +141,7 @@ void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x
   for (int t = 0; t < NT; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 
-template <int NT>
+template <WeightPrefetch P, int NT>
 void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, float* y, int64_t ldy) {
   const __m512i low4 = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
   __m512 acc[NT];
@@ -150,7 +152,7 @@ void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_
     for (int t = 0; t < NT; ++t) sum[t] = _mm512_setzero_si512();
 #pragma GCC unroll 1
     for (int j = 0; j < 8; ++j) {
-      prefetch_ahead<NT>(&tile, j);
+      prefetch_ahead<P, NT>(&tile, j);
       const TileQ6_K::Step& step = tile.steps[j];
       // Lane r: int16 scales of sub-blocks 2j and 2j + 1 of row r.
       const __m512i scale_pair = _mm512_cvtepi8_epi16(load256(step.scale_pairs));
@@ -200,7 +202,7 @@ void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_
 
 // Q4_0 and Q8_0, one 32-column block per tile. The levels are unsigned (value + 8, value + 128); offsets[t *
 // n_blocks + i] is that offset times the sum of token t's activations in block i, taken off once per block.
-template <class Tile, int NT>
+template <class Tile, WeightPrefetch P, int NT>
 void block32_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, const int32_t* offsets,
                    float* y, int64_t ldy) {
   constexpr bool kNibbles = std::is_same_v<Tile, TileQ4_0>;
@@ -212,8 +214,10 @@ void block32_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t
     const Tile& tile = tiles[i];
     // The same distance in bytes, not two of these smaller tiles (0.6 KB for Q4_0, 1.1 KB for Q8_0): measured at
     // least as fast, TinyLlama tg128, 5 alternating rounds each, Q4_0 66.0 vs 64.6 t/s and Q8_0 29.4 vs 28.8 t/s.
-    const char* ahead = reinterpret_cast<const char*>(&tile) + kPrefetchBytes;
-    for (int l = 0; l < kLines; ++l) _mm_prefetch(ahead + 64 * l, kPrefetchHint<NT>);
+    if constexpr (kPrefetches<P, NT>) {
+      const char* ahead = reinterpret_cast<const char*>(&tile) + kPrefetchBytes;
+      for (int l = 0; l < kLines; ++l) _mm_prefetch(ahead + 64 * l, kPrefetchHint<P, NT>);
+    }
     __m512i w[8];  // w[q]: columns 4q..4q+3
     if constexpr (kNibbles) {
 #pragma GCC unroll 4
@@ -263,7 +267,7 @@ void activation_offsets(const uint8_t* x, size_t x_stride, int64_t n_tokens, int
 
 // Row groups outermost, so a group's tiles stay in cache while every token tile passes over them. kOffset is the
 // unsigned levels' offset of the 32-column formats (0 for the K-quants, which carry it in their scales and mins).
-template <class Tile, template <int> class Group, int kColumns, int kOffset = 0>
+template <class Tile, template <WeightPrefetch, int> class Group, WeightPrefetch P, int kColumns, int kOffset = 0>
 void gemm_groups(const void* interleaved, int64_t n_cols, int64_t row_begin, int64_t row_end, const void* xq,
                  size_t xq_row_bytes, int64_t n_tokens, float* y, int64_t ldy) {
   const int64_t n_blocks = n_cols / kColumns;
@@ -283,66 +287,76 @@ void gemm_groups(const void* interleaved, int64_t n_cols, int64_t row_begin, int
       const int32_t* ot = offsets ? offsets + t0 * n_blocks : nullptr;
       float* yt = y + t0 * ldy + 16 * g;
       switch (nt) {
-        case 1: Group<1>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
-        case 2: Group<2>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
-        case 3: Group<3>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
-        case 4: Group<4>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
-        case 5: Group<5>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
-        case 6: Group<6>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
-        case 7: Group<7>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
-        default: Group<kTokens>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 1: Group<P, 1>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 2: Group<P, 2>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 3: Group<P, 3>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 4: Group<P, 4>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 5: Group<P, 5>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 6: Group<P, 6>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        case 7: Group<P, 7>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
+        default: Group<P, kTokens>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
       }
     }
   }
 }
 
-template <int NT>
+template <WeightPrefetch P, int NT>
 struct Q4_0Group {
   static void run(const TileQ4_0* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t* offsets, float* y,
                   int64_t ldy) {
-    block32_group<TileQ4_0, NT>(tiles, nb, x, stride, offsets, y, ldy);
+    block32_group<TileQ4_0, P, NT>(tiles, nb, x, stride, offsets, y, ldy);
   }
 };
-template <int NT>
+template <WeightPrefetch P, int NT>
 struct Q8_0Group {
   static void run(const TileQ8_0* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t* offsets, float* y,
                   int64_t ldy) {
-    block32_group<TileQ8_0, NT>(tiles, nb, x, stride, offsets, y, ldy);
+    block32_group<TileQ8_0, P, NT>(tiles, nb, x, stride, offsets, y, ldy);
   }
 };
-template <int NT>
+template <WeightPrefetch P, int NT>
 struct Q4_KGroup {
   static void run(const TileQ4_K* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t*, float* y,
                   int64_t ldy) {
-    q45_k_group<TileQ4_K, NT>(tiles, nb, x, stride, y, ldy);
+    q45_k_group<TileQ4_K, P, NT>(tiles, nb, x, stride, y, ldy);
   }
 };
-template <int NT>
+template <WeightPrefetch P, int NT>
 struct Q5_KGroup {
   static void run(const TileQ5_K* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t*, float* y,
                   int64_t ldy) {
-    q45_k_group<TileQ5_K, NT>(tiles, nb, x, stride, y, ldy);
+    q45_k_group<TileQ5_K, P, NT>(tiles, nb, x, stride, y, ldy);
   }
 };
-template <int NT>
+template <WeightPrefetch P, int NT>
 struct Q6_KGroup {
   static void run(const TileQ6_K* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t*, float* y,
                   int64_t ldy) {
-    q6_k_group<NT>(tiles, nb, x, stride, y, ldy);
+    q6_k_group<P, NT>(tiles, nb, x, stride, y, ldy);
   }
 };
 
-}  // namespace
-
-InterleavedGemmKernel interleaved_kernel_avx512(GgmlType weight_type) {
+template <WeightPrefetch P>
+InterleavedGemmKernel kernel_for(GgmlType weight_type) {
   switch (weight_type) {
-    case GgmlType::Q4_0: return gemm_groups<TileQ4_0, Q4_0Group, kQK, 8>;
-    case GgmlType::Q8_0: return gemm_groups<TileQ8_0, Q8_0Group, kQK, 128>;
-    case GgmlType::Q4_K: return gemm_groups<TileQ4_K, Q4_KGroup, kQK_K>;
-    case GgmlType::Q5_K: return gemm_groups<TileQ5_K, Q5_KGroup, kQK_K>;
-    case GgmlType::Q6_K: return gemm_groups<TileQ6_K, Q6_KGroup, kQK_K>;
+    case GgmlType::Q4_0: return gemm_groups<TileQ4_0, Q4_0Group, P, kQK, 8>;
+    case GgmlType::Q8_0: return gemm_groups<TileQ8_0, Q8_0Group, P, kQK, 128>;
+    case GgmlType::Q4_K: return gemm_groups<TileQ4_K, Q4_KGroup, P, kQK_K>;
+    case GgmlType::Q5_K: return gemm_groups<TileQ5_K, Q5_KGroup, P, kQK_K>;
+    case GgmlType::Q6_K: return gemm_groups<TileQ6_K, Q6_KGroup, P, kQK_K>;
     default: return nullptr;
   }
+}
+
+}  // namespace
+
+InterleavedGemmKernel interleaved_kernel_avx512(GgmlType weight_type, WeightPrefetch prefetch) {
+  switch (prefetch) {
+    case WeightPrefetch::None: return kernel_for<WeightPrefetch::None>(weight_type);
+    case WeightPrefetch::NonTemporal: return kernel_for<WeightPrefetch::NonTemporal>(weight_type);
+    case WeightPrefetch::L1: return kernel_for<WeightPrefetch::L1>(weight_type);
+  }
+  return nullptr;
 }
 
 }  // namespace tessera::quant::detail

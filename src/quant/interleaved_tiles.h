@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "quant/blocks.h"
+#include "quant/interleaved.h"
 
 namespace tessera::quant::detail {
 
@@ -56,9 +57,9 @@ struct TileQ8_0 {
 };
 static_assert(sizeof(TileQ4_0) == 16 * sizeof(BlockQ4_0) && sizeof(TileQ8_0) == 16 * sizeof(BlockQ8_0));
 
-// gemm_interleaved for one weight type at one SIMD level (nullptr where there is none).
+// gemm_interleaved for one weight type and prefetch at one SIMD level (nullptr where there is none).
 using InterleavedGemmKernel = void (*)(const void* interleaved, int64_t n_cols, int64_t row_begin, int64_t row_end,
                                        const void* xq, size_t xq_row_bytes, int64_t n_tokens, float* y, int64_t ldy);
-InterleavedGemmKernel interleaved_kernel_avx512(GgmlType weight_type);
+InterleavedGemmKernel interleaved_kernel_avx512(GgmlType weight_type, WeightPrefetch prefetch);
 
 }  // namespace tessera::quant::detail

@@ -83,10 +83,12 @@ TEST_F(BenchCli, TakesTheEngineOptionsOfRun) {
   ASSERT_TRUE(j.is_array()) << j.dump();
   ASSERT_EQ(j.size(), 2u);
   EXPECT_EQ(j[0]["threads"], 1);
-  // The CPU's model name where /proc/cpuinfo gives one, with the thread count.
+  // The CPU's model name where /proc/cpuinfo gives one, then its family and model numbers and the thread count.
   const std::string device = j[0]["device"].get<std::string>();
-  EXPECT_NE(device.find("(1 thread)"), std::string::npos) << device;
+  EXPECT_NE(device.find("1 thread)"), std::string::npos) << device;
   EXPECT_GT(device.size(), std::string(" (1 thread)").size()) << device;
+  EXPECT_TRUE(j[0]["weight_prefetch"] == "none" || j[0]["weight_prefetch"] == "nta" || j[0]["weight_prefetch"] == "l1")
+      << j[0].dump();
   EXPECT_GT(j[1]["tokens_per_s"].get<double>(), 0.0);
 }
 

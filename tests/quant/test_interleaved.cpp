@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -47,7 +48,7 @@ TEST(Interleaved, RejectsShapesWithoutWholeTiles) {
   EXPECT_THROW(interleaved_bytes(GgmlType::Q3_K, 32, 256), std::invalid_argument);
 }
 
-void check_gemm(GgmlType type, int64_t n_rows, int64_t n_cols, int64_t n_tokens) {
+void check_gemm(GgmlType type, int64_t n_rows, int64_t n_cols, int64_t n_tokens, WeightPrefetch prefetch) {
   std::mt19937 rng(static_cast<uint32_t>(n_cols * 31 + n_tokens));
   std::normal_distribution<float> gauss(0.0f, 1.0f);
   const size_t row_bytes = ggml_row_bytes(type, n_cols);
@@ -79,8 +80,8 @@ void check_gemm(GgmlType type, int64_t n_rows, int64_t n_cols, int64_t n_tokens)
   }
 
   std::vector<float> y(ldy * n_tokens, -12345.0f);
-  gemm_interleaved(type, packed.data(), n_cols, 0, 16, xq.data(), xq_bytes, n_tokens, y.data(), ldy);
-  gemm_interleaved(type, packed.data(), n_cols, 16, n_rows, xq.data(), xq_bytes, n_tokens, y.data(), ldy);
+  gemm_interleaved(type, packed.data(), n_cols, 0, 16, xq.data(), xq_bytes, n_tokens, y.data(), ldy, prefetch);
+  gemm_interleaved(type, packed.data(), n_cols, 16, n_rows, xq.data(), xq_bytes, n_tokens, y.data(), ldy, prefetch);
   int failures = 0;
   for (int64_t t = 0; t < n_tokens; ++t) {
     for (int64_t r = 0; r < ldy; ++r) {
@@ -91,7 +92,8 @@ void check_gemm(GgmlType type, int64_t n_rows, int64_t n_cols, int64_t n_tokens)
       }
       const double tol = 2e-6 * magnitude[i] + 1e-6;
       if (std::fabs(y[i] - expected[i]) > tol && ++failures <= 5) {
-        ADD_FAILURE() << ggml_type_name(type) << " " << n_rows << "x" << n_cols << " row " << r << " token " << t
+        ADD_FAILURE() << ggml_type_name(type) << " " << n_rows << "x" << n_cols << " prefetch "
+                      << weight_prefetch_name(prefetch) << " row " << r << " token " << t
                       << ": " << y[i] << " vs reference " << expected[i] << " (tolerance " << tol << ")";
       }
     }
@@ -104,11 +106,41 @@ TEST(Interleaved, GemmMatchesReference) {
     for (int64_t n_cols : {256, 768, 800}) {
       if (n_cols % ggml_type_traits(type).block_size != 0) continue;
       for (int64_t n_tokens : {1, 2, 5, 8, 13, 17}) {
-        check_gemm(type, 48, n_cols, n_tokens);
+        check_gemm(type, 48, n_cols, n_tokens, active_weight_prefetch());
         if (HasFailure()) return;
       }
     }
   }
+}
+
+// Each prefetch is its own instantiation of the kernels. The matrix spans several row groups of many tiles, so
+// the requests run ahead across tile and group boundaries, and past the matrix's end.
+TEST(Interleaved, EveryWeightPrefetchMatchesReference) {
+  if (!interleaved_available(GgmlType::Q4_K, 16, 256)) GTEST_SKIP() << "this CPU has no AVX-512 VNNI";
+  for (WeightPrefetch prefetch : {WeightPrefetch::None, WeightPrefetch::NonTemporal, WeightPrefetch::L1}) {
+    for (GgmlType type : kTypes) {
+      for (int64_t n_tokens : {1, 3, 8, 9}) {
+        check_gemm(type, 64, 2048, n_tokens, prefetch);
+        if (HasFailure()) return;
+      }
+    }
+  }
+}
+
+TEST(Interleaved, WeightPrefetchFollowsTheProcessorUnlessOverridden) {
+  const char* env = std::getenv("TESSERA_PREFETCH");
+  if (env && *env) {
+    EXPECT_EQ(weight_prefetch_name(active_weight_prefetch()), env);
+  } else {
+    EXPECT_EQ(active_weight_prefetch(), weight_prefetch_for_cpu());
+  }
+  EXPECT_EQ(weight_prefetch_for("AuthenticAMD", 0x19), WeightPrefetch::None);         // Zen 4
+  EXPECT_EQ(weight_prefetch_for("AuthenticAMD", 0x1A), WeightPrefetch::NonTemporal);  // Zen 5
+  EXPECT_EQ(weight_prefetch_for("GenuineIntel", 6), WeightPrefetch::L1);
+  EXPECT_EQ(weight_prefetch_for("", 0), WeightPrefetch::L1);
+  EXPECT_EQ(weight_prefetch_name(WeightPrefetch::None), "none");
+  EXPECT_EQ(weight_prefetch_name(WeightPrefetch::NonTemporal), "nta");
+  EXPECT_EQ(weight_prefetch_name(WeightPrefetch::L1), "l1");
 }
 
 }  // namespace

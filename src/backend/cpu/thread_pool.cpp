@@ -100,17 +100,25 @@ void ThreadPool::parallel_for(int64_t n_tasks, const std::function<void(int64_t,
 }
 
 std::string cpu_device_name(int n_threads) {
-  std::string name = "unknown CPU";
+  // The first processor's fields. A virtual machine's model name may say only "AMD EPYC"; the family and model
+  // numbers tell its generations apart, which decide the kernels' prefetch (quant::weight_prefetch_for_cpu).
+  std::string name = "unknown CPU", family, model;
   std::ifstream cpuinfo("/proc/cpuinfo");
-  for (std::string line; std::getline(cpuinfo, line);) {
-    if (line.rfind("model name", 0) != 0) continue;
+  for (std::string line; std::getline(cpuinfo, line) && !line.empty();) {
     const size_t colon = line.find(':');
-    if (colon == std::string::npos) break;
+    if (colon == std::string::npos) continue;
     const size_t first = line.find_first_not_of(" \t", colon + 1);
-    if (first != std::string::npos) name = line.substr(first);
-    break;
+    const std::string value = first == std::string::npos ? "" : line.substr(first);
+    if (line.rfind("model name", 0) == 0) {
+      name = value;
+    } else if (line.rfind("cpu family", 0) == 0) {
+      family = value;
+    } else if (line.rfind("model\t", 0) == 0) {
+      model = value;
+    }
   }
-  return name + " (" + std::to_string(n_threads) + (n_threads == 1 ? " thread)" : " threads)");
+  const std::string id = family.empty() ? "" : "family " + family + " model " + model + ", ";
+  return name + " (" + id + std::to_string(n_threads) + (n_threads == 1 ? " thread)" : " threads)");
 }
 
 int physical_core_count() {
