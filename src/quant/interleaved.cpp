@@ -322,7 +322,7 @@ void deinterleave_row(GgmlType type, const void* interleaved, int64_t n_cols, in
 }
 
 // Measured with both kernels streaming a 300 MB Q4_K matrix from memory, alternating in one process (docs/BENCH.md):
-// on Zen 4 (2 threads) no software prefetch read 12-18% faster than prefetchnta and 16-20% faster than
+// on Zen 4 (2 threads) no software prefetch read 12-18% faster than prefetchnta and 10-28% faster than
 // prefetcht0/t1, which take L1 miss buffers the hardware's L2 streamer would have used; on Zen 5 prefetchnta was
 // the fastest; on an Intel Xeon (family 6 model 207, 1-16 threads) prefetcht0 read 30-70% faster than none and
 // prefetchnta half as fast as none.
