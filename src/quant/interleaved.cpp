@@ -332,15 +332,17 @@ WeightPrefetch weight_prefetch_for(std::string_view cpu_vendor, unsigned cpu_fam
 }
 
 WeightPrefetch weight_prefetch_for_cpu() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
 #if defined(__x86_64__) || defined(__i386__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   if (__get_cpuid(0, &eax, &ebx, &ecx, &edx)) {
     char vendor[12];
     std::memcpy(vendor, &ebx, 4);
     std::memcpy(vendor + 4, &edx, 4);
     std::memcpy(vendor + 8, &ecx, 4);
     if (__get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
-      const unsigned family = ((eax >> 8) & 0xF) + ((eax >> 20) & 0xFF);
+      // The extended family counts only on top of base family 0xF (AMD's 0x17 Zen 2, 0x19 Zen 3 and 4, 0x1A Zen 5).
+      const unsigned base = (eax >> 8) & 0xF;
+      const unsigned family = base == 0xF ? base + ((eax >> 20) & 0xFF) : base;
       return weight_prefetch_for(std::string_view(vendor, sizeof vendor), family);
     }
   }
