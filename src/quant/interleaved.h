@@ -10,10 +10,11 @@
 // A matrix is cut into tiles of 16 rows x one block (256 values for the K-quants, 32 for Q4_0 and Q8_0); tile
 // (g, i) (rows 16g.., block i) is stored at ((g * n_blocks) + i) * tile_bytes. Tile layouts (values are the GGUF
 // block's levels, unchanged unless said):
-//   Q4_K (2368 bytes, 64 more than the 16 blocks):
-//     d[16], dmin[16] (f16)  |  scales[8][16] (u8, sub-block k of row r)  |  min pairs[4][16][2] (u8: mins 2j, 2j+1)
+//   Q4_K (2368 bytes, 64 more than the 16 blocks), in the order the kernel reads it:
+//     scales[8][16] (u8, sub-block k of row r)
 //     qs[8][4][64]: sub-block k, part p, byte 4r + j: low nibble = level of column 32k + 8p + j of row r,
 //                   high nibble = column 32k + 8p + 4 + j
+//     d[16], dmin[16] (f16)  |  min pairs[4][16][2] (u8: mins 2j, 2j+1)
 //   Q5_K (2880 bytes, 64 more than the 16 blocks): Q4_K's tile (the low 4 bits of each level in qs), with each
 //   sub-block's fifth bits after its qs[k], where the kernel reads them next:
 //     qh[64]: byte 4r + j, bit q = fifth bit of column 32k + 4q + j of row r
