@@ -21,7 +21,6 @@
 #include <string>
 #include <vector>
 
-#include "backend/cpu/thread_pool.h"
 #include "cli/commands.h"
 #include "cli/engine_options.h"
 #include "cli/membw.h"
@@ -30,6 +29,7 @@
 #include "quant/interleaved.h"
 #include "quant/quant.h"
 #include "quant/quantize_model.h"
+#include "util/cpu_info.h"
 
 namespace tessera::cli {
 namespace {
@@ -270,7 +270,7 @@ void run_bench(const BenchArgs& args) {
   const bool has_model = !args.engine.model.empty();
   validate(args, has_model);
   engine::EngineOptions options = args.engine.to_engine_options();
-  const int threads = options.n_threads > 0 ? options.n_threads : cpu::physical_core_count();
+  const int threads = options.n_threads > 0 ? options.n_threads : util::physical_core_count();
 
   // The probe runs before the model is loaded, so its buffer never adds to the model's resident memory.
   std::optional<MemoryBandwidth> bw;
@@ -285,6 +285,7 @@ void run_bench(const BenchArgs& args) {
     options.n_threads = threads;
     options.n_ctx = std::max({args.n_prompt, args.n_gen, 1});
     options.n_batch = std::max(args.n_prompt, 1);
+    options.prefix_caching = false;  // every repetition evaluates its tokens
     engine::Engine engine(file, options);
     model = summarise_model(path, file, engine);
 
@@ -302,7 +303,8 @@ void run_bench(const BenchArgs& args) {
     if (args.n_gen > 0) {
       TestResult r{fmt::format("tg{}", args.n_gen), 0, args.n_gen, {}, 0, 0, {}};
       run_generation(engine, rng, std::min(args.n_gen, 16));
-      const std::span<const uint8_t> weights = engine.backend().streamed_host_weights();
+      const auto* stream = dynamic_cast<const HostWeightStream*>(&engine.backend());
+      const std::span<const uint8_t> weights = stream ? stream->streamed_host_weights() : std::span<const uint8_t>{};
       r.adjacent_probe_reads_weights = weights.size() >= kAdjacentProbeMinBytes;
       auto probe = [&] {
         if (!args.membw) return;

@@ -11,7 +11,8 @@
 
 #include "cli/commands.h"
 #include "cli/engine_options.h"
-#include "engine/generate.h"
+#include "engine/request.h"
+#include "engine/scheduler.h"
 #include "tokenizer/tokenizer.h"
 
 namespace tessera::cli {
@@ -55,46 +56,56 @@ int run(const RunOptions& o) {
   LoadedModel loaded = load_model(o.engine, json);
   const tokenizer::Tokenizer tok = tokenizer::Tokenizer::from_gguf(*loaded.file);
 
-  engine::GenerateRequest request;
-  request.prompt = tok.encode(prompt, !o.no_bos, o.parse_special);
-  request.max_tokens = o.max_tokens;
-  request.sampling = sampling;
-  request.ignore_eos = o.ignore_eos;
+  engine::RequestOptions request_options;
+  request_options.prompt = tok.encode(prompt, !o.no_bos, o.parse_special);
+  request_options.max_tokens = o.max_tokens;
+  request_options.sampling = sampling;
+  request_options.ignore_eos = o.ignore_eos;
+  const std::vector<int32_t> prompt_tokens = request_options.prompt;
+  auto request = std::make_shared<engine::Request>(
+      std::move(request_options), tok, [&](const engine::Request&, std::string_view piece, auto) {
+        if (!json) {
+          std::fwrite(piece.data(), 1, piece.size(), stdout);
+          std::fflush(stdout);
+        }
+      });
+  engine::Scheduler scheduler(*loaded.engine, {1, loaded.engine->n_batch()});
+  scheduler.add(request);
+  while (scheduler.step()) {
+  }
+  if (request->finish_reason() == engine::FinishReason::Error) throw std::runtime_error(request->error());
+  const engine::RequestTimings& timings = request->timings();
 
-  const engine::GenerateResult result = engine::generate(*loaded.engine, tok, request, [&](std::string_view piece) {
-    if (!json) {
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
-      std::fflush(stdout);
-    }
-    return true;
-  });
-
-  const double prompt_tps = request.prompt.size() / std::max(result.prompt_seconds, 1e-9);
-  const double gen_tps = result.tokens.size() / std::max(result.generation_seconds, 1e-9);
+  const std::vector<int32_t>& generated = request->generated();
+  // The first token is sampled from the prompt's logits, so generation speed counts the tokens after it.
+  const double prompt_tps = prompt_tokens.size() / std::max(timings.prompt_seconds, 1e-9);
+  const double gen_tps = (generated.size() > 1 ? generated.size() - 1 : 0) / std::max(timings.generation_seconds, 1e-9);
+  const std::string_view stop = engine::finish_reason_name(request->finish_reason());
   if (json) {
     nlohmann::json doc;
-    doc["prompt_tokens"] = request.prompt;
-    doc["generated_tokens"] = result.tokens;
-    doc["text"] = result.text;
-    doc["stop_reason"] = engine::stop_reason_name(result.stop);
-    doc["timings"] = {{"prompt_tokens", request.prompt.size()},
-                      {"prompt_seconds", result.prompt_seconds},
+    doc["prompt_tokens"] = prompt_tokens;
+    doc["generated_tokens"] = generated;
+    doc["text"] = request->text();
+    doc["stop_reason"] = stop;
+    doc["kv_cache_bytes"] = loaded.engine->kv_cache_bytes();
+    doc["timings"] = {{"prompt_tokens", prompt_tokens.size()},
+                      {"prompt_seconds", timings.prompt_seconds},
                       {"prompt_tokens_per_s", prompt_tps},
-                      {"generated_tokens", result.tokens.size()},
-                      {"generation_seconds", result.generation_seconds},
+                      {"generated_tokens", generated.size()},
+                      {"generation_seconds", timings.generation_seconds},
                       {"generation_tokens_per_s", gen_tps},
-                      {"time_to_first_token_s", result.first_token_seconds}};
+                      {"time_to_first_token_s", timings.first_token_seconds}};
     std::printf("%s\n", doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("\n");
-    if (result.stop == engine::StopReason::ContextFull) {
+    if (request->finish_reason() == engine::FinishReason::ContextFull) {
       std::fprintf(stderr, "stopped: the context (%d tokens) is full\n", loaded.engine->n_ctx());
     }
     std::fprintf(stderr, "%s",
                  fmt::format("prompt: {} tokens, {:.1f} t/s | generated: {} tokens, {:.1f} t/s | first token: {:.0f} "
                              "ms | stop: {}\n",
-                             request.prompt.size(), prompt_tps, result.tokens.size(), gen_tps,
-                             result.first_token_seconds * 1000, engine::stop_reason_name(result.stop))
+                             prompt_tokens.size(), prompt_tps, generated.size(), gen_tps,
+                             timings.first_token_seconds * 1000, stop)
                      .c_str());
   }
   return 0;

@@ -28,7 +28,7 @@ void EngineCliOptions::add_to(CLI::App* app, Fields fields) {
 engine::EngineOptions EngineCliOptions::to_engine_options() const {
   engine::EngineOptions o;
   try {
-    o.backend = engine::parse_backend_kind(backend);
+    o.backend = engine::canonical_backend_name(backend);
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
@@ -36,9 +36,9 @@ engine::EngineOptions EngineCliOptions::to_engine_options() const {
   if (ctx_size < 0) throw UsageError("--ctx-size must be positive");
   if (batch_size <= 0) throw UsageError("--batch-size must be positive");
   if (cache_type == "f16") {
-    o.kv_type = KvCacheType::F16;
+    o.kv_format = KvFormat::F16;
   } else if (cache_type == "f32") {
-    o.kv_type = KvCacheType::F32;
+    o.kv_format = KvFormat::F32;
   } else {
     throw UsageError("--cache-type must be f16 or f32, not '" + cache_type + "'");
   }
@@ -83,6 +83,7 @@ LoadedModel load_model(const EngineCliOptions& options, bool quiet) {
   loaded.file = std::make_unique<gguf::File>(gguf::File::open(options.model));
   read_in_with_progress(*loaded.file, quiet);
   loaded.engine = std::make_unique<engine::Engine>(*loaded.file, eo);
+  for (const std::string& notice : loaded.engine->notices()) std::fprintf(stderr, "%s\n", notice.c_str());
   if (!quiet) {
     const auto& c = loaded.engine->model().config;
     std::fprintf(stderr, "%s", fmt::format("model: {} layers, {} embd, {} heads ({} KV), vocab {}, {:.1f} MiB of weights; "

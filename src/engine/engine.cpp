@@ -1,9 +1,9 @@
 #include "engine/engine.h"
 
 #include <algorithm>
-#include <map>
+#include <set>
 
-#include "backend/cpu/thread_pool.h"
+#include "util/cpu_info.h"
 
 namespace tessera::engine {
 namespace {
@@ -11,99 +11,115 @@ namespace {
 constexpr int32_t kKvBlockSize = 16;
 constexpr int kDefaultMaxContext = 4096;
 
-}  // namespace
+int round_up_to_block(int n) { return (n + kKvBlockSize - 1) / kKvBlockSize * kKvBlockSize; }
 
-BackendKind parse_backend_kind(const std::string& name) {
-  if (name == "cpu") return BackendKind::Cpu;
-  if (name == "cuda") return BackendKind::Cuda;
-  if (name == "hybrid" || name == "hybrid-f32") return BackendKind::Hybrid;
-  throw std::invalid_argument("unknown backend '" + name + "' (expected cpu, cuda or hybrid)");
+int choose_context(const model::LlamaModel& model, int requested) {
+  if (requested < 0) throw std::invalid_argument("--ctx-size must not be negative");
+  return round_up_to_block(requested > 0 ? requested : std::min(model.config.n_ctx_train, kDefaultMaxContext));
 }
 
-static int choose_context(const model::LlamaModel& model, int requested) {
-  if (requested < 0) throw std::invalid_argument("--ctx-size must not be negative");
-  int n = requested > 0 ? requested : std::min(model.config.n_ctx_train, kDefaultMaxContext);
-  return (n + kKvBlockSize - 1) / kKvBlockSize * kKvBlockSize;
+}  // namespace
+
+std::string canonical_backend_name(const std::string& name) {
+  if (name == "cpu" || name == "cuda" || name == "hybrid") return name;
+  if (name == "hybrid-f32") return "hybrid";
+  throw std::invalid_argument("unknown backend '" + name + "' (expected cpu, cuda or hybrid)");
 }
 
 Engine::Engine(const gguf::File& file, const EngineOptions& options)
     : model_(model::LlamaModel::load(file)),
       n_ctx_(choose_context(model_, options.n_ctx)),
       n_batch_(std::max(1, options.n_batch)),
-      kv_(n_ctx_, kKvBlockSize) {
+      kv_(round_up_to_block(options.n_kv_tokens > 0 ? options.n_kv_tokens : n_ctx_), kKvBlockSize),
+      plan_(model_.config.n_vocab, kKvBlockSize, kv_.n_slots()) {
+  if (options.n_kv_tokens < 0) throw std::invalid_argument("the KV cache size must not be negative");
+  kv_.set_prefix_caching(options.prefix_caching);
   BackendOptions bo;
-  bo.n_threads = options.n_threads > 0 ? options.n_threads : cpu::physical_core_count();
-  bo.n_kv_slots = n_ctx_;
-  bo.kv_type = options.kv_type;
+  bo.n_threads = options.n_threads > 0 ? options.n_threads : util::physical_core_count();
+  bo.n_kv_slots = kv_.n_slots();
+  bo.kv_block_size = kKvBlockSize;
+  bo.kv_format = options.kv_format;
   bo.gpu_layers = options.gpu_layers;
-  switch (options.backend) {
-    case BackendKind::Cpu: backend_ = make_cpu_backend(model_, bo); break;
-    case BackendKind::Cuda: backend_ = make_cuda_backend(model_, bo); break;
-    case BackendKind::Hybrid: backend_ = make_hybrid_backend(model_, bo); break;
+
+  std::string name = canonical_backend_name(options.backend);
+  const BackendRegistry& registry = BackendRegistry::instance();
+  const BackendEntry* entry = registry.find(name);
+  // Hybrid means "use the GPU where there is one": without one it runs on the CPU, as llama.cpp does with -ngl.
+  if (name == "hybrid") {
+    const std::string reason = entry ? entry->unavailable_reason() : "this tessera was built without CUDA";
+    if (!reason.empty()) {
+      notices_.push_back("warning: --backend hybrid runs on the CPU: " + reason);
+      entry = registry.find("cpu");
+    }
   }
+  if (!entry) throw std::runtime_error("this tessera was built without CUDA, so --backend " + name + " is unavailable");
+  backend_ = entry->create(model_, bo);
 }
 
-int32_t Engine::new_sequence() { return kv_.add_sequence(); }
+int32_t Engine::attach_prefix(int32_t seq, std::span<const int32_t> tokens, int32_t max_tokens) {
+  const KvBlocks::PrefixHit hit = kv_.attach_prefix(seq, tokens, max_tokens);
+  if (hit.copy) pending_copies_.push_back({hit.copy->from, hit.copy->to});
+  return hit.n_tokens;
+}
 
-void Engine::free_sequence(int32_t seq) { kv_.remove_sequence(seq); }
+int32_t Engine::fork(int32_t seq) {
+  const auto [id, copy] = kv_.fork(seq);
+  if (copy) pending_copies_.push_back({copy->from, copy->to});
+  return id;
+}
 
-std::span<const float> Engine::decode(std::span<const Item> items) {
-  const int n_vocab = model_.config.n_vocab;
-  // Reserve room for every sequence first, so a full context changes nothing.
-  std::map<int32_t, int32_t> added;
-  for (const Item& item : items) {
-    if (item.token < 0 || item.token >= n_vocab) {
-      throw std::invalid_argument("token id " + std::to_string(item.token) + " is out of range [0, " +
-                                  std::to_string(n_vocab) + ")");
-    }
-    ++added[item.seq];
-  }
-  for (const auto& [seq, n] : added) kv_.reserve(seq, n);
+int32_t Engine::blocks_needed(std::span<const Chunk> chunks) const {
+  int32_t n = 0;
+  for (const Chunk& c : chunks) n += kv_.blocks_needed(c.seq, static_cast<int32_t>(c.tokens.size()));
+  return n;
+}
 
+std::span<const float> Engine::step(std::span<const Chunk> chunks) {
+  std::set<int32_t> seen;
   size_t n_wanted = 0;
-  for (const Item& item : items) n_wanted += item.want_logits;
-  logits_.resize(n_wanted * static_cast<size_t>(n_vocab));
-
-  std::vector<int32_t> tokens, positions, seq_index, output_rows;
-  std::vector<int32_t> seq_ids;
-  std::vector<ForwardBatch::Sequence> sequences;
-  size_t wanted_done = 0;
-  for (size_t begin = 0; begin < items.size(); begin += n_batch_) {
-    const size_t end = std::min(items.size(), begin + n_batch_);
-    tokens.clear();
-    positions.clear();
-    seq_index.clear();
-    output_rows.clear();
-    seq_ids.clear();
-    sequences.clear();
-    std::map<int32_t, int32_t> next_pos;
-    for (size_t i = begin; i < end; ++i) {
-      const Item& item = items[i];
-      auto it = std::find(seq_ids.begin(), seq_ids.end(), item.seq);
-      if (it == seq_ids.end()) {
-        seq_ids.push_back(item.seq);
-        sequences.push_back({kv_.slots(item.seq)});
-        next_pos[item.seq] = kv_.length(item.seq);
-        it = seq_ids.end() - 1;
-      }
-      tokens.push_back(item.token);
-      positions.push_back(next_pos[item.seq]++);
-      seq_index.push_back(static_cast<int32_t>(it - seq_ids.begin()));
-      if (item.want_logits) output_rows.push_back(static_cast<int32_t>(i - begin));
+  for (const Chunk& c : chunks) {
+    if (!seen.insert(c.seq).second) {
+      throw std::invalid_argument("sequence " + std::to_string(c.seq) + " has two chunks in one step");
     }
-    ForwardBatch batch{tokens, positions, seq_index, sequences, output_rows};
-    backend_->forward(batch, logits_.data() + wanted_done * n_vocab);
-    wanted_done += output_rows.size();
-    for (const auto& [seq, pos] : next_pos) kv_.advance(seq, pos - kv_.length(seq));
+    const int64_t length = static_cast<int64_t>(kv_.length(c.seq)) + static_cast<int64_t>(c.tokens.size());
+    if (length > n_ctx_) {
+      throw ContextFull("the context is full: " + std::to_string(length) + " tokens do not fit in the " +
+                        std::to_string(n_ctx_) + "-token context; raise --ctx-size");
+    }
+    n_wanted += c.logits == LogitsWanted::All ? c.tokens.size() : c.logits == LogitsWanted::Last ? 1 : 0;
   }
+  if (blocks_needed(chunks) > kv_.available_blocks()) {
+    throw ContextFull("the KV cache is full: this step needs " + std::to_string(blocks_needed(chunks)) +
+                      " more blocks of " + std::to_string(kKvBlockSize) + " tokens and " +
+                      std::to_string(kv_.available_blocks()) + " are left");
+  }
+  plan_.clear();
+  for (const Chunk& c : chunks) {
+    kv_.reserve(c.seq, static_cast<int32_t>(c.tokens.size()));
+    plan_.add_run(c.tokens, kv_.length(c.seq), kv_.blocks(c.seq), c.logits);
+  }
+  logits_.resize(n_wanted * static_cast<size_t>(n_vocab()));
+  backend_->forward(pending_copies_, plan_.plan(), logits_.data());
+  pending_copies_.clear();
+  for (const Chunk& c : chunks) kv_.append(c.seq, c.tokens);
   return logits_;
 }
 
 std::span<const float> Engine::eval(int32_t seq, std::span<const int32_t> tokens, bool all) {
-  std::vector<Item> items;
-  items.reserve(tokens.size());
-  for (size_t i = 0; i < tokens.size(); ++i) items.push_back({seq, tokens[i], all || i + 1 == tokens.size()});
-  return decode(items);
+  if (tokens.empty()) throw std::invalid_argument("nothing to evaluate");
+  std::vector<float> collected;
+  std::span<const float> logits;
+  for (size_t begin = 0; begin < tokens.size(); begin += n_batch_) {
+    const size_t n = std::min(tokens.size() - begin, static_cast<size_t>(n_batch_));
+    const bool last = begin + n == tokens.size();
+    const Chunk chunk{seq, tokens.subspan(begin, n), all ? LogitsWanted::All : last ? LogitsWanted::Last : LogitsWanted::None};
+    logits = step(std::span(&chunk, 1));
+    if (all && !last) collected.insert(collected.end(), logits.begin(), logits.end());
+  }
+  if (!all || collected.empty()) return logits;
+  collected.insert(collected.end(), logits.begin(), logits.end());
+  logits_ = std::move(collected);
+  return logits_;
 }
 
 }  // namespace tessera::engine

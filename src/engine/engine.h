@@ -1,6 +1,6 @@
-// The engine: a loaded model, a backend, and a KV cache of token slots handed out in blocks to sequences.
-// Every forward call takes tokens of one or more sequences with their positions (a prompt is one batch; each
-// decode step is one token per sequence).
+// The engine: a loaded model, a backend, and a KV cache of token slots handed out in blocks to sequences. Every
+// forward call (a step) takes a chunk of tokens from each of one or more sequences: a prompt's next piece, or a
+// decode step's one token per sequence. Requests (request.h) and the scheduler that batches them sit on top.
 #pragma once
 
 #include <cstdint>
@@ -10,23 +10,27 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/step_plan.h"
 #include "engine/kv_blocks.h"
 #include "gguf/gguf.h"
 #include "model/llama.h"
 
 namespace tessera::engine {
 
-enum class BackendKind { Cpu, Cuda, Hybrid };
-BackendKind parse_backend_kind(const std::string& name);  // cpu | cuda | hybrid | hybrid-f32; throws otherwise
-
 struct EngineOptions {
-  BackendKind backend = BackendKind::Cpu;
-  int n_threads = 0;     // 0: physical cores
-  int n_ctx = 0;         // KV cache size in tokens; 0: the model's context length capped at 4096
-  KvCacheType kv_type = KvCacheType::F16;
-  int gpu_layers = -1;   // hybrid only
-  int n_batch = 512;     // most tokens in one forward call; longer inputs are split
+  std::string backend = "cpu";  // cpu | cuda | hybrid (alias hybrid-f32)
+  int n_threads = 0;            // CPU threads; 0: physical cores
+  int n_ctx = 0;                // most tokens one sequence holds; 0: the model's context length capped at 4096
+  int n_kv_tokens = 0;          // KV cache slots for all sequences together; 0: n_ctx
+  KvFormat kv_format = KvFormat::F16;
+  int gpu_layers = -1;          // hybrid only
+  int n_batch = 512;            // most tokens in one forward call; eval() splits longer inputs
+  bool prefix_caching = true;   // keep finished sequences' KV blocks for later sequences with the same prefix
 };
+
+// The registry's name for a backend option ("hybrid-f32" is "hybrid"); throws std::invalid_argument for names
+// no build knows.
+std::string canonical_backend_name(const std::string& name);
 
 class Engine {
  public:
@@ -35,35 +39,48 @@ class Engine {
 
   const model::LlamaModel& model() const { return model_; }
   const Backend& backend() const { return *backend_; }
+  // Lines for the user about choices made for them (a backend that fell back to the CPU, ...).
+  const std::vector<std::string>& notices() const { return notices_; }
   int n_ctx() const { return n_ctx_; }
+  int n_batch() const { return n_batch_; }
   int n_vocab() const { return model_.config.n_vocab; }
   uint64_t kv_cache_bytes() const { return backend_->kv_cache_bytes(); }
+  const KvBlocks& kv() const { return kv_; }
 
-  int32_t new_sequence();
-  void free_sequence(int32_t seq);
+  int32_t new_sequence() { return kv_.add_sequence(); }
+  void free_sequence(int32_t seq) { kv_.remove_sequence(seq); }
   int32_t sequence_length(int32_t seq) const { return kv_.length(seq); }
+  // For a new, empty sequence: takes the cached KV of the longest prefix of tokens[0, max_tokens) (the prefix
+  // cache, kv_blocks.h) and returns how many tokens it now holds.
+  int32_t attach_prefix(int32_t seq, std::span<const int32_t> tokens, int32_t max_tokens);
+  // A new sequence holding the same tokens as `seq`, sharing its KV blocks. Throws ContextFull.
+  int32_t fork(int32_t seq);
 
-  // One token appended to a sequence; `want_logits` asks for its logits row.
-  struct Item {
+  // One sequence's tokens in a step; they continue the sequence.
+  struct Chunk {
     int32_t seq;
-    int32_t token;
-    bool want_logits;
+    std::span<const int32_t> tokens;
+    LogitsWanted logits = LogitsWanted::Last;
   };
-  // Appends the items to their sequences (in order) and runs them, split into n_batch-sized forward calls.
-  // Returns the logits of the items that asked, [n_wanted][n_vocab], valid until the next call. Throws
-  // ContextFull (leaving every sequence unchanged) if a sequence would outgrow the cache.
-  std::span<const float> decode(std::span<const Item> items);
-
-  // Convenience for one sequence: appends `tokens` and returns the logits of the last one (all == false) or of
-  // every one (all == true).
+  // KV blocks that these chunks need beyond what their sequences hold; a step fits when this is at most
+  // kv().available_blocks() and no sequence outgrows n_ctx().
+  int32_t blocks_needed(std::span<const Chunk> chunks) const;
+  // One forward call over the chunks (of distinct sequences). Returns the logits of the wanted rows in chunk
+  // order, [n_wanted][n_vocab], valid until the next call. Throws ContextFull, changing no sequence, when a
+  // sequence would outgrow the context or the cache has too few blocks; std::invalid_argument for a bad chunk.
+  std::span<const float> step(std::span<const Chunk> chunks);
+  // One sequence's tokens in n_batch-sized steps; the logits of the last token (all == false) or of every one.
   std::span<const float> eval(int32_t seq, std::span<const int32_t> tokens, bool all = false);
 
  private:
   model::LlamaModel model_;
   std::unique_ptr<Backend> backend_;
+  std::vector<std::string> notices_;
   int n_ctx_;
   int n_batch_;
   KvBlocks kv_;
+  StepPlanBuilder plan_;
+  std::vector<KvBlockCopy> pending_copies_;  // made by the next forward call, before it writes
   std::vector<float> logits_;
 };
 

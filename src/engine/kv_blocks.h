@@ -1,12 +1,24 @@
-// Bookkeeping of the KV cache: the cache has n_slots token slots, handed out to sequences in blocks of
-// block_size slots. A sequence's position p lives in slot blocks[p / block_size] * block_size + p % block_size.
-// Blocks (not one contiguous range per sequence) let many sequences share one cache without fragmentation,
-// and later let sequences share prefix blocks.
+// Bookkeeping of the KV cache: n_slots token slots handed out to sequences in blocks of block_size slots. A
+// sequence's position p lives in slot blocks[p / block_size] * block_size + p % block_size. Blocks (not one
+// contiguous range per sequence) let many sequences share one cache without fragmentation, and let sequences
+// share the blocks of a common prefix.
+//
+// The prefix cache: a block's content is identified by a hash of every token up to and including its own. A
+// full block is registered under that hash as soon as it fills, and stays readable by any number of sequences
+// (reference-counted; nobody writes into a full block). When a sequence is removed, its registered blocks and its
+// partly filled last block stay cached, unreferenced, until their slots are needed (least recently used first).
+// A new sequence takes the cached blocks of the longest prefix of its tokens; where that prefix ends inside a
+// cached block, the block is copied (copy on write), since the new sequence will write the rest of it.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <optional>
+#include <set>
+#include <span>
 #include <stdexcept>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace tessera::engine {
@@ -20,35 +32,80 @@ class KvBlocks {
  public:
   KvBlocks(int32_t n_slots, int32_t block_size);
 
-  int32_t n_slots() const { return n_slots_; }
+  int32_t n_slots() const { return n_blocks() * block_size_; }
+  int32_t n_blocks() const { return static_cast<int32_t>(blocks_.size()); }
   int32_t block_size() const { return block_size_; }
-  int32_t free_slots() const { return static_cast<int32_t>(free_blocks_.size()) * block_size_; }
+  // Blocks held by at least one sequence; blocks kept only for the prefix cache; blocks a sequence can get
+  // (free or cached).
+  int32_t used_blocks() const { return n_blocks() - static_cast<int32_t>(free_.size() + evictable_.size()); }
+  int32_t cached_blocks() const { return static_cast<int32_t>(evictable_.size()); }
+  int32_t available_blocks() const { return static_cast<int32_t>(free_.size() + evictable_.size()); }
+  // Off: removed sequences give their blocks straight back and nothing is shared.
+  void set_prefix_caching(bool on);
 
   int32_t add_sequence();
   void remove_sequence(int32_t seq);
-  int32_t length(int32_t seq) const;
+  int32_t length(int32_t seq) const { return get(seq).length; }
+  std::span<const int32_t> tokens(int32_t seq) const { return get(seq).tokens; }
+  std::span<const int32_t> blocks(int32_t seq) const { return get(seq).blocks; }
 
-  // Makes room for `n` more tokens of `seq` (allocating blocks), or throws ContextFull changing nothing.
+  // Blocks that `n` more tokens of `seq` need beyond those it holds.
+  int32_t blocks_needed(int32_t seq, int32_t n) const;
+  // Makes room for `n` more tokens of `seq` (taking free blocks, then the least recently used cached ones), or
+  // throws ContextFull changing nothing.
   void reserve(int32_t seq, int32_t n);
-  // Marks the next `n` reserved positions as filled.
-  void advance(int32_t seq, int32_t n);
-  // Slot of every position of the sequence's reserved capacity (positions 0 .. capacity-1).
-  const std::vector<int32_t>& slots(int32_t seq) const;
+  // Records that `tokens`, for which room was reserved, are now in the cache after the sequence's others.
+  void append(int32_t seq, std::span<const int32_t> tokens);
+
+  // A block's contents to copy into another before a sequence writes into the copy.
+  struct BlockCopy {
+    int32_t from;
+    int32_t to;
+  };
+  // For an empty sequence: takes the cached blocks of the longest prefix of tokens[0, max_tokens) that the
+  // cache holds, and returns how many tokens that is, with the copy the caller must make (in the backend's
+  // cache) when the prefix ends inside a cached block.
+  struct PrefixHit {
+    int32_t n_tokens = 0;
+    std::optional<BlockCopy> copy;
+  };
+  PrefixHit attach_prefix(int32_t seq, std::span<const int32_t> tokens, int32_t max_tokens);
+  // A new sequence with the same tokens as `seq`: it shares its full blocks and gets a copy of a partly filled
+  // last block (returned, for the caller to make). Throws ContextFull when no block is left for the copy.
+  std::pair<int32_t, std::optional<BlockCopy>> fork(int32_t seq);
 
  private:
   struct Sequence {
     std::vector<int32_t> blocks;
-    std::vector<int32_t> slots;
+    std::vector<int32_t> tokens;
     int32_t length = 0;
+    uint64_t prefix_hash;  // of the tokens before its last full block's end
+  };
+  struct Block {
+    int32_t ref = 0;              // sequences holding it
+    bool registered = false;      // findable by hash (full_by_hash_, by_parent_)
+    uint64_t parent = 0;          // hash of every token before the block
+    uint64_t hash = 0;            // of every token up to its end (full blocks)
+    std::vector<int32_t> tokens;  // its tokens, while registered
+    uint64_t last_use = 0;
   };
   Sequence& get(int32_t seq);
   const Sequence& get(int32_t seq) const;
+  int32_t take_block();
+  void release_block(int32_t b);
+  void register_block(int32_t b, uint64_t parent, std::span<const int32_t> tokens, bool full);
+  void unregister_block(int32_t b);
 
-  int32_t n_slots_;
   int32_t block_size_;
-  std::vector<int32_t> free_blocks_;
+  bool prefix_caching_ = true;
+  std::vector<Block> blocks_;
+  std::vector<int32_t> free_;                               // unreferenced, unregistered; a stack, low blocks on top
+  std::set<std::pair<uint64_t, int32_t>> evictable_;        // (last_use, block): unreferenced, registered
+  std::unordered_map<uint64_t, int32_t> full_by_hash_;      // full registered blocks
+  std::unordered_multimap<uint64_t, int32_t> by_parent_;    // every registered block, by its parent's hash
   std::map<int32_t, Sequence> sequences_;
   int32_t next_id_ = 0;
+  uint64_t clock_ = 0;
 };
 
 }  // namespace tessera::engine

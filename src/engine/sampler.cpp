@@ -28,6 +28,23 @@ int32_t argmax(std::span<const float> logits) {
   return best;
 }
 
+TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int top_n) {
+  const float max_logit = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l) - max_logit);
+  const double log_sum = max_logit + std::log(sum);
+  TokenLogprob out;
+  out.token = token;
+  out.logprob = static_cast<float>(logits[token] - log_sum);
+  const size_t n = std::min(logits.size(), static_cast<size_t>(std::max(top_n, 0)));
+  std::vector<int32_t> ids(logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  std::partial_sort(ids.begin(), ids.begin() + n, ids.end(),
+                    [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  for (size_t i = 0; i < n; ++i) out.top.emplace_back(ids[i], static_cast<float>(logits[ids[i]] - log_sum));
+  return out;
+}
+
 Sampler::Sampler(const SamplerParams& params) : params_(params), rng_(params.seed) { params_.validate(); }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace tessera::engine {
@@ -36,5 +37,14 @@ class Sampler {
 };
 
 int32_t argmax(std::span<const float> logits);  // lowest id on ties
+
+// A token's log-probability under the model (log-softmax of the raw logits, before penalties and temperature),
+// with the top_n most likely tokens' (best first, lowest id on ties).
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
+};
+TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int top_n);
 
 }  // namespace tessera::engine

@@ -180,7 +180,7 @@ uint64_t LlamaModel::weight_bytes() const {
   uint64_t total = token_embd.bytes() + (tied_embeddings ? 0 : output.bytes());
   total += static_cast<uint64_t>(config.n_embd) * sizeof(float) * (1 + 2 * layers.size());
   for (const LlamaLayer& l : layers) {
-    for (const MatrixView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) total += w->bytes();
+    for (const MatrixView* w : l.matrices()) total += w->bytes();
   }
   return total;
 }

@@ -2,6 +2,7 @@
 // `llama.*` keys and typed, zero-copy views of the weights inside the GGUF mapping.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -58,6 +59,9 @@ struct LlamaLayer {
   MatrixView w_gate;                 // [n_ff][n_embd]
   MatrixView w_up;                   // [n_ff][n_embd]
   MatrixView w_down;                 // [n_embd][n_ff]
+
+  // Its seven weight matrices, in the order the layer uses them.
+  std::array<const MatrixView*, 7> matrices() const { return {&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down}; }
 };
 
 struct LlamaModel {

@@ -1,60 +1,164 @@
 #include <gtest/gtest.h>
 
+#include <numeric>
 #include <set>
+#include <vector>
 
 #include "engine/kv_blocks.h"
 
 namespace tessera::engine {
 namespace {
 
-TEST(KvBlocks, PositionsMapToBlocksOfTheirOwnSequence) {
+std::vector<int32_t> iota_tokens(int n, int first = 100) {
+  std::vector<int32_t> t(n);
+  std::iota(t.begin(), t.end(), first);
+  return t;
+}
+
+// Appends tokens to a sequence the way the engine does: reserve, then record.
+void fill(KvBlocks& kv, int32_t seq, const std::vector<int32_t>& tokens) {
+  kv.reserve(seq, static_cast<int32_t>(tokens.size()));
+  kv.append(seq, tokens);
+}
+
+TEST(KvBlocks, SequencesGetBlocksOfTheirOwn) {
   KvBlocks kv(64, 16);
   const int32_t a = kv.add_sequence(), b = kv.add_sequence();
-  kv.reserve(a, 20);  // two blocks
-  kv.reserve(b, 5);   // one block
-  kv.advance(a, 20);
-  kv.advance(b, 5);
+  fill(kv, a, iota_tokens(20));
+  fill(kv, b, iota_tokens(5, 900));
   EXPECT_EQ(kv.length(a), 20);
   EXPECT_EQ(kv.length(b), 5);
-  ASSERT_EQ(kv.slots(a).size(), 32u);
-  ASSERT_EQ(kv.slots(b).size(), 16u);
-  std::set<int32_t> seen;
-  for (int32_t s : kv.slots(a)) seen.insert(s);
-  for (int32_t s : kv.slots(b)) EXPECT_FALSE(seen.count(s)) << "slot " << s << " is shared";
-  // Positions inside a block are consecutive slots.
-  EXPECT_EQ(kv.slots(a)[1], kv.slots(a)[0] + 1);
-  EXPECT_EQ(kv.slots(a)[15] % 16, 15);
-  EXPECT_EQ(kv.free_slots(), 16);
+  ASSERT_EQ(kv.blocks(a).size(), 2u);
+  ASSERT_EQ(kv.blocks(b).size(), 1u);
+  const std::set<int32_t> all = {kv.blocks(a)[0], kv.blocks(a)[1], kv.blocks(b)[0]};
+  EXPECT_EQ(all.size(), 3u);
+  EXPECT_EQ(kv.available_blocks(), 1);
+  EXPECT_EQ(kv.used_blocks(), 3);
+  EXPECT_EQ(std::vector<int32_t>(kv.tokens(b).begin(), kv.tokens(b).end()), iota_tokens(5, 900));
 }
 
-TEST(KvBlocks, FullContextThrowsAndChangesNothing) {
+TEST(KvBlocks, FullCacheThrowsAndChangesNothing) {
   KvBlocks kv(32, 16);
   const int32_t a = kv.add_sequence();
-  kv.reserve(a, 30);
-  kv.advance(a, 30);
+  fill(kv, a, iota_tokens(30));
+  EXPECT_EQ(kv.blocks_needed(a, 3), 1);
   EXPECT_THROW(kv.reserve(a, 3), ContextFull);
   EXPECT_EQ(kv.length(a), 30);
-  EXPECT_EQ(kv.slots(a).size(), 32u);
-  kv.reserve(a, 2);  // still fits the last block
-  kv.advance(a, 2);
+  EXPECT_EQ(kv.blocks(a).size(), 2u);
+  EXPECT_EQ(kv.blocks_needed(a, 2), 0);  // still fits the last block
+  fill(kv, a, {7, 8});
   EXPECT_EQ(kv.length(a), 32);
+  EXPECT_THROW(kv.append(a, std::vector<int32_t>{9}), std::logic_error);  // never reserved
 }
 
-TEST(KvBlocks, RemovedSequenceReturnsItsBlocks) {
+TEST(KvBlocks, RemovedSequenceWithoutPrefixCachingReturnsItsBlocks) {
   KvBlocks kv(32, 16);
+  kv.set_prefix_caching(false);
   const int32_t a = kv.add_sequence();
-  kv.reserve(a, 32);
-  EXPECT_EQ(kv.free_slots(), 0);
+  fill(kv, a, iota_tokens(32));
+  EXPECT_EQ(kv.available_blocks(), 0);
   kv.remove_sequence(a);
-  EXPECT_EQ(kv.free_slots(), 32);
+  EXPECT_EQ(kv.available_blocks(), 2);
+  EXPECT_EQ(kv.cached_blocks(), 0);
   EXPECT_THROW(kv.length(a), std::invalid_argument);
   const int32_t b = kv.add_sequence();
-  EXPECT_NO_THROW(kv.reserve(b, 32));
+  EXPECT_EQ(kv.attach_prefix(b, iota_tokens(32), 32).n_tokens, 0);  // nothing is shared without the cache
 }
 
 TEST(KvBlocks, RejectsSizesThatAreNotWholeBlocks) {
   EXPECT_THROW(KvBlocks(30, 16), std::invalid_argument);
   EXPECT_THROW(KvBlocks(32, 0), std::invalid_argument);
+}
+
+// A running sequence's full blocks are shared at once; its partly filled last block is not (it is still written).
+TEST(KvBlocks, FullBlocksOfARunningSequenceAreShared) {
+  KvBlocks kv(128, 16);
+  const int32_t a = kv.add_sequence();
+  const std::vector<int32_t> prompt = iota_tokens(40);
+  fill(kv, a, prompt);
+  const int32_t b = kv.add_sequence();
+  const KvBlocks::PrefixHit hit = kv.attach_prefix(b, prompt, 39);
+  EXPECT_EQ(hit.n_tokens, 32);
+  EXPECT_FALSE(hit.copy);
+  EXPECT_EQ(kv.blocks(b)[0], kv.blocks(a)[0]);
+  EXPECT_EQ(kv.blocks(b)[1], kv.blocks(a)[1]);
+  EXPECT_EQ(kv.length(b), 32);
+  EXPECT_EQ(kv.used_blocks(), 3);  // a's two full blocks (shared) and a's last
+}
+
+// After a sequence ends, a new one with a common prefix takes its full blocks and a copy of the block where the
+// common prefix ends; tokens after the divergence are not reused.
+TEST(KvBlocks, FinishedSequencePrefixIsReusedWithCopyOnWrite) {
+  KvBlocks kv(128, 16);
+  const int32_t a = kv.add_sequence();
+  std::vector<int32_t> first = iota_tokens(45);
+  fill(kv, a, first);
+  const std::vector<int32_t> a_blocks(kv.blocks(a).begin(), kv.blocks(a).end());
+  kv.remove_sequence(a);
+  EXPECT_EQ(kv.cached_blocks(), 3);
+  EXPECT_EQ(kv.used_blocks(), 0);
+
+  std::vector<int32_t> second = first;
+  second[37] = 7;  // diverges inside the third block
+  second.push_back(8);
+  const int32_t b = kv.add_sequence();
+  const KvBlocks::PrefixHit hit = kv.attach_prefix(b, second, static_cast<int32_t>(second.size()) - 1);
+  EXPECT_EQ(hit.n_tokens, 37);
+  ASSERT_TRUE(hit.copy);
+  EXPECT_EQ(hit.copy->from, a_blocks[2]);
+  EXPECT_NE(hit.copy->to, a_blocks[2]);
+  ASSERT_EQ(kv.blocks(b).size(), 3u);
+  EXPECT_EQ(kv.blocks(b)[0], a_blocks[0]);
+  EXPECT_EQ(kv.blocks(b)[1], a_blocks[1]);
+  EXPECT_EQ(kv.blocks(b)[2], hit.copy->to);
+  // b writes on from position 37 into its copy; the cached block keeps a's tokens for others.
+  fill(kv, b, std::vector<int32_t>(second.begin() + 37, second.end()));
+  const int32_t c = kv.add_sequence();
+  EXPECT_EQ(kv.attach_prefix(c, first, static_cast<int32_t>(first.size())).n_tokens, 45);
+}
+
+TEST(KvBlocks, PrefixNeverCoversMoreThanAsked) {
+  KvBlocks kv(128, 16);
+  const int32_t a = kv.add_sequence();
+  const std::vector<int32_t> prompt = iota_tokens(32);
+  fill(kv, a, prompt);
+  kv.remove_sequence(a);
+  const int32_t b = kv.add_sequence();
+  // The whole prompt is cached, but its last token must be evaluated again for its logits.
+  const KvBlocks::PrefixHit hit = kv.attach_prefix(b, prompt, 31);
+  EXPECT_EQ(hit.n_tokens, 31);
+  ASSERT_TRUE(hit.copy);  // the second block is taken as a copy: b writes position 31 into it
+}
+
+// Cached blocks are evicted least recently used first, and later blocks of a prefix before earlier ones.
+TEST(KvBlocks, CachedBlocksAreEvictedWhenSpaceIsNeeded) {
+  KvBlocks kv(64, 16);  // 4 blocks
+  const int32_t a = kv.add_sequence();
+  const std::vector<int32_t> old_prompt = iota_tokens(48);
+  fill(kv, a, old_prompt);
+  kv.remove_sequence(a);
+  EXPECT_EQ(kv.cached_blocks(), 3);
+  const int32_t b = kv.add_sequence();
+  fill(kv, b, iota_tokens(32, 5000));  // one free block, then the oldest cached one (old_prompt's last)
+  EXPECT_EQ(kv.cached_blocks(), 2);
+  const int32_t c = kv.add_sequence();
+  EXPECT_EQ(kv.attach_prefix(c, old_prompt, 48).n_tokens, 32);  // its first two blocks survived
+}
+
+TEST(KvBlocks, ForkSharesFullBlocksAndCopiesThePartialOne) {
+  KvBlocks kv(128, 16);
+  const int32_t a = kv.add_sequence();
+  fill(kv, a, iota_tokens(20));
+  const auto [b, copy] = kv.fork(a);
+  EXPECT_EQ(kv.length(b), 20);
+  EXPECT_EQ(kv.blocks(b)[0], kv.blocks(a)[0]);
+  ASSERT_TRUE(copy);
+  EXPECT_EQ(copy->from, kv.blocks(a)[1]);
+  EXPECT_EQ(copy->to, kv.blocks(b)[1]);
+  kv.remove_sequence(a);
+  EXPECT_EQ(kv.used_blocks(), 2);  // the shared block is still b's
+  kv.remove_sequence(b);
+  EXPECT_EQ(kv.used_blocks(), 0);
 }
 
 }  // namespace

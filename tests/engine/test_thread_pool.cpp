@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "backend/cpu/thread_pool.h"
+#include "util/cpu_info.h"
 
 namespace tessera::cpu {
 namespace {
@@ -42,7 +43,7 @@ TEST(ThreadPool, SingleThreadRunsInOrder) {
   std::vector<int64_t> order;
   pool.parallel_for(5, [&](int64_t task, int) { order.push_back(task); });
   EXPECT_EQ(order, (std::vector<int64_t>{0, 1, 2, 3, 4}));
-  EXPECT_GE(physical_core_count(), 1);
+  EXPECT_GE(util::physical_core_count(), 1);
 }
 
 }  // namespace

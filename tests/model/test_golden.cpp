@@ -27,7 +27,7 @@ engine::EngineOptions cpu_options() {
   engine::EngineOptions o;
   o.n_threads = 2;
   o.n_ctx = 512;
-  o.kv_type = KvCacheType::F16;
+  o.kv_format = KvFormat::F16;
   return o;
 }
 

@@ -180,7 +180,7 @@ engine::EngineOptions f32_cache_options() {
   engine::EngineOptions o;
   o.n_threads = 2;
   o.n_ctx = 64;
-  o.kv_type = KvCacheType::F32;
+  o.kv_format = KvFormat::F32;
   return o;
 }
 
@@ -239,9 +239,9 @@ TEST(ReferenceForward, PerLayerCountsThatDifferAreAClearError) {
   EXPECT_NE(zero.find("invalid value 0 for layer 1"), std::string::npos) << zero;
 }
 
-// Two prompts in one batch, interleaved, give each the logits it gets alone; so does a decode step that
-// advances both sequences at once.
-TEST(ReferenceForward, BatchOfTwoSequencesEqualsEachAlone) {
+// Two prompts in one step give each the logits it gets alone; so does a decode step that advances both
+// sequences at once.
+TEST(ReferenceForward, StepOfTwoSequencesEqualsEachAlone) {
   const Shape shape;
   const int V = shape.n_vocab;
   const Weights w = random_weights(shape, 3);
@@ -258,20 +258,18 @@ TEST(ReferenceForward, BatchOfTwoSequencesEqualsEachAlone) {
 
   engine::Engine together(file, f32_cache_options());
   const int32_t sa = together.new_sequence(), sb = together.new_sequence();
-  std::vector<engine::Engine::Item> prompt_items;
-  for (size_t i = 0; i + 1 < std::max(a.size(), b.size()); ++i) {
-    if (i + 1 < a.size()) prompt_items.push_back({sa, a[i], true});
-    if (i + 1 < b.size()) prompt_items.push_back({sb, b[i], true});
-  }
-  const std::span<const float> mixed = together.decode(prompt_items);
-  size_t ia = 0, ib = 0;
-  for (size_t r = 0; r < prompt_items.size(); ++r) {
-    const float* expected = prompt_items[r].seq == sa ? &logits_a[V * ia++] : &logits_b[V * ib++];
-    for (int v = 0; v < V; ++v) ASSERT_NEAR(mixed[r * V + v], expected[v], 1e-5) << "row " << r << ", vocab " << v;
+  const std::span<const int32_t> prompt_a(a.data(), a.size() - 1), prompt_b(b.data(), b.size() - 1);
+  const std::vector<engine::Engine::Chunk> prompts = {{sa, prompt_a, LogitsWanted::All},
+                                                      {sb, prompt_b, LogitsWanted::All}};
+  const std::span<const float> both = together.step(prompts);
+  ASSERT_EQ(both.size(), (prompt_a.size() + prompt_b.size()) * V);
+  for (size_t r = 0; r < prompt_a.size() + prompt_b.size(); ++r) {
+    const float* expected = r < prompt_a.size() ? &logits_a[V * r] : &logits_b[V * (r - prompt_a.size())];
+    for (int v = 0; v < V; ++v) ASSERT_NEAR(both[r * V + v], expected[v], 1e-5) << "row " << r << ", vocab " << v;
   }
   // The last token of each prompt as one decode step over both sequences.
-  const std::vector<engine::Engine::Item> step = {{sa, a.back(), true}, {sb, b.back(), true}};
-  const std::span<const float> last = together.decode(step);
+  const std::vector<engine::Engine::Chunk> step = {{sa, std::span(&a.back(), 1)}, {sb, std::span(&b.back(), 1)}};
+  const std::span<const float> last = together.step(step);
   for (int v = 0; v < V; ++v) {
     ASSERT_NEAR(last[v], logits_a[V * (a.size() - 1) + v], 1e-5) << "sequence a, vocab " << v;
     ASSERT_NEAR(last[V + v], logits_b[V * (b.size() - 1) + v], 1e-5) << "sequence b, vocab " << v;
@@ -292,10 +290,10 @@ TEST(ReferenceForward, SequencesWithInterleavedKvBlocksEqualEachAlone) {
     a[i] = (7 * i + 1) % V;
     b[i] = (11 * i + 3) % V;
   }
-  for (KvCacheType kv_type : {KvCacheType::F32, KvCacheType::F16}) {
+  for (KvFormat kv_format : {KvFormat::F32, KvFormat::F16}) {
     engine::EngineOptions options = f32_cache_options();
     options.n_ctx = 128;
-    options.kv_type = kv_type;
+    options.kv_format = kv_format;
     auto decode_alone = [&](const std::vector<int32_t>& tokens) {
       engine::Engine eng(file, options);
       const int32_t seq = eng.new_sequence();
@@ -318,8 +316,8 @@ TEST(ReferenceForward, SequencesWithInterleavedKvBlocksEqualEachAlone) {
     }
     ASSERT_EQ(turn_a.size(), static_cast<size_t>(V));
     for (int v = 0; v < V; ++v) {
-      ASSERT_EQ(turn_a[v], alone_a[v]) << "sequence a, vocab " << v << ", f16 cache " << (kv_type == KvCacheType::F16);
-      ASSERT_EQ(turn_b[v], alone_b[v]) << "sequence b, vocab " << v << ", f16 cache " << (kv_type == KvCacheType::F16);
+      ASSERT_EQ(turn_a[v], alone_a[v]) << "sequence a, vocab " << v << ", f16 cache " << (kv_format == KvFormat::F16);
+      ASSERT_EQ(turn_b[v], alone_b[v]) << "sequence b, vocab " << v << ", f16 cache " << (kv_format == KvFormat::F16);
     }
   }
 }

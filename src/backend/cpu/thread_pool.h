@@ -42,11 +42,4 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
 };
 
-// The processor's model name and the thread count, e.g. "AMD EPYC 9R14 (2 threads)"; "unknown CPU" where the
-// name cannot be read.
-std::string cpu_device_name(int n_threads);
-
-// Physical cores of this machine (logical CPUs / SMT siblings), at least 1.
-int physical_core_count();
-
 }  // namespace tessera::cpu
