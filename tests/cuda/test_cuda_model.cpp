@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/step_plan.h"
 #include "common/fixtures.h"
 #include "cuda/cuda_test_util.h"
 #include "gguf/gguf.h"
@@ -34,36 +35,37 @@ nlohmann::json read_json(const std::string& path) {
   return nlohmann::json::parse(in);
 }
 
-// One sequence whose position p lives in slot slots[p]; runs tokens at positions [start, start + n).
+constexpr int kBlock = 16;
+
+std::unique_ptr<Backend> make_backend(const std::string& name, const model::LlamaModel& model,
+                                      BackendOptions options) {
+  options.kv_block_size = kBlock;
+  const BackendEntry* entry = BackendRegistry::instance().find(name);
+  if (!entry) throw std::runtime_error("no backend " + name);
+  return entry->create(model, options);
+}
+
+// One sequence: the KV blocks of its positions, kBlock slots each.
 struct Sequence {
-  std::vector<int32_t> slots;
+  std::vector<int32_t> blocks;
 };
 
-std::vector<float> run(Backend& backend, const std::vector<const Sequence*>& seqs,
+// Runs tokens[s] of each sequence at positions [starts[s], ...) in one step, after the block copies.
+std::vector<float> run(Backend& backend, int n_slots, const std::vector<const Sequence*>& seqs,
                        const std::vector<std::vector<int32_t>>& tokens, const std::vector<int32_t>& starts, int n_vocab,
-                       bool all_logits) {
-  ForwardBatch::Sequence views[8];
-  std::vector<int32_t> toks, pos, seq_index, out_rows;
+                       bool all_logits, const std::vector<KvBlockCopy>& copies = {}) {
+  StepPlanBuilder builder(n_vocab, kBlock, n_slots);
   for (size_t s = 0; s < seqs.size(); ++s) {
-    views[s].slots = seqs[s]->slots;
-    for (size_t i = 0; i < tokens[s].size(); ++i) {
-      const bool last = i + 1 == tokens[s].size();
-      if (all_logits || last) out_rows.push_back(static_cast<int32_t>(toks.size()));
-      toks.push_back(tokens[s][i]);
-      pos.push_back(starts[s] + static_cast<int32_t>(i));
-      seq_index.push_back(static_cast<int32_t>(s));
-    }
+    builder.add_run(tokens[s], starts[s], seqs[s]->blocks, all_logits ? LogitsWanted::All : LogitsWanted::Last);
   }
-  ForwardBatch batch{toks, pos, seq_index, std::span<const ForwardBatch::Sequence>(views, seqs.size()), out_rows};
-  std::vector<float> logits(out_rows.size() * n_vocab);
-  backend.forward(batch, logits.data());
+  std::vector<float> logits(static_cast<size_t>(builder.plan().n_outputs()) * n_vocab);
+  backend.forward(copies, builder.plan(), logits.data());
   return logits;
 }
 
-Sequence contiguous(int n, int first = 0) {
+Sequence contiguous(int n_slots) {
   Sequence s;
-  s.slots.resize(n);
-  std::iota(s.slots.begin(), s.slots.end(), first);
+  for (int b = 0; b < n_slots / kBlock; ++b) s.blocks.push_back(b);
   return s;
 }
 
@@ -89,19 +91,20 @@ TEST_P(CudaFixture, PromptLogitsMatchGoldens) {
 
   // Whole prompt in one step: the tensor-core path.
   {
-    auto backend = make_cuda_backend(model, options);
-    const Sequence seq = contiguous(static_cast<int>(prompt.size()));
-    expect_close(run(*backend, {&seq}, {prompt}, {0}, n_vocab, true), want, fx.tolerance, 0,
+    auto backend = make_backend("cuda", model, options);
+    const Sequence seq = contiguous(options.n_kv_slots);
+    expect_close(run(*backend, options.n_kv_slots, {&seq}, {prompt}, {0}, n_vocab, true), want, fx.tolerance, 0,
                  std::string(fx.name) + " batched prompt");
   }
-  // One token per step: the decode kernels, replayed graphs and the KV cache, with scattered slots.
+  // One token per step: the decode kernels, replayed graphs and the KV cache, with scattered blocks.
   {
-    auto backend = make_cuda_backend(model, options);
+    auto backend = make_backend("cuda", model, options);
     Sequence seq;
-    for (size_t p = 0; p < prompt.size(); ++p) seq.slots.push_back(static_cast<int32_t>(511 - 3 * p));
+    for (int b = 0; b < 4; ++b) seq.blocks.push_back(31 - 7 * b);
     std::vector<float> got;
     for (size_t p = 0; p < prompt.size(); ++p) {
-      const std::vector<float> row = run(*backend, {&seq}, {{prompt[p]}}, {static_cast<int32_t>(p)}, n_vocab, true);
+      const std::vector<float> row =
+          run(*backend, options.n_kv_slots, {&seq}, {{prompt[p]}}, {static_cast<int32_t>(p)}, n_vocab, true);
       got.insert(got.end(), row.begin(), row.end());
     }
     expect_close(got, want, fx.tolerance, 0, std::string(fx.name) + " token by token");
@@ -142,16 +145,16 @@ TEST(CudaModel, Stories260KGreedyMatchesReference) {
   const int n_vocab = model.config.n_vocab;
   BackendOptions options;
   options.n_kv_slots = 256;
-  auto backend = make_cuda_backend(model, options);
+  auto backend = make_backend("cuda", model, options);
   const Sequence seq = contiguous(256);
-  std::vector<float> logits = run(*backend, {&seq}, {prompt}, {0}, n_vocab, true);
+  std::vector<float> logits = run(*backend, 256, {&seq}, {prompt}, {0}, n_vocab, true);
   expect_close(logits, read_floats(tessera::test::fixture("trained/stories260K.logits.f32").string()), 2e-2, 0,
                "stories260K prompt logits");
   std::vector<int32_t> got;
   int32_t next = argmax(logits.data() + (prompt.size() - 1) * n_vocab, n_vocab);
   for (size_t i = 0; i < want.size(); ++i) {
     got.push_back(next);
-    logits = run(*backend, {&seq}, {{next}}, {static_cast<int32_t>(prompt.size() + i)}, n_vocab, false);
+    logits = run(*backend, 256, {&seq}, {{next}}, {static_cast<int32_t>(prompt.size() + i)}, n_vocab, false);
     next = argmax(logits.data(), n_vocab);
   }
   EXPECT_EQ(got, want);
@@ -167,25 +170,26 @@ TEST(CudaModel, BatchOfTwoEqualsEachAlone) {
   options.n_kv_slots = 128;
   const std::vector<int32_t> a = {1, 291, 410, 456, 425, 417, 340, 268, 420, 327, 416, 272, 414};
   const std::vector<int32_t> b = {1, 403, 407, 261, 378, 300, 301, 302, 303, 304, 305};
-  Sequence sa, sb;  // interleaved slots
-  for (int i = 0; i < 64; ++i) {
-    sa.slots.push_back(2 * i + 1);
-    sb.slots.push_back(2 * i);
+  Sequence sa, sb;  // interleaved blocks
+  for (int i = 0; i < 4; ++i) {
+    sa.blocks.push_back(2 * i + 1);
+    sb.blocks.push_back(2 * i);
   }
-  auto together = make_cuda_backend(model, options);
-  auto alone_a = make_cuda_backend(model, options);
-  auto alone_b = make_cuda_backend(model, options);
-  std::vector<float> both = run(*together, {&sa, &sb}, {a, b}, {0, 0}, n_vocab, false);
-  std::vector<float> la = run(*alone_a, {&sa}, {a}, {0}, n_vocab, false);
-  std::vector<float> lb = run(*alone_b, {&sb}, {b}, {0}, n_vocab, false);
+  const int n = options.n_kv_slots;
+  auto together = make_backend("cuda", model, options);
+  auto alone_a = make_backend("cuda", model, options);
+  auto alone_b = make_backend("cuda", model, options);
+  std::vector<float> both = run(*together, n, {&sa, &sb}, {a, b}, {0, 0}, n_vocab, false);
+  std::vector<float> la = run(*alone_a, n, {&sa}, {a}, {0}, n_vocab, false);
+  std::vector<float> lb = run(*alone_b, n, {&sb}, {b}, {0}, n_vocab, false);
   la.insert(la.end(), lb.begin(), lb.end());
   expect_close(both, la, 1e-4, 0, "prompts");
   int32_t pa = static_cast<int32_t>(a.size()), pb = static_cast<int32_t>(b.size());
   for (int step = 0; step < 4; ++step) {
     const int32_t ta = 300 + step, tb = 400 + step;
-    both = run(*together, {&sa, &sb}, {{ta}, {tb}}, {pa, pb}, n_vocab, false);
-    la = run(*alone_a, {&sa}, {{ta}}, {pa}, n_vocab, false);
-    lb = run(*alone_b, {&sb}, {{tb}}, {pb}, n_vocab, false);
+    both = run(*together, n, {&sa, &sb}, {{ta}, {tb}}, {pa, pb}, n_vocab, false);
+    la = run(*alone_a, n, {&sa}, {{ta}}, {pa}, n_vocab, false);
+    lb = run(*alone_b, n, {&sb}, {{tb}}, {pb}, n_vocab, false);
     la.insert(la.end(), lb.begin(), lb.end());
     expect_close(both, la, 1e-4, 0, "decode step " + std::to_string(step));
     ++pa, ++pb;
@@ -206,22 +210,46 @@ TEST(CudaModel, HybridSplitMatchesGoldens) {
     options.n_kv_slots = 64;
     options.n_threads = 2;
     options.gpu_layers = gpu_layers;
-    auto backend = make_hybrid_backend(model, options);
+    auto backend = make_backend("hybrid", model, options);
     EXPECT_EQ(backend->name(), "hybrid");
     const Sequence seq = contiguous(64);
-    std::vector<float> got = run(*backend, {&seq}, {prompt}, {0}, model.config.n_vocab, true);
+    std::vector<float> got = run(*backend, 64, {&seq}, {prompt}, {0}, model.config.n_vocab, true);
     expect_close(got, want, 0.05, 0, "hybrid with " + std::to_string(gpu_layers) + " GPU layers");
 
-    auto decoding = make_hybrid_backend(model, options);
-    Sequence reversed;
-    for (size_t p = 0; p < prompt.size(); ++p) reversed.slots.push_back(static_cast<int32_t>(63 - p));
+    auto decoding = make_backend("hybrid", model, options);
+    const Sequence reversed{{3, 2, 1, 0}};
     std::vector<float> steps;
     for (size_t p = 0; p < prompt.size(); ++p) {
       const std::vector<float> row =
-          run(*decoding, {&reversed}, {{prompt[p]}}, {static_cast<int32_t>(p)}, model.config.n_vocab, true);
+          run(*decoding, 64, {&reversed}, {{prompt[p]}}, {static_cast<int32_t>(p)}, model.config.n_vocab, true);
       steps.insert(steps.end(), row.begin(), row.end());
     }
     expect_close(steps, want, 0.05, 0, "hybrid token by token with " + std::to_string(gpu_layers) + " GPU layers");
+  }
+}
+
+// A sequence that shares another's full blocks and continues in a copy of its partly filled block (the prefix
+// cache's copy on write) gets the logits the original gets, on the GPU alone and split with the CPU.
+TEST(CudaModel, CopiedBlockContinuesLikeTheOriginal) {
+  TESSERA_REQUIRE_GPU();
+  const gguf::File file = gguf::File::open(tessera::test::fixture("models/tiny-llama-Q8_0.gguf").string());
+  const model::LlamaModel model = model::LlamaModel::load(file);
+  const int n_vocab = model.config.n_vocab;
+  const std::vector<int32_t> prompt = {1, 291, 410, 456, 425, 417, 340, 268, 420, 327, 416, 272, 414, 444, 410, 449,
+                                       425, 423, 427, 419};  // 20 tokens: one full block and 4 in the second
+  for (const char* name : {"cuda", "hybrid"}) {
+    BackendOptions options;
+    options.n_kv_slots = 64;
+    options.n_threads = 2;
+    options.gpu_layers = 1;
+    auto original = make_backend(name, model, options);
+    auto shared = make_backend(name, model, options);
+    const Sequence a{{0, 1}}, b{{0, 2}};
+    run(*original, 64, {&a}, {prompt}, {0}, n_vocab, false);
+    run(*shared, 64, {&a}, {prompt}, {0}, n_vocab, false);
+    const std::vector<float> want = run(*original, 64, {&a}, {{300}}, {20}, n_vocab, false);
+    const std::vector<float> got = run(*shared, 64, {&b}, {{300}}, {20}, n_vocab, false, {{1, 2}});
+    expect_close(got, want, 1e-6, 0, std::string(name) + ": decoding on from a copied block");
   }
 }
 
@@ -232,7 +260,7 @@ TEST(CudaModel, TooLittleMemoryIsAClearError) {
   BackendOptions options;
   options.n_kv_slots = 1 << 30;  // a KV cache of about 2 TiB
   try {
-    make_cuda_backend(model, options);
+    make_backend("cuda", model, options);
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("not enough GPU memory"), std::string::npos) << e.what();
@@ -247,7 +275,7 @@ TEST(CudaModel, NoGpuIsAClearError) {
   BackendOptions options;
   options.n_kv_slots = 64;
   try {
-    make_cuda_backend(model, options);
+    make_backend("cuda", model, options);
     FAIL() << "expected an error";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("no CUDA GPU"), std::string::npos) << e.what();

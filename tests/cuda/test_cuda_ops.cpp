@@ -646,7 +646,7 @@ TEST(CudaOps, RopeAndKvStoreMatchCpu) {
     RopeParams p{n_head,        n_head_kv, head_dim, rc.n_dims, std::pow(rc.freq_base, -2.0f / rc.n_dims),
                  rc.freq_scale, d_ff.get()};
     rope_and_store_kv(p, d_q.get(), d_k.get(), d_v.get(), d_pos.get(), d_slots.get(), n_tokens, k_cache.get(),
-                      v_cache.get(), f16, nullptr);
+                      v_cache.get(), f16 ? KvFormat::F16 : KvFormat::F32, nullptr);
     for (int t = 0; t < n_tokens; ++t) {
       const cpu::RopeAngles a = cpu::rope_angles(rc, positions[t]);
       cpu::apply_rope(q.data() + t * q_dim, n_head, head_dim, a);
@@ -704,6 +704,38 @@ std::vector<float> attention_reference(const std::vector<float>& q, const std::v
   return out;
 }
 
+constexpr int kBlock = 16;  // KV block size of the attention tests
+
+// The cache slot of every position of sequences with these KV blocks (kBlock positions each), concatenated: the
+// per-position table attention_reference reads.
+std::vector<int32_t> slots_of_blocks(const std::vector<int32_t>& blocks) {
+  std::vector<int32_t> slots;
+  for (int32_t b : blocks) {
+    for (int j = 0; j < kBlock; ++j) slots.push_back(b * kBlock + j);
+  }
+  return slots;
+}
+
+// The first n_blocks of a shuffled list of the cache's blocks (paged, non-contiguous).
+std::vector<int32_t> shuffled_blocks(int n_cache_blocks, int n_blocks, uint32_t seed) {
+  std::vector<int32_t> perm(n_cache_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(seed));
+  perm.resize(n_blocks);
+  return perm;
+}
+
+AttentionParams attention_params(int n_head, int n_head_kv, int head_dim, bool f16, int max_decode_heads = 0) {
+  AttentionParams p;
+  p.n_head = n_head;
+  p.n_head_kv = n_head_kv;
+  p.head_dim = head_dim;
+  p.kv_format = f16 ? KvFormat::F16 : KvFormat::F32;
+  p.kv_block_shift = 4;
+  p.max_decode_heads = max_decode_heads;
+  return p;
+}
+
 // Paged attention with GQA against cpu::attend, for one block per head group and for split keys.
 TEST(CudaOps, AttentionMatchesCpu) {
   TESSERA_REQUIRE_GPU();
@@ -713,17 +745,13 @@ TEST(CudaOps, AttentionMatchesCpu) {
   for (const Shape shape : {Shape{6, 2, 80}, Shape{16, 2, 64}, Shape{8, 4, 8}, Shape{4, 4, 128}}) {
     for (bool f16 : {true, false}) {
       for (int n_splits : {1, 7}) {
-        const int n_slots = 300, kv_dim = shape.n_head_kv * shape.head_dim, q_dim = shape.n_head * shape.head_dim;
-        // Two sequences: tokens 0-1 of sequence 0 (positions 250, 251), token 2 of sequence 1 (position 0),
-        // token 3 of sequence 1 at position 40; slots are a permutation (paged).
-        std::vector<int32_t> perm(n_slots);
-        std::iota(perm.begin(), perm.end(), 0);
-        std::shuffle(perm.begin(), perm.end(), std::mt19937(3));
-        const std::vector<int32_t> seq0(perm.begin(), perm.begin() + 252), seq1(perm.begin() + 252, perm.begin() + 293);
+        const int n_slots = 20 * kBlock, kv_dim = shape.n_head_kv * shape.head_dim, q_dim = shape.n_head * shape.head_dim;
+        // Two sequences: tokens 0-1 of sequence 0 (positions 250, 251; 16 blocks), token 2 of sequence 1 (position
+        // 0), token 3 of sequence 1 at position 40 (3 blocks); blocks are shuffled (paged).
+        const std::vector<int32_t> blocks = shuffled_blocks(20, 19, 3);
         const std::vector<int32_t> positions = {250, 251, 0, 40};
-        std::vector<int32_t> table = seq0;
-        table.insert(table.end(), seq1.begin(), seq1.end());
-        const std::vector<int32_t> offsets = {0, 0, 252, 252};
+        const std::vector<int32_t> block_offsets = {0, 0, 16, 16}, offsets = {0, 0, 16 * kBlock, 16 * kBlock};
+        const std::vector<int32_t> table = slots_of_blocks(blocks);
         const int n_tokens = 4;
 
         const std::vector<float> k = random_floats(n_slots * kv_dim, -1, 1, 10),
@@ -745,8 +773,8 @@ TEST(CudaOps, AttentionMatchesCpu) {
         }
         DeviceBuffer<uint8_t> d_kc(kc), d_vc(vc);
         DeviceBuffer<float> d_q(q), d_out(n_tokens * q_dim);
-        DeviceBuffer<int32_t> d_pos(positions), d_off(offsets), d_table(table);
-        const AttentionParams p{shape.n_head, shape.n_head_kv, shape.head_dim, f16};
+        DeviceBuffer<int32_t> d_pos(positions), d_off(block_offsets), d_table(blocks);
+        const AttentionParams p = attention_params(shape.n_head, shape.n_head_kv, shape.head_dim, f16);
         DeviceBuffer<float> partials(attention_partials_floats(p, n_tokens, n_splits));
         attention(p, d_q.get(), d_kc.get(), d_vc.get(), d_pos.get(), d_off.get(), d_table.get(), n_tokens, n_splits,
                   partials.get(), d_out.get(), nullptr);
@@ -767,7 +795,7 @@ TEST(CudaOps, AttentionMatchesCpu) {
 // Decode attention with RoPE and the KV store fused in, against cpu::rope_angles/apply_rope + cpu::attend: six
 // tokens of three sequences in one step - three consecutive tokens continuing a sequence of 597 cached keys (each
 // must see the new keys of the tokens before it, which this launch writes), positions 0 and 40 of a second sequence,
-// position 5 of a third; slots a permutation (paged), and the new tokens' slots hold garbage before the step. GQA
+// position 5 of a third; KV blocks shuffled (paged), and the new tokens' slots hold garbage before the step. GQA
 // shapes with one and several blocks per KV head, partial rotation with freq_factors, f16/f32 cache, 1 split (several
 // shared-memory tiles per block for the long sequence), 2 and 7 splits; the Q8 output against quantizing the output.
 // Each with the default query heads per block and with up to 8 (one block for all query heads of a KV head).
@@ -783,17 +811,18 @@ TEST(CudaOps, DecodeAttentionMatchesCpu) {
   for (const Shape shape : {Shape{6, 2, 80}, Shape{32, 2, 64}, Shape{8, 4, 8}, Shape{4, 4, 128}, Shape{32, 4, 64}}) {
     for (const Variant variant : {Variant{true, 0}, Variant{false, 0}, Variant{true, 8}, Variant{false, 8}}) {
       const bool f16 = variant.f16;
-      const AttentionParams p{shape.n_head, shape.n_head_kv, shape.head_dim, f16, variant.max_heads};
+      const AttentionParams p = attention_params(shape.n_head, shape.n_head_kv, shape.head_dim, f16, variant.max_heads);
       ASSERT_TRUE(decode_attention_supported(p));
       decode_attention_prepare(p);
       for (int n_splits : {1, 2, 7}) {
         const int hd = shape.head_dim, kv_dim = shape.n_head_kv * hd, q_dim = shape.n_head * hd;
-        const int n_slots = 700;
-        std::vector<int32_t> perm(n_slots);
-        std::iota(perm.begin(), perm.end(), 0);
-        std::shuffle(perm.begin(), perm.end(), std::mt19937(5));
-        std::vector<int32_t> table(perm.begin(), perm.begin() + 647);  // sequences of 600, 41 and 6 positions
-        const std::vector<int32_t> offsets = {0, 0, 0, 600, 600, 641}, positions = {597, 598, 599, 0, 40, 5};
+        const int n_slots = 44 * kBlock;
+        // Sequences of 600, 41 and 6 positions: 38, 3 and 1 blocks, shuffled (paged).
+        const std::vector<int32_t> blocks = shuffled_blocks(44, 42, 5);
+        const std::vector<int32_t> table = slots_of_blocks(blocks);
+        const std::vector<int32_t> block_offsets = {0, 0, 0, 38, 38, 41}, positions = {597, 598, 599, 0, 40, 5};
+        std::vector<int32_t> offsets;
+        for (int32_t b : block_offsets) offsets.push_back(b * kBlock);
         const int n_tokens = static_cast<int>(positions.size());
         std::vector<int32_t> write_slots(n_tokens);
         for (int t = 0; t < n_tokens; ++t) write_slots[t] = table[offsets[t] + positions[t]];
@@ -855,7 +884,7 @@ TEST(CudaOps, DecodeAttentionMatchesCpu) {
 
         DeviceBuffer<uint8_t> d_kc(to_cache(k_cache)), d_vc(to_cache(v_cache));
         DeviceBuffer<float> d_q(q), d_k(k), d_v(v), d_out(n_tokens * q_dim);
-        DeviceBuffer<int32_t> d_pos(positions), d_off(offsets), d_table(table), d_write(write_slots);
+        DeviceBuffer<int32_t> d_pos(positions), d_off(block_offsets), d_table(blocks), d_write(write_slots);
         DeviceBuffer<float> partials(attention_partials_floats(p, n_tokens, n_splits));
         const bool with_q8 = decode_attention_fuses_q8(p);
         DeviceQ8 d_q8(n_tokens, q_dim);
@@ -881,8 +910,8 @@ TEST(CudaOps, DecodeAttentionMatchesCpu) {
 }
 
 // Flash prompt attention on the tensor cores against cpu::attend: two sequences in one step, 37 tokens of a fresh
-// sequence (positions 0..36) and 300 tokens continuing one with 20 cached keys (positions 20..319), interleaved in
-// the batch, slots a permutation (paged), f16 cache. GQA groups of 1, 3, 4 and 8 (blocks that end part-way through
+// sequence (positions 0..36) and 300 tokens continuing one with 20 cached keys (positions 20..319), KV blocks
+// shuffled (paged), f16 cache. GQA groups of 1, 3, 4 and 8 (blocks that end part-way through
 // a token's heads and past the last token); head dims 8 and 40 (padded with zeros to the mma's 16), 64, 80 and 128
 // (key tiles of 64 and 32, several per block and a partial last one).
 TEST(CudaOps, PromptAttentionMatchesCpu) {
@@ -892,29 +921,20 @@ TEST(CudaOps, PromptAttentionMatchesCpu) {
   };
   for (const Shape shape : {Shape{6, 2, 80}, Shape{16, 2, 64}, Shape{4, 4, 64}, Shape{8, 2, 8}, Shape{4, 1, 40},
                             Shape{8, 8, 128}}) {
-    const int n_slots = 400, kv_dim = shape.n_head_kv * shape.head_dim, q_dim = shape.n_head * shape.head_dim;
+    const int n_slots = 25 * kBlock, kv_dim = shape.n_head_kv * shape.head_dim, q_dim = shape.n_head * shape.head_dim;
     const int hd = shape.head_dim;
-    const AttentionParams p{shape.n_head, shape.n_head_kv, hd, true};
+    const AttentionParams p = attention_params(shape.n_head, shape.n_head_kv, hd, true);
     ASSERT_TRUE(prompt_attention_supported(p));
-    std::vector<int32_t> perm(n_slots);
-    std::iota(perm.begin(), perm.end(), 0);
-    std::shuffle(perm.begin(), perm.end(), std::mt19937(5));
-    // Slot table: sequence 0's 37 positions, then sequence 1's 320.
-    const std::vector<int32_t> table(perm.begin(), perm.begin() + 37 + 320);
-    const int offset0 = 0, offset1 = 37;
-    // Batch: sequence 1's first 150 tokens, sequence 0's 37, sequence 1's other 150.
+    // Blocks, shuffled: sequence 0's 37 positions (3 blocks), then sequence 1's 320 (20 blocks).
+    const std::vector<int32_t> blocks = shuffled_blocks(25, 23, 5);
+    const std::vector<int32_t> table = slots_of_blocks(blocks);
+    const int offset0 = 0, offset1 = 3 * kBlock;
+    // Step: sequence 0's 37 tokens, then sequence 1's 300.
     std::vector<int32_t> positions, seq_of;
-    for (int i = 0; i < 150; ++i) positions.push_back(20 + i), seq_of.push_back(1);
     for (int i = 0; i < 37; ++i) positions.push_back(i), seq_of.push_back(0);
-    for (int i = 150; i < 300; ++i) positions.push_back(20 + i), seq_of.push_back(1);
+    for (int i = 0; i < 300; ++i) positions.push_back(20 + i), seq_of.push_back(1);
     const int n_tokens = static_cast<int>(positions.size());
-    std::vector<int32_t> rows;
-    for (int s : {0, 1}) {
-      for (int t = 0; t < n_tokens; ++t) {
-        if (seq_of[t] == s) rows.push_back(t);
-      }
-    }
-    const PromptSequence sequences[2] = {{0, 37, offset0, 37}, {37, 300, offset1, 320}};
+    const PromptSequence sequences[2] = {{0, 37, 0, 37}, {37, 300, 3, 320}};
 
     const std::vector<float> k = random_floats(n_slots * kv_dim, -1, 1, 20), v = random_floats(n_slots * kv_dim, -1, 1, 21);
     // Queries of up to +-4 so that the softmax has large scores to keep apart (and the running maximum moves).
@@ -936,9 +956,9 @@ TEST(CudaOps, PromptAttentionMatchesCpu) {
     DeviceBuffer<uint8_t> d_kc(kc), d_vc(vc);
     DeviceBuffer<float> d_q(q), d_out(n_tokens * q_dim);
     DeviceBuffer<__half> d_out16(n_tokens * q_dim);
-    DeviceBuffer<int32_t> d_pos(positions), d_rows(rows), d_table(table);
-    prompt_attention(p, d_q.get(), d_kc.get(), d_vc.get(), d_pos.get(), d_rows.get(), d_table.get(), sequences, 2,
-                     d_out.get(), d_out16.get(), nullptr);
+    DeviceBuffer<int32_t> d_pos(positions), d_table(blocks);
+    prompt_attention(p, d_q.get(), d_kc.get(), d_vc.get(), d_pos.get(), d_table.get(), sequences, 2, d_out.get(),
+                     d_out16.get(), nullptr);
     const std::vector<float> got = d_out.download();
     const std::string what = "prompt attention heads " + std::to_string(shape.n_head) + "/" +
                              std::to_string(shape.n_head_kv) + " dim " + std::to_string(hd);
@@ -956,10 +976,10 @@ TEST(CudaOps, PromptAttentionMatchesCpu) {
 
 // What the flash kernel does not take: an f32 cache, head dims past 128 or not a multiple of 8.
 TEST(CudaOps, PromptAttentionRefusesWhatItCannotTake) {
-  EXPECT_TRUE(prompt_attention_supported(AttentionParams{32, 8, 128, true}));
-  EXPECT_FALSE(prompt_attention_supported(AttentionParams{32, 8, 128, false}));
-  EXPECT_FALSE(prompt_attention_supported(AttentionParams{8, 8, 256, true}));
-  EXPECT_FALSE(prompt_attention_supported(AttentionParams{8, 8, 36, true}));
+  EXPECT_TRUE(prompt_attention_supported(attention_params(32, 8, 128, true)));
+  EXPECT_FALSE(prompt_attention_supported(attention_params(32, 8, 128, false)));
+  EXPECT_FALSE(prompt_attention_supported(attention_params(8, 8, 256, true)));
+  EXPECT_FALSE(prompt_attention_supported(attention_params(8, 8, 36, true)));
 }
 
 // The GEMM path's decode to f16 for every type, on a matrix of 37 rows (several 128-chunk blocks and a partial

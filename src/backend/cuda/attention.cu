@@ -22,6 +22,7 @@
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/kv_cache.cuh"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/q8.cuh"
 #include "backend/cuda/rope.cuh"
@@ -54,7 +55,7 @@ template <int DPL, int QH>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_kernel(const AttentionParams p, const float* __restrict__ q, const void* __restrict__ k_cache,
                      const void* __restrict__ v_cache, const int32_t* __restrict__ positions,
-                     const int32_t* __restrict__ slot_offsets, const int32_t* __restrict__ slot_table,
+                     const int32_t* __restrict__ table_offsets, const int32_t* __restrict__ block_table,
                      float* __restrict__ partials, float* __restrict__ out) {
   allow_next_kernel();
   wait_for_previous_kernel();
@@ -69,7 +70,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int n_keys = positions[t] + 1;
   const int per_split = (n_keys + n_splits - 1) / n_splits;
   const int k_begin = split * per_split, k_end = min(n_keys, k_begin + per_split);
-  const int32_t* slots = slot_table + slot_offsets[t];
+  const int32_t* blocks = block_table + table_offsets[t];
+  const bool f16 = p.kv_format == KvFormat::F16;
 
   // With an f16 cache the query is rounded to f16 first, as ggml does before its f16 dot products.
   float qr[QH][DPL];
@@ -78,7 +80,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int i = 0; i < DPL; ++i) {
       float v = active ? q[static_cast<int64_t>(t) * q_dim + (h0 + h) * hd + d0 + i] : 0.0f;
-      qr[h][i] = p.f16_cache ? __half2float(__float2half_rn(v)) : v;
+      qr[h][i] = f16 ? __half2float(__float2half_rn(v)) : v;
     }
   }
   float m[QH], l[QH], acc[QH][DPL];
@@ -91,10 +93,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 
   for (int j = k_begin + warp; j < k_end; j += kWarps) {
-    const int64_t offset = static_cast<int64_t>(slots[j]) * kv_dim + kv_head * hd + d0;
+    const int64_t offset = static_cast<int64_t>(kv_slot(blocks, j, p.kv_block_shift)) * kv_dim + kv_head * hd + d0;
     float kr[DPL], vr[DPL];
-    load_row<DPL>(k_cache, offset, p.f16_cache, active, kr);
-    load_row<DPL>(v_cache, offset, p.f16_cache, active, vr);
+    load_row<DPL>(k_cache, offset, f16, active, kr);
+    load_row<DPL>(v_cache, offset, f16, active, vr);
 #pragma unroll
     for (int h = 0; h < QH; ++h) {
       float s = 0;
@@ -234,7 +236,7 @@ __host__ __device__ inline DecodeLayout decode_layout(int head_dim, int elem_byt
 
 // The most keys a block holds in shared memory at once (a multiple of 32; 0 when not even 32 fit).
 int decode_tile_keys(const AttentionParams& p) {
-  const int elem = p.f16_cache ? 2 : 4, qh = decode_heads(p);
+  const int elem = p.kv_format == KvFormat::F16 ? 2 : 4, qh = decode_heads(p);
   int keys = kDecodeMaxTileKeys;
   while (keys > 0 && decode_layout(p.head_dim, elem, qh, keys).total > kDecodeSharedBytes) keys -= 32;
   return keys;
@@ -248,8 +250,8 @@ struct DecodeArgs {
   const float* v;  // [n_tokens][kv_dim]
   const int32_t* positions;
   const int32_t* write_slots;
-  const int32_t* slot_offsets;
-  const int32_t* slot_table;
+  const int32_t* table_offsets;
+  const int32_t* block_table;
   int n_tokens;
   int tile_keys;
   void* k_cache;
@@ -339,8 +341,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_attention_kernel(con
   const int position = a.positions[t], n_keys = position + 1;
   const int per_split = (n_keys + n_splits - 1) / n_splits;
   const int k_begin = min(n_keys, split * per_split), k_end = min(n_keys, k_begin + per_split);
-  const int32_t sequence = a.slot_offsets[t];
-  const int32_t* const slots = a.slot_table + sequence;
+  const int32_t sequence = a.table_offsets[t];
+  const int32_t* const blocks = a.block_table + sequence;
   const int64_t head_offset = static_cast<int64_t>(kv_head) * hd;
 
   // The step's new keys: step_pos[tt] is the position of step token tt when it belongs to this sequence (its key
@@ -351,12 +353,12 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_attention_kernel(con
   const int first_end = min(k_end, k_begin + tile_keys), first_n = first_end - k_begin;
   const bool store_own = split == 0 && h0 % group == 0;
   const int own_slot = a.write_slots[t];
-  if (tid < a.n_tokens) step_pos[tid] = a.slot_offsets[tid] == sequence ? a.positions[tid] : -1;
+  if (tid < a.n_tokens) step_pos[tid] = a.table_offsets[tid] == sequence ? a.positions[tid] : -1;
   if (tid == 0) {
     int n_new = 0;
     for (int tt = 0; tt < a.n_tokens; ++tt) {
       const int pt = a.positions[tt];
-      if (a.slot_offsets[tt] == sequence && ((pt >= k_begin && pt < first_end) || (tt == t && store_own))) {
+      if (a.table_offsets[tt] == sequence && ((pt >= k_begin && pt < first_end) || (tt == t && store_own))) {
         row_token[n_new++] = tt;
       }
     }
@@ -369,7 +371,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) decode_attention_kernel(con
     for (int i = tid; i < n; i += kDecodeThreads) {
       bool fresh = false;
       for (int tt = 0; tt < a.n_tokens; ++tt) fresh |= step_pos[tt] == begin + i;
-      tile_slots[i] = fresh ? -1 : slots[begin + i];
+      tile_slots[i] = fresh ? -1 : kv_slot(blocks, begin + i, p.kv_block_shift);
     }
     __syncthreads();
     const int chunks = layout.row_bytes / 16;
@@ -627,32 +629,32 @@ void launch_decode_heads(int heads, const DecodeArgs& a, int n_splits, cudaStrea
 
 template <int DPL, int QH>
 void launch(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
-            const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table, int n_tokens,
+            const int32_t* positions, const int32_t* table_offsets, const int32_t* block_table, int n_tokens,
             int n_splits, float* partials, float* out, cudaStream_t stream) {
   const dim3 grid(n_tokens, p.n_head / QH, n_splits);
   launch_chained("attention_kernel", attention_kernel<DPL, QH>, grid, dim3(kWarps * 32), 0, stream, p, q, k_cache,
-                 v_cache, positions, slot_offsets, slot_table, partials, out);
+                 v_cache, positions, table_offsets, block_table, partials, out);
 }
 
 template <int DPL>
 void launch_heads(int heads, const AttentionParams& p, const float* q, const void* k_cache,
-                  const void* v_cache, const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table,
+                  const void* v_cache, const int32_t* positions, const int32_t* table_offsets, const int32_t* block_table,
                   int n_tokens, int n_splits, float* partials, float* out, cudaStream_t stream) {
   switch (heads) {
     case 8:
-      launch<DPL, 8>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out,
+      launch<DPL, 8>(p, q, k_cache, v_cache, positions, table_offsets, block_table, n_tokens, n_splits, partials, out,
                      stream);
       break;
     case 4:
-      launch<DPL, 4>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out,
+      launch<DPL, 4>(p, q, k_cache, v_cache, positions, table_offsets, block_table, n_tokens, n_splits, partials, out,
                      stream);
       break;
     case 2:
-      launch<DPL, 2>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out,
+      launch<DPL, 2>(p, q, k_cache, v_cache, positions, table_offsets, block_table, n_tokens, n_splits, partials, out,
                      stream);
       break;
     default:
-      launch<DPL, 1>(p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits, partials, out,
+      launch<DPL, 1>(p, q, k_cache, v_cache, positions, table_offsets, block_table, n_tokens, n_splits, partials, out,
                      stream);
       break;
   }
@@ -665,7 +667,7 @@ size_t attention_partials_floats(const AttentionParams& p, int n_tokens, int n_s
 }
 
 void attention(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
-               const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table, int n_tokens,
+               const int32_t* positions, const int32_t* table_offsets, const int32_t* block_table, int n_tokens,
                int n_splits, float* partials, float* out, cudaStream_t stream) {
   if (n_tokens == 0) return;
   const int heads = heads_per_block(p);
@@ -677,19 +679,19 @@ void attention(const AttentionParams& p, const float* q, const void* k_cache, co
   }
   switch (dpl) {
     case 1:
-      launch_heads<1>(heads, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+      launch_heads<1>(heads, p, q, k_cache, v_cache, positions, table_offsets, block_table, n_tokens, n_splits,
                       partials, out, stream);
       break;
     case 2:
-      launch_heads<2>(heads, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+      launch_heads<2>(heads, p, q, k_cache, v_cache, positions, table_offsets, block_table, n_tokens, n_splits,
                       partials, out, stream);
       break;
     case 4:
-      launch_heads<4>(heads, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+      launch_heads<4>(heads, p, q, k_cache, v_cache, positions, table_offsets, block_table, n_tokens, n_splits,
                       partials, out, stream);
       break;
     default:
-      launch_heads<8>(heads, p, q, k_cache, v_cache, positions, slot_offsets, slot_table, n_tokens, n_splits,
+      launch_heads<8>(heads, p, q, k_cache, v_cache, positions, table_offsets, block_table, n_tokens, n_splits,
                       partials, out, stream);
       break;
   }
@@ -700,7 +702,7 @@ void attention(const AttentionParams& p, const float* q, const void* k_cache, co
 }
 
 bool decode_attention_supported(const AttentionParams& p) {
-  const int elem = p.f16_cache ? 2 : 4;
+  const int elem = p.kv_format == KvFormat::F16 ? 2 : 4;
   return p.head_dim % 2 == 0 && p.head_dim <= 256 && (p.head_dim * elem) % 16 == 0 && decode_tile_keys(p) > 0;
 }
 
@@ -714,7 +716,7 @@ int decode_attention_splits(const AttentionParams& p, int max_keys, int max_spli
 }
 
 void decode_attention_prepare(const AttentionParams& p) {
-  if (p.f16_cache) {
+  if (p.kv_format == KvFormat::F16) {
     configure_decode_heads<true>(decode_heads(p));
   } else {
     configure_decode_heads<false>(decode_heads(p));
@@ -722,8 +724,8 @@ void decode_attention_prepare(const AttentionParams& p) {
 }
 
 void decode_attention(const AttentionParams& p, const RopeParams& rope, const float* q, const float* k, const float* v,
-                      const int32_t* positions, const int32_t* write_slots, const int32_t* slot_offsets,
-                      const int32_t* slot_table, int n_tokens, int n_splits, void* k_cache, void* v_cache,
+                      const int32_t* positions, const int32_t* write_slots, const int32_t* table_offsets,
+                      const int32_t* block_table, int n_tokens, int n_splits, void* k_cache, void* v_cache,
                       float* partials, float* out, const Q8Rows& out_q8, cudaStream_t stream) {
   if (n_tokens == 0) return;
   if (n_tokens > kMaxMatvecTokens) throw std::runtime_error("decode_attention: more than 8 tokens");
@@ -734,9 +736,9 @@ void decode_attention(const AttentionParams& p, const RopeParams& rope, const fl
     throw std::runtime_error("decode_attention: bad width for the Q8 output");
   }
   DecodeArgs a{p,         rope,         q,          k,        v,       positions, write_slots,
-               slot_offsets, slot_table, n_tokens, decode_tile_keys(p), k_cache, v_cache, partials,
+               table_offsets, block_table, n_tokens, decode_tile_keys(p), k_cache, v_cache, partials,
                out,       n_splits > 1 ? Q8Rows{} : out_q8};
-  if (p.f16_cache) {
+  if (p.kv_format == KvFormat::F16) {
     launch_decode_heads<true>(decode_heads(p), a, n_splits, stream);
   } else {
     launch_decode_heads<false>(decode_heads(p), a, n_splits, stream);

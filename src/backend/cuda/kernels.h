@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/kv_format.h"
 #include "gguf/ggml_type.h"
 
 namespace tessera::cuda {
@@ -120,7 +121,7 @@ void swiglu(const float* gate, const float* up, float* out, __half* out16, const
             cudaStream_t stream);
 
 // RoPE ("normal" mode: adjacent pairs) on q [n_tokens][n_head][head_dim] in place and on k, whose rotated rows
-// go, with v's, straight into the cache rows slots[t] of ([n_slots][n_head_kv * head_dim], f16 or f32); the k
+// go, with v's, straight into the cache rows slots[t] of ([n_slots][n_head_kv * head_dim], in kv_format); the k
 // buffer itself is left unrotated.
 struct RopeParams {
   int n_head = 0;
@@ -132,25 +133,26 @@ struct RopeParams {
   const float* freq_factors = nullptr;  // [n_dims/2] or null
 };
 void rope_and_store_kv(const RopeParams& p, float* q, const float* k, const float* v, const int32_t* positions,
-                       const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, bool f16_cache,
+                       const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, KvFormat kv_format,
                        cudaStream_t stream);
 
 // ---- attention ---------------------------------------------------------------------------------------------
 // For each token t and query head h: out = softmax(q.k / sqrt(head_dim)) V over the keys of positions
-// 0..positions[t] of its sequence, whose cache slots are slot_table[slot_offsets[t] + j]. GQA: query head h uses
-// KV head h / (n_head / n_head_kv). Keys are split over n_splits blocks (flash decoding) when n_splits > 1; then
+// 0..positions[t] of its sequence, whose KV blocks are block_table[table_offsets[t] ...] (kv_cache.cuh). GQA:
+// query head h uses KV head h / (n_head / n_head_kv). Keys are split over n_splits blocks (flash decoding) when n_splits > 1; then
 // `partials` needs n_tokens * n_head * n_splits * (head_dim + 2) floats.
 struct AttentionParams {
   int n_head = 0;
   int n_head_kv = 0;
   int head_dim = 0;
-  bool f16_cache = true;
+  KvFormat kv_format = KvFormat::F16;
+  int kv_block_shift = 4;  // log2 of the KV cache's block size
   // decode_attention: at most this many query heads of a KV head per block (8: all of a group of up to 8, each
   // K/V row read by one block); 0 for the default (2, or TESSERA_DECODE_HEADS).
   int max_decode_heads = 0;
 };
 void attention(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
-               const int32_t* positions, const int32_t* slot_offsets, const int32_t* slot_table, int n_tokens,
+               const int32_t* positions, const int32_t* table_offsets, const int32_t* block_table, int n_tokens,
                int n_splits, float* partials, float* out, cudaStream_t stream);
 size_t attention_partials_floats(const AttentionParams& p, int n_tokens, int n_splits);
 
@@ -168,15 +170,14 @@ int decode_attention_splits(const AttentionParams& p, int max_keys, int max_spli
 // Configures the kernel for p (its shared memory); call once before capturing a graph that launches it.
 void decode_attention_prepare(const AttentionParams& p);
 void decode_attention(const AttentionParams& p, const RopeParams& rope, const float* q, const float* k, const float* v,
-                      const int32_t* positions, const int32_t* write_slots, const int32_t* slot_offsets,
-                      const int32_t* slot_table, int n_tokens, int n_splits, void* k_cache, void* v_cache,
+                      const int32_t* positions, const int32_t* write_slots, const int32_t* table_offsets,
+                      const int32_t* block_table, int n_tokens, int n_splits, void* k_cache, void* v_cache,
                       float* partials, float* out, const Q8Rows& out_q8, cudaStream_t stream);
 
 // ---- prompt attention on the tensor cores (f16 cache) -------------------------------------------------------
 // The same result for the tokens of a prompt step, sequence by sequence, as flash attention (no score matrix in
-// memory): a sequence's tokens are the step rows rows[row_begin .. row_begin + n_rows) (device array of token
-// indices), its keys the cache slots slot_table[table_offset .. table_offset + n_keys) (n_keys = its largest
-// position in the step + 1).
+// memory): a sequence's tokens are the step's tokens row_begin .. row_begin + n_rows - 1, its keys positions
+// 0 .. n_keys - 1 (n_keys = its largest position in the step + 1) in the KV blocks block_table[table_offset ...].
 struct PromptSequence {
   int row_begin = 0;
   int n_rows = 0;
@@ -187,8 +188,7 @@ struct PromptSequence {
 bool prompt_attention_supported(const AttentionParams& p);
 // out [n_tokens][q_dim] (and out16, when given, its f16 copy) for every row of the sequences.
 void prompt_attention(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
-                      const int32_t* positions, const int32_t* rows, const int32_t* slot_table,
-                      const PromptSequence* sequences, int n_sequences, float* out, __half* out16,
-                      cudaStream_t stream);
+                      const int32_t* positions, const int32_t* block_table, const PromptSequence* sequences,
+                      int n_sequences, float* out, __half* out16, cudaStream_t stream);
 
 }  // namespace tessera::cuda

@@ -1,20 +1,22 @@
-// The llama forward pass on one NVIDIA GPU: weights uploaded once in their block formats, the KV cache in device
-// memory, per step only token ids, positions and cache slots go in and logits come out. Steps of up to
-// kMaxMatvecTokens tokens (decode) run the matrix-vector kernels and are replayed from a captured CUDA graph;
-// larger steps (prompts) run cuBLAS on the tensor cores.
+// The llama forward pass on one NVIDIA GPU: weights uploaded once in their block formats (gpu_weights.h), the KV
+// cache in device memory, per step only the plan's token ids, positions, slots and block tables go in and logits
+// come out. Steps of up to kMaxMatvecTokens tokens (decode) run the matrix-vector kernels with their fusions and are
+// replayed from captured CUDA graphs; larger steps (prompts) run cuBLAS on the tensor cores.
 #pragma once
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <map>
+#include <span>
 #include <string>
 #include <tuple>
-#include <utility>
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cuda/gpu_weights.h"
 #include "backend/cuda/kernels.h"
 #include "model/llama.h"
 
@@ -30,50 +32,67 @@ class LlamaCuda {
   LlamaCuda(const LlamaCuda&) = delete;
   LlamaCuda& operator=(const LlamaCuda&) = delete;
 
-  // The whole model: logits [output_rows.size()][n_vocab] into host memory.
-  void forward(const ForwardBatch& batch, float* logits);
+  // The whole model: logits [n_outputs][n_vocab] into host memory.
+  void forward(std::span<const KvBlockCopy> copies, const StepPlan& plan, float* logits);
   // Embedding and the GPU's layers; the residual stream [n_tokens][n_embd] is copied to host memory `x`.
-  void forward_layers(const ForwardBatch& batch, float* x);
+  void forward_layers(std::span<const KvBlockCopy> copies, const StepPlan& plan, float* x);
 
   uint64_t kv_cache_bytes() const { return kv_bytes_; }
   const std::string& device_name() const { return device_name_; }
 
  private:
-  struct LayerWeights {
-    const float* attn_norm;
-    const float* ffn_norm;
-    DeviceMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+  // A matmul's input: x in f32 and the copies its producer made on the way, which spare a conversion.
+  struct MatmulInput {
+    const float* x = nullptr;     // [n_tokens][n_cols]; null where only q8 exists (a fused norm's output)
+    Q8Rows q8;                    // decode: x quantized for the integer kernels, or none (quantized here if needed)
+    const __half* x16 = nullptr;  // prompt: x in f16 for the tensor cores, or null (converted here)
+    NormScale norm;               // decode: q8 is a fused RMSNorm's output still to be scaled by 1 / rms
   };
+  enum class Accumulate { No, Yes };  // y = W x, or y += W x (the residual add fused in)
   struct MatmulTarget {
     const DeviceMatrix* w;
     float* y;
   };
 
-  void allocate_activations(int capacity);
-  void upload_step(const ForwardBatch& batch);
-  void enqueue_layers(int n_tokens);
-  void enqueue_output(int n_tokens, int n_out);
-  // y = W x for each target (all of one width); xq: x already quantized (decode only), or none; x16: x's f16
-  // copy already made by x's producer (prompt only, see prompt_f16), or none. Decode only: norm, x is a fused
-  // RMSNorm's unscaled output (NormScale); next_norm (one target, accumulate), fuse the next RMSNorm with these
-  // norm weights into the launch (matvec_norm, into norm_q8() and norm_sums_).
-  void matmuls(std::initializer_list<MatmulTarget> targets, const float* x, const Q8Rows& xq, const __half* x16,
-               int n_tokens, bool accumulate, const NormScale& norm = {}, const float* next_norm = nullptr);
+  // The step's inputs in device (and pinned host) memory, by name; sections() computes the one layout.
+  struct StepInputs {
+    int32_t* tokens = nullptr;         // [token_capacity]
+    int32_t* positions = nullptr;      // [token_capacity]
+    int32_t* write_slots = nullptr;    // [token_capacity] where each token's key and value go
+    int32_t* table_offsets = nullptr;  // [token_capacity] where its sequence's blocks start in block_table
+    int32_t* output_rows = nullptr;    // [token_capacity]
+    int32_t* block_table = nullptr;    // [table_capacity]
+  };
+  StepInputs sections(int32_t* base) const;
+  size_t step_input_ints() const { return 5ull * token_capacity_ + table_capacity_; }
+
+  void allocate_step_buffers(int token_capacity, int table_capacity);
+  void copy_kv_blocks(std::span<const KvBlockCopy> copies);
+  void upload_step(const StepPlan& plan);
+  void enqueue_step(int n_tokens);
+  void decode_layer(int il, int n_tokens);
+  void prompt_layer(int il, int n_tokens);
+  void enqueue_output(int n_out);
+  void matmuls(std::initializer_list<MatmulTarget> targets, const MatmulInput& input, int n_tokens,
+               Accumulate accumulate);
+  // Decode: y += W x (one target) with the next RMSNorm's part fused into the launch (matvec_norm; its output goes
+  // to norm_q8() and norm_sums_).
+  void matmul_then_norm(const MatmulTarget& target, const MatmulInput& input, int n_tokens,
+                        const float* next_norm_weight);
   // Decode: whether layer il's attention (ffn) RMSNorm is fused into the matvecs around it, which needs integer
   // kernels for its producer (the previous layer's down projection; Wo) and all its consumers.
-  bool fuses_attn_norm(int il, int n_tokens) const;
-  bool fuses_ffn_norm(int il, int n_tokens) const;
+  bool fuses_attn_norm(int il) const;
+  bool fuses_ffn_norm(int il) const;
   // Decode, one token: whether layer il's gate/up launch also applies SwiGLU and quantizes for the down
   // projection (matvec_swiglu), which needs its fused ffn norm (the input must not be the Q8 buffer it writes).
   bool fuses_swiglu(int il, int n_tokens) const;
   // The fused RMSNorm output of a decode step, [n_tokens][n_embd] quantized.
   Q8Rows norm_q8() const { return Q8Rows{norm_q8_, norm_q8_ds_, config_.n_embd}; }
-  // The quantized-activation buffer as rows of `width`, or none where the decode kernels cannot use it (more than
-  // kMaxMatvecTokens tokens, or a width that is not whole Q8 blocks).
-  Q8Rows decode_q8(int width, int n_tokens) const;
-  // The GEMM path's f16 input buffer, for the kernel that makes a prompt step's matmul input to fill as well (one
-  // f32 -> f16 pass less per matmul), or none in decode steps.
-  __half* prompt_f16(int n_tokens) const;
+  // The quantized-activation buffer as rows of `width`, or none where the decode kernels cannot use it (a width
+  // that is not whole Q8 blocks).
+  Q8Rows decode_q8(int width) const;
+  RopeParams rope_params() const;
+  AttentionParams attention_params() const;
   void free_graphs();
   void synchronize(const char* what);
 
@@ -81,29 +100,25 @@ class LlamaCuda {
   const model::LlamaConfig& config_;
   int n_layers_;
   bool with_output_;
-  bool f16_cache_;
+  KvFormat kv_format_;
   int n_slots_;
+  int kv_block_size_;
   bool use_graphs_;
   int sm_count_ = 0;
   std::string device_name_;
 
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  GpuWeights weights_;
 
-  // Weights: one allocation, views into it.
-  void* weight_arena_ = nullptr;
-  std::vector<LayerWeights> layers_;
-  DeviceMatrix token_embd_, output_;
-  const float* output_norm_ = nullptr;
-  const float* freq_factors_ = nullptr;
-
-  // KV cache: per layer [n_slots][kv_dim], f16 or f32.
+  // KV cache: per layer [n_slots][kv_dim] in kv_format_.
   void* kv_arena_ = nullptr;
   std::vector<void*> k_cache_, v_cache_;
   uint64_t kv_bytes_ = 0;
+  size_t kv_block_bytes_ = 0;  // of one block of one layer's keys (or values)
 
-  // Activations for up to capacity_ tokens per step (one allocation).
-  int capacity_ = 0;
+  // Activations for up to token_capacity_ tokens per step (one allocation).
+  int token_capacity_ = 0;
   void* activation_arena_ = nullptr;
   float* x_ = nullptr;         // residual stream [n_tokens][n_embd]
   float* norm_ = nullptr;      // [n_tokens][n_embd]
@@ -133,20 +148,13 @@ class LlamaCuda {
   std::vector<PromptSequence> prompt_sequences_;
   bool use_prompt_attention_ = false;
 
-  // Per-step inputs: host pinned mirror and device copy, sections of capacity_ entries then the slot table.
+  // Per-step inputs: a pinned host mirror and the device copy, in the sections of StepInputs.
   int table_capacity_ = 0;
   int32_t* step_host_ = nullptr;
   int32_t* step_device_ = nullptr;
-  size_t step_used_ = 0;          // int32s of the current step to upload
-  float* logits_host_ = nullptr;  // pinned [capacity_][n_vocab]
-
-  int32_t* tokens_d() const { return step_device_; }
-  int32_t* positions_d() const { return step_device_ + capacity_; }
-  int32_t* write_slots_d() const { return step_device_ + 2 * capacity_; }
-  int32_t* slot_offsets_d() const { return step_device_ + 3 * capacity_; }
-  int32_t* output_rows_d() const { return step_device_ + 4 * capacity_; }
-  int32_t* prompt_rows_d() const { return step_device_ + 5 * capacity_; }  // token indices grouped by sequence
-  int32_t* slot_table_d() const { return step_device_ + 6 * capacity_; }
+  StepInputs host_, device_;
+  size_t step_used_ = 0;          // int32s of the current step to upload (the sections up to its block table's end)
+  float* logits_host_ = nullptr;  // pinned [token_capacity_][n_vocab]
 
   using GraphKey = std::tuple<int, int, int>;  // (n_tokens, n_out, decode_splits_)
   std::map<GraphKey, cudaGraphExec_t> graphs_;  // -> the captured decode step

@@ -13,6 +13,7 @@
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/kv_cache.cuh"
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/mma.cuh"
 
@@ -39,8 +40,8 @@ struct FlashArgs {
   const __half* k_cache;     // [n_slots][n_head_kv][head_dim]
   const __half* v_cache;
   const int32_t* positions;  // [n_tokens]
-  const int32_t* rows;       // the sequence's token indices, [n_rows]
-  const int32_t* slots;      // the sequence's cache slots by position, [n_keys]
+  const int32_t* blocks;     // the sequence's KV blocks (kv_cache.cuh)
+  int row_begin;             // its tokens are row_begin .. row_begin + n_rows - 1 of the step
   int n_rows;
   int n_keys;
   float scale_log2;  // log2(e) / sqrt(head_dim): the softmax runs in base 2
@@ -48,7 +49,7 @@ struct FlashArgs {
   __half* out16;     // its f16 copy, or null
 };
 
-// Grid: (blocks of kBlockRows rows of the sequence, KV heads). Row m of KV head kv is query token rows[m / group]
+// Grid: (blocks of kBlockRows rows of the sequence, KV heads). Row m of KV head kv is query token row_begin + m / group
 // with query head kv * group + m % group, so the block's K/V tiles serve all query heads of the KV head (GQA).
 // Token t sees keys 0..positions[t]. The blocks of the latest tokens, which have the most keys, start first.
 template <int D>
@@ -73,7 +74,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_prompt_attention_kernel(con
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int m = first_row + g + 8 * r, i = m / group;
-    token[r] = i < a.n_rows ? a.rows[i] : -1;
+    token[r] = i < a.n_rows ? a.row_begin + i : -1;
     head[r] = kv_head * group + m % group;
     n_visible[r] = token[r] >= 0 ? min(a.positions[token[r]] + 1, a.n_keys) : 0;
   }
@@ -105,7 +106,7 @@ __global__ void __launch_bounds__(kWarps * 32) flash_prompt_attention_kernel(con
     for (int c = threadIdx.x; c < kKeys * kChunks; c += kWarps * 32) {
       const int j = c / kChunks, dim = c % kChunks * 8, key = key0 + j;
       const bool valid = key < block_keys && dim < hd;
-      const int64_t at = valid ? a.slots[key] * kv_dim + kv_head * hd + dim : 0;
+      const int64_t at = valid ? kv_slot(a.blocks, key, a.p.kv_block_shift) * kv_dim + kv_head * hd + dim : 0;
       copy_16_async_or_zeros(&k_tile[b][j][dim], a.k_cache + at, valid);
       copy_16_async_or_zeros(&v_tile[b][j][dim], a.v_cache + at, valid);
     }
@@ -216,13 +217,12 @@ void launch_flash(const FlashArgs& a, cudaStream_t stream) {
 
 bool prompt_attention_supported(const AttentionParams& p) {
   // Rows of whole 16-byte pieces for cp.async, and at most kMaxHeadDim (registers).
-  return p.f16_cache && p.head_dim % 8 == 0 && p.head_dim <= kMaxHeadDim && p.n_head % p.n_head_kv == 0;
+  return p.kv_format == KvFormat::F16 && p.head_dim % 8 == 0 && p.head_dim <= kMaxHeadDim && p.n_head % p.n_head_kv == 0;
 }
 
 void prompt_attention(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
-                      const int32_t* positions, const int32_t* rows, const int32_t* slot_table,
-                      const PromptSequence* sequences, int n_sequences, float* out, __half* out16,
-                      cudaStream_t stream) {
+                      const int32_t* positions, const int32_t* block_table, const PromptSequence* sequences,
+                      int n_sequences, float* out, __half* out16, cudaStream_t stream) {
   if (!prompt_attention_supported(p)) {
     throw std::runtime_error("prompt_attention needs an f16 KV cache and a head dimension that is a multiple of 8 "
                              "up to " + std::to_string(kMaxHeadDim) + ", not " + std::to_string(p.head_dim));
@@ -239,8 +239,8 @@ void prompt_attention(const AttentionParams& p, const float* q, const void* k_ca
   for (int s = 0; s < n_sequences; ++s) {
     const PromptSequence& seq = sequences[s];
     if (seq.n_rows == 0) continue;
-    a.rows = rows + seq.row_begin;
-    a.slots = slot_table + seq.table_offset;
+    a.row_begin = seq.row_begin;
+    a.blocks = block_table + seq.table_offset;
     a.n_rows = seq.n_rows;
     a.n_keys = seq.n_keys;
     switch (padded_head_dim(p.head_dim)) {

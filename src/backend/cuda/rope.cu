@@ -12,7 +12,7 @@ namespace {
 // write their rotated pairs, and the matching value pairs, into the token's cache slot.
 __global__ void rope_store_kernel(const RopeParams p, float* __restrict__ q, const float* __restrict__ k,
                                   const float* __restrict__ v, const int32_t* __restrict__ positions,
-                                  const int32_t* __restrict__ slots, void* k_cache, void* v_cache, bool f16_cache) {
+                                  const int32_t* __restrict__ slots, void* k_cache, void* v_cache, KvFormat kv_format) {
   allow_next_kernel();
   wait_for_previous_kernel();
   const int t = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
@@ -32,7 +32,7 @@ __global__ void rope_store_kernel(const RopeParams p, float* __restrict__ q, con
   }
   const int64_t slot_at = static_cast<int64_t>(slots[t]) * kv_dim + (at - static_cast<int64_t>(t) * kv_dim);
   const float v0 = v[at], v1 = v[at + 1];
-  if (f16_cache) {
+  if (kv_format == KvFormat::F16) {
     reinterpret_cast<__half2*>(k_cache)[slot_at / 2] = __floats2half2_rn(x0, x1);
     reinterpret_cast<__half2*>(v_cache)[slot_at / 2] = __floats2half2_rn(v0, v1);
   } else {
@@ -44,13 +44,13 @@ __global__ void rope_store_kernel(const RopeParams p, float* __restrict__ q, con
 }  // namespace
 
 void rope_and_store_kv(const RopeParams& p, float* q, const float* k, const float* v, const int32_t* positions,
-                       const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, bool f16_cache,
+                       const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, KvFormat kv_format,
                        cudaStream_t stream) {
   if (n_tokens == 0) return;
   const dim3 grid(n_tokens, p.n_head + p.n_head_kv);
   const int threads = (p.head_dim / 2 + 31) / 32 * 32;
   launch_chained("rope_store_kernel", rope_store_kernel, grid, dim3(threads), 0, stream, p, q, k, v, positions, slots,
-                 k_cache, v_cache, f16_cache);
+                 k_cache, v_cache, kv_format);
 }
 
 }  // namespace tessera::cuda
