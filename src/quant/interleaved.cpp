@@ -321,11 +321,10 @@ void deinterleave_row(GgmlType type, const void* interleaved, int64_t n_cols, in
   }
 }
 
-// Measured with both kernels streaming a 300 MB Q4_K matrix from memory, alternating in one process (docs/BENCH.md):
-// on Zen 4 (2 threads) no software prefetch read 12-18% faster than prefetchnta and 10-28% faster than
-// prefetcht0/t1, which take L1 miss buffers the hardware's L2 streamer would have used; on Zen 5 prefetchnta was
-// the fastest; on an Intel Xeon (family 6 model 207, 1-16 threads) prefetcht0 read 30-70% faster than none and
-// prefetchnta half as fast as none.
+// Chosen with the kernels streaming a large Q4_K matrix from memory, each prefetch alternating in one process
+// (docs/notes/2026-11-27-cpu-weight-prefetch.md): on Zen 4 no software prefetch is fastest, since prefetchnta and
+// prefetcht0/t1 take L1 miss buffers the hardware's L2 streamer would have used; on Zen 5 prefetchnta is; on an
+// Intel Xeon (family 6 model 207) prefetcht0 is, far ahead of none, and prefetchnta is the slowest.
 WeightPrefetch weight_prefetch_for(std::string_view cpu_vendor, unsigned cpu_family) {
   if (cpu_vendor != "AuthenticAMD") return WeightPrefetch::L1;
   return cpu_family <= 0x19 ? WeightPrefetch::None : WeightPrefetch::NonTemporal;

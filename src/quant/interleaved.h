@@ -52,7 +52,8 @@ void deinterleave_row(GgmlType type, const void* interleaved, int64_t n_cols, in
 
 // How a pass of fewer than 8 tokens (decode's) asks for the tiles a few KB ahead of the ones it reads. It is the
 // last pass over them, streaming them from memory, and which request keeps one core reading fastest depends on
-// the processor's own prefetchers; the wrong one can halve the speed (docs/BENCH.md has the measurements).
+// the processor's own prefetchers; the wrong one costs much of the speed
+// (docs/notes/2026-11-27-cpu-weight-prefetch.md).
 // Passes of 8 tokens always prefetch into L1: their tiles are read again by the next 8.
 enum class WeightPrefetch {
   None,         // leave it to the hardware prefetchers

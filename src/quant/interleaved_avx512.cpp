@@ -42,8 +42,8 @@ inline __m512i dpbusd_broadcast(__m512i acc, __m512i w, const int8_t* x) {
 // starts kPrefetchBytes ahead. The last step's share runs a few lines further (prefetched again later): a fixed
 // count per step needs no loop and no branch, which cost more instructions than the step's arithmetic. The
 // distance is in bytes whatever the tile (what it must cover is the memory's latency at the rate one core reads):
-// two Q4_K tiles, 4.7 KB. Two Q6_K tiles (6.7 KB) for Q6_K instead: TinyLlama and 7B decode in alternating blocks
-// on Zen 5, 4 runs, 1.0% +- 0.5% slower.
+// two Q4_K tiles, 4.7 KB. Two Q6_K tiles (6.7 KB) for Q6_K instead were slower
+// (docs/notes/2026-11-27-cpu-kv-cache-and-prefetch.md).
 constexpr int kPrefetchBytes = 2 * sizeof(TileQ4_K);
 // A pass of fewer than kTokens tokens is the last one over its row group (for decode, the only one), and follows
 // the WeightPrefetch asked for; a pass of kTokens leaves its tiles in L1 for the next one.
@@ -212,8 +212,8 @@ void block32_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t i = 0; i < n_blocks; ++i) {
     const Tile& tile = tiles[i];
-    // The same distance in bytes, not two of these smaller tiles (0.6 KB for Q4_0, 1.1 KB for Q8_0): measured at
-    // least as fast, TinyLlama tg128, 5 alternating rounds each, Q4_0 66.0 vs 64.6 t/s and Q8_0 29.4 vs 28.8 t/s.
+    // The same distance in bytes, not two of these smaller tiles (0.6 KB for Q4_0, 1.1 KB for Q8_0): at least as
+    // fast (docs/notes/2026-11-27-cpu-interleaved-decode.md).
     if constexpr (kPrefetches<P, NT>) {
       const char* ahead = reinterpret_cast<const char*>(&tile) + kPrefetchBytes;
       for (int l = 0; l < kLines; ++l) _mm_prefetch(ahead + 64 * l, kPrefetchHint<P, NT>);

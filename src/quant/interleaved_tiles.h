@@ -11,7 +11,8 @@ namespace tessera::quant::detail {
 // Q4_K and Q5_K, in the order the one-token kernel reads them: the sub-blocks' scales, the sub-blocks (Q5_K's fifth
 // bits beside their sub-block's nibbles), then d, dmin and the sub-blocks' mins, which it applies last.
 // Lines read in address order are one stream that the hardware prefetcher follows; with d, dmin and the mins first
-// (read after the sub-blocks), Zen 4 decode streamed Q4_K 5-10% slower when memory was fast.
+// (read after the sub-blocks), Zen 4 decode streamed Q4_K slower when memory was fast
+// (docs/notes/2026-11-27-cpu-q4k-tile-order.md).
 template <class SubBlock>
 struct TileQ45_K {
   uint8_t scales[8][16];

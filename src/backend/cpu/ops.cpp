@@ -8,7 +8,7 @@ namespace tessera::cpu {
 
 void rms_norm(const float* x, const float* weight, float* y, int n, float eps) {
   // Eight running sums, which vectorize and do not wait on each other: it runs on one thread while the others wait
-  // (0.59 -> 0.50 us at n = 2048 with warm caches).
+  // (docs/notes/2026-11-27-cpu-row-sharing.md).
   constexpr int kSums = 8;
   double sums[kSums] = {};
   int i = 0;

@@ -3,7 +3,8 @@
 //   one block serves QH query heads that share a KV head (GQA), so each key and value row is read once for all of
 //   them; its 4 warps take interleaved keys with an online softmax each, then merge.
 // - decode_attention_kernel (decode steps): at most 2 query heads per block (more blocks, each with less work
-//   after the wait: TinyLlama's 32/4 heads ran 1,080-1,097 t/s with 8 heads per block, 1,148-1,158 with 2), and
+//   after the wait, were faster than one block for all heads of a KV head, although that reads each K/V row once;
+//   docs/notes/2026-11-27-cuda-fused-decode-attention.md), and
 //   the keys of a block are a tile in shared memory, copied there before the kernel waits for the previous one
 //   (the cache's older keys and the slot table are not written by the step's earlier kernels), so the K/V loads
 //   overlap the Wq/Wk/Wv matvec. After the wait the block loads its queries and the step's new K/V rows in one
@@ -194,7 +195,7 @@ int heads_per_block(const AttentionParams& p) {
 }
 
 // Query heads per decode block: heads_per_block, at most p.max_decode_heads, else TESSERA_DECODE_HEADS (1, 2, 4
-// or 8), else 2 (see the top of the file; 1 measured the same as 2).
+// or 8), else 2 (see the top of the file; 1 was no faster: docs/notes/2026-11-27-cuda-fused-decode-attention.md).
 int decode_heads(const AttentionParams& p) {
   static const int env_cap = [] {
     const char* env = std::getenv("TESSERA_DECODE_HEADS");

@@ -16,7 +16,8 @@ constexpr int kDequantizeThreads = 128;
 // Each thread decodes one chunk into shared memory, then the block's chunks, which are one contiguous run of `out`
 // (chunk i of the launch goes to out + i * kChunk, whatever the source rows), are stored by consecutive threads
 // with 16-byte stores. Storing each thread's chunk straight from registers put the lanes of a warp a chunk apart
-// (128 bytes for Q4_K to f16): every store instruction touched 32 lines and the kernel wrote ~0.5 TB/s.
+// (128 bytes for Q4_K to f16): every store instruction touched 32 lines and the kernel wrote at a fraction of the
+// bandwidth (docs/notes/2026-11-27-cuda-prompt-path-h200.md).
 template <GgmlType T, class Out>
 __global__ void __launch_bounds__(kDequantizeThreads)
     dequantize_rows_kernel(const uint8_t* __restrict__ w, size_t row_bytes, int64_t n_cols,

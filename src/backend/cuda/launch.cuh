@@ -6,12 +6,12 @@
 // in the stream launch and do the same, and then wait_for_previous_kernel() blocks until the previous kernel has
 // finished and its writes are visible. So several kernels run ahead, as far as the SMs have room for their blocks
 // (a kernel's dependents launch only once all its blocks have started, so the running kernel is never starved),
-// and each has its first weights in flight when its turn comes: TinyLlama decode +13% over allowing the next
-// kernel only after the wait. Every kernel launched this way must wait before it reads anything an earlier kernel
-// wrote or writes anything an earlier kernel reads (through the previous kernel's own wait, this covers all
-// earlier kernels); before the wait it may only read what no kernel of the step writes. Both are no-ops for a
-// kernel launched the plain way, and on GPUs before sm_90 (no programmatic launch: there launch_chained is a
-// plain launch and stream order alone separates the kernels).
+// and each has its first weights in flight when its turn comes: decode is clearly faster than when the next kernel
+// may launch only after the wait (docs/notes/2026-11-27-cuda-kernels-run-ahead.md). Every kernel launched this
+// way must wait before it reads anything an earlier kernel wrote or writes anything an earlier kernel reads
+// (through the previous kernel's own wait, this covers all earlier kernels); before the wait it may only read what
+// no kernel of the step writes. Both are no-ops for a kernel launched the plain way, and on GPUs before sm_90 (no
+// programmatic launch: there launch_chained is a plain launch and stream order alone separates the kernels).
 #pragma once
 
 #include <cuda_runtime.h>

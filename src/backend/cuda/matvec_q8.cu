@@ -289,8 +289,9 @@ struct Q8Dot<GgmlType::Q8_0> {
 
 // Rows whose weights each thread has in flight at once. With more tokens the activations and sums take the
 // registers (4 rows at 8 tokens need ~250 and would halve the resident blocks). Q4_K's and Q6_K's 64-value units
-// hold twice the bytes per row in flight: 2 rows (Q4_K: 70 registers, 7 blocks per SM) measured faster than 4
-// (105, 4 blocks), and Q6_K at 2 rows can share a launch with Q4_K at every width.
+// hold twice the bytes per row in flight: 2 rows (Q4_K: 70 registers, 7 blocks per SM) were faster than 4 (105, 4
+// blocks; docs/notes/2026-11-27-cuda-fused-decode-attention.md), and Q6_K at 2 rows can share a launch with Q4_K
+// at every width.
 constexpr int rows_per_thread(GgmlType type, int n_tokens) {
   return n_tokens == 1 && type != GgmlType::Q4_K && type != GgmlType::Q6_K ? 4 : 2;
 }
@@ -451,11 +452,10 @@ __device__ __forceinline__ void matvec_q8_group(const MatvecGroups& groups, int 
       });
 }
 
-// Register budgets, chosen by measurement (tg128, alternating with the plain build in one device call): the
-// scaled one-token Q4_K kernel is held to 7 blocks per SM (72 registers; unbounded it takes 74, which fits 6), and
-// the others are given a minimum of one block, which lets ptxas spend more registers where it sees a use (the
-// 32-value Q6_K units of the file layout at one token: 72 -> 115): TinyLlama and 7B tg128 +16% / +7% over the
-// plain build this way, +12.5% / +5.5% with no bounds at all.
+// Register budgets, chosen by measurement: the scaled one-token Q4_K kernel is held to 7 blocks per SM (72
+// registers; unbounded it takes 74, which fits 6), and the others are given a minimum of one block, which lets
+// ptxas spend more registers where it sees a use (the 32-value Q6_K units of the file layout at one token: 72 ->
+// 115). Decode gained clearly more this way than with no bounds (docs/notes/2026-11-27-cuda-fused-rmsnorm.md).
 constexpr int kQ4KBlocksPerSm = 7;
 constexpr int min_blocks_per_sm(GgmlType type, int n_tokens, bool norm_scaled) {
   return type == GgmlType::Q4_K && n_tokens == 1 && norm_scaled ? kQ4KBlocksPerSm : 1;
@@ -486,10 +486,11 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 // them itself once they are summed: warp t takes token t, lane i row 32 * blockIdx.x + i. The grid is n_rows / 32
 // blocks (64 at TinyLlama's 2048, 128 at 4096), one per SM, with the plain kernel's rows per thread
 // (rows_per_thread: 4 at one token, Q4_K and Q6_K 2; Q6_K's former 32-value units at 8 instead of 4, for more
-// bytes in flight, measured slower: its 7B down projection 25.4 -> 26.0 us under ncu). kThreads (at most 512)
-// grows with the row's units. At one token Q4_K and Q6_K keep as many passes in flight as the row takes, up to
-// three (kStages; one block per SM has the registers: 120 / 128 at three, no spill): 7B tg128 +1-2% at two, +1%
-// more at three, with several kernels running ahead (launch.cuh). Not measured for the other types (Q5_K would
+// bytes in flight, were slower: docs/notes/2026-11-27-cuda-fused-rmsnorm.md). kThreads (at most 512) grows with
+// the row's units. At one token Q4_K and Q6_K keep as many passes in flight as the row takes, up to three
+// (kStages; one block per SM has the registers: 120 / 128 at three, no spill): each pass more in flight made the
+// 7B faster, with several kernels running ahead (launch.cuh; docs/notes/2026-11-27-cuda-q6k-device-layout.md).
+// Not measured for the other types (Q5_K would
 // spill), nor at more tokens (Q4_K would spill). These blocks are one per SM at the widths served here, so a
 // minimum of one block per SM costs nothing and keeps ptxas from spilling to fit two.
 constexpr bool norm_keeps_passes_in_flight(GgmlType type) { return type == GgmlType::Q4_K || type == GgmlType::Q6_K; }

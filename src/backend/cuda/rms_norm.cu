@@ -1,6 +1,7 @@
 // RMSNorm, one block per row; the sum of squares is kept in double like the CPU reference. A decode step has one
 // row per token, so one block does the whole row: each thread keeps its few values in registers, loading them all
-// at once (a loop of dependent passes over the row was a chain of memory round trips, ~8 us at 4096 values), and
+// at once (a loop of dependent passes over the row was a chain of memory round trips:
+// docs/notes/2026-11-26-cuda-integer-decode-h200.md), and
 // loads its norm weights before waiting for the previous kernel. The block is the smallest of 256 x 8, 512 x 8 and
 // 1024 x 16 (threads x values) that holds the row: fewer warps, fewer partial sums to add after the barrier. For
 // decode it also writes the row quantized (Q8Rows): each warp's 32 consecutive outputs are one block, so this
