@@ -58,10 +58,9 @@ struct TestResult {
 };
 
 // The probes between repetitions read the streamed weights themselves: the same bytes on the same pages, and no
-// memory beyond the model's. A probe must read several times the last-level cache or it measures the cache too:
-// on the machine two threads read 84 GB/s from 64 MiB, 77 from 128 MiB and 72 from 256 MiB, 640 MiB
-// and 2 GiB alike (best of 3, 15 alternating rounds). Where the weights are smaller or not in host memory, a
-// buffer of that minimum size is read instead.
+// memory beyond the model's. A probe must read several times the last-level cache or it measures the cache too;
+// from 256 MiB up the rate no longer depends on the size (docs/notes/2026-11-27-cpu-kv-cache-and-prefetch.md).
+// Where the weights are smaller or not in host memory, a buffer of that minimum size is read instead.
 constexpr size_t kAdjacentProbeMinBytes = size_t{256} << 20;
 constexpr int kAdjacentProbeRepetitions = 3;
 

@@ -13,7 +13,8 @@ namespace {
 constexpr int64_t kGemmTokenBlock = 64;  // activation rows per kernel call: they stay in L2 with the weights
 constexpr int64_t kSwigluPiece = 256;    // SwiGLU values quantized together: whole blocks of any format
 // The smallest claim of rows (RowRanges) in weight bytes: a claim's own cost (its bookkeeping and a kernel call)
-// stays small beside its reading (docs/notes/2026-11-27-cpu-decode.md).
+// stays small beside its reading; 32 KB did best in paired decode runs, and claims of a fixed size did worse
+// (docs/notes/2026-11-27-cpu-row-sharing.md).
 constexpr int64_t kMinClaimBytes = 32 << 10;
 
 template <class T>
