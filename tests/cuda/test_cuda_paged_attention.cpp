@@ -166,8 +166,13 @@ const AttentionParams kShapes[] = {
     {8, 2, 256, true},                      // a key per warp
 };
 
-TEST(CudaPagedAttention, SequencesOfManyLengthsMatchReference) {
+class CudaPagedAttention : public ::testing::TestWithParam<AttentionParams> {};
+
+TEST_P(CudaPagedAttention, SequencesOfManyLengthsMatchReference) {
   TESSERA_REQUIRE_GPU();
+  const AttentionParams p = GetParam();
+  ASSERT_TRUE(paged_attention_supported(p));
+  paged_attention_prepare(p);
   const std::vector<int> lengths = {1, 15, 16, 17, 100, 1000, 4097};
   std::vector<Query> queries;
   for (int s = 0; s < static_cast<int>(lengths.size()); ++s) queries.push_back({s, lengths[s], 0});
@@ -177,38 +182,40 @@ TEST(CudaPagedAttention, SequencesOfManyLengthsMatchReference) {
   queries.push_back({6, 4097, 4000});
   // Three tokens of one sequence, at positions 97, 98, 99.
   for (const int n : {98, 99, 100}) queries.push_back({4, n, 0});
-  uint32_t seed = 1;
-  for (const AttentionParams& p : kShapes) {
-    ASSERT_TRUE(paged_attention_supported(p));
-    paged_attention_prepare(p);
-    for (const int block_size : {16, 64}) {
-      const Step step(lengths, queries, block_size, seed += 7);
-      check_step(p, step, {1, 0, 3, 16}, seed += 7, "lengths 1..4097");
-    }
+  uint32_t seed = 1 + 7 * static_cast<uint32_t>(p.head_dim + p.n_head_kv);
+  for (const int block_size : {16, 64}) {
+    const Step step(lengths, queries, block_size, seed += 7);
+    check_step(p, step, {1, 0, 3, 16}, seed += 7, "lengths 1..4097");
   }
 }
 
-TEST(CudaPagedAttention, BatchesOfSequencesMatchReference) {
+TEST_P(CudaPagedAttention, BatchesOfSequencesMatchReference) {
   TESSERA_REQUIRE_GPU();
-  uint32_t seed = 1000;
-  for (const AttentionParams& p : kShapes) {
-    for (const int n_tokens : {1, 7, 64, 256}) {
-      std::mt19937 rng(seed += 11);
-      std::vector<int> lengths;
-      std::vector<Query> queries;
-      for (int t = 0; t < n_tokens; ++t) {
-        const int n = 1 + static_cast<int>(rng() % (n_tokens == 1 ? 3000 : 300));
-        lengths.push_back(n);
-        queries.push_back({t, n, t % 5 == 4 ? static_cast<int>(rng() % n) : 0});
-      }
-      const Step step(lengths, queries, 16, seed);
-      check_step(p, step, {0}, seed + 1, std::to_string(n_tokens) + " sequences");
+  const AttentionParams p = GetParam();
+  uint32_t seed = 1000 + 11 * static_cast<uint32_t>(p.head_dim + p.n_head_kv);
+  for (const int n_tokens : {1, 7, 64, 256}) {
+    std::mt19937 rng(seed += 11);
+    std::vector<int> lengths;
+    std::vector<Query> queries;
+    for (int t = 0; t < n_tokens; ++t) {
+      const int n = 1 + static_cast<int>(rng() % (n_tokens == 1 ? 3000 : 300));
+      lengths.push_back(n);
+      queries.push_back({t, n, t % 5 == 4 ? static_cast<int>(rng() % n) : 0});
     }
+    const Step step(lengths, queries, 16, seed);
+    check_step(p, step, {0}, seed + 1, std::to_string(n_tokens) + " sequences");
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaPagedAttention, ::testing::ValuesIn(kShapes),
+                         [](const ::testing::TestParamInfo<AttentionParams>& info) {
+                           const AttentionParams& p = info.param;
+                           return "heads" + std::to_string(p.n_head) + "_kv" + std::to_string(p.n_head_kv) + "_dim" +
+                                  std::to_string(p.head_dim) + (p.f16_cache ? "_f16" : "_f32");
+                         });
 
 // Refused before anything is launched: no GPU needed.
-TEST(CudaPagedAttention, RefusesWhatItCannotTake) {
+TEST(CudaPagedAttentionChecks, RefusesWhatItCannotTake) {
   const PagedKeys keys{nullptr, nullptr, nullptr, nullptr, 16};
   auto expect_refused = [](auto&& call, const std::string& needle) {
     try {
