@@ -1,12 +1,13 @@
 // Microbenchmarks of the batched decode kernels on random data (needs a GPU and a build with TESSERA_CUDA):
 // - matmul_batch against gemm (the matrix decoded to f16, then cuBLAS) for Llama-2-7B's and TinyLlama's matrix
-//   shapes at 8..256 tokens, Q4_K and Q6_K. Counters: GB/s of weights (the matrix's bytes in its block format per
-//   call) and TFLOP/s (2 * rows * columns * tokens per call). Each call reads the next of enough copies of the matrix
-//   to exceed the L2 cache, so the weights come from DRAM as in a forward pass.
+//   shapes at 8..256 tokens, Q4_K and Q6_K; matmul_batch also with its token tile capped at 32 or 64 and without K
+//   splits, to choose the plan's policy by measurement. Counters: GB/s of weights (the matrix's bytes in its block
+//   format per call) and TFLOP/s (2 * rows * columns * tokens per call). Each call reads the next of enough copies of
+//   the matrix to exceed the L2 cache, so the weights come from DRAM as in a forward pass.
 // - paged_attention for 1..256 sequences of 512 and 4096 keys with TinyLlama's and Llama-2-7B's heads (f16 cache,
 //   blocks of 16 slots handed out in shuffled order). Counter: GB/s of K and V rows read.
 // Times are CUDA event times of back-to-back launches. Run: ./build/bench/cuda_batch_bench
-// [--benchmark_filter=matmul_batch/llama2_7b] (names: kernel/model/matrix/type/tokens).
+// [--benchmark_filter=matmul_batch/llama2_7b] (names: kernel/model/matrix/type/tokens:n).
 #include <benchmark/benchmark.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -141,7 +142,23 @@ constexpr MatrixShape kMatrices[] = {
 };
 constexpr int kTokenCounts[] = {8, 16, 32, 64, 128, 256};
 
-void bench_matmul(benchmark::State& state, MatrixShape shape, GgmlType type, int n_tokens, bool batched) {
+// How a product is computed: gemm, or matmul_batch with the device's plan, its token tile capped, or without K
+// splits.
+struct Kernel {
+  const char* name;
+  bool batched;
+  int max_tile_tokens;
+  bool split;
+};
+constexpr Kernel kKernels[] = {
+    {"gemm", false, 0, false},
+    {"matmul_batch", true, 128, true},
+    {"matmul_batch_tile32", true, 32, true},
+    {"matmul_batch_tile64", true, 64, true},
+    {"matmul_batch_nosplit", true, 128, false},
+};
+
+void bench_matmul(benchmark::State& state, MatrixShape shape, GgmlType type, int n_tokens, Kernel kernel) {
   try {
     const Matrices& m = matrices_for(type, shape.n_rows, shape.n_cols);
     std::vector<float> x(static_cast<size_t>(n_tokens) * shape.n_cols);
@@ -153,8 +170,11 @@ void bench_matmul(benchmark::State& state, MatrixShape shape, GgmlType type, int
     check(cudaMemcpy(x32.ptr, x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
     cuda::convert_f32_to_f16(x32.ptr, x16.ptr, static_cast<int64_t>(x.size()), nullptr);
     const double bytes = static_cast<double>(m.bytes), flops = 2.0 * shape.n_rows * shape.n_cols * n_tokens;
-    if (batched) {
-      const cuda::MatmulBatchPlan plan = cuda::matmul_batch_plan(m.matrix(0), n_tokens);
+    if (kernel.batched) {
+      cuda::DeviceLimits limits = cuda::current_device_limits();
+      if (!kernel.split) limits.sm_count = 1;
+      const cuda::MatmulBatchPlan plan =
+          cuda::plan_matmul_batch(type, shape.n_rows, shape.n_cols, n_tokens, limits, kernel.max_tile_tokens);
       DeviceArray<float> workspace(cuda::matmul_batch_workspace_floats(plan, m.matrix(0), n_tokens));
       state.SetLabel("tile " + std::to_string(plan.tile_tokens) + ", " + std::to_string(plan.stages) + " stages, " +
                      std::to_string(plan.splits) + " splits");
@@ -234,12 +254,13 @@ void register_all() {
   for (const MatrixShape& shape : kMatrices) {
     for (const GgmlType type : {GgmlType::Q4_K, GgmlType::Q6_K}) {
       for (const int n_tokens : kTokenCounts) {
-        for (const bool batched : {true, false}) {
-          const std::string name = std::string(batched ? "matmul_batch/" : "gemm/") + shape.model + "/" + shape.name +
-                                   "/" + std::string(tessera::ggml_type_name(type)) +
-                                   "/tokens:" + std::to_string(n_tokens);
+        for (const Kernel& kernel : kKernels) {
+          // A cap at or above the tile the tokens need is the plain plan.
+          if (kernel.max_tile_tokens != 128 && kernel.batched && n_tokens <= kernel.max_tile_tokens) continue;
+          const std::string name = std::string(kernel.name) + "/" + shape.model + "/" + shape.name + "/" +
+                                   std::string(tessera::ggml_type_name(type)) + "/tokens:" + std::to_string(n_tokens);
           benchmark::RegisterBenchmark(
-              name.c_str(), [=](benchmark::State& state) { bench_matmul(state, shape, type, n_tokens, batched); })
+              name.c_str(), [=](benchmark::State& state) { bench_matmul(state, shape, type, n_tokens, kernel); })
               ->UseManualTime()
               ->Unit(benchmark::kMicrosecond)
               ->MinTime(0.2);

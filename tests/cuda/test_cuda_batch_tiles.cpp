@@ -153,6 +153,14 @@ TEST(MatmulBatchTiles, PlansFitTheDeviceAndCoverEveryTile) {
   }
 }
 
+TEST(MatmulBatchTiles, PlansKeepTheTileCap) {
+  for (const int cap : {16, 32, 64}) {
+    const MatmulBatchPlan plan = plan_matmul_batch(GgmlType::Q4_K, 4096, 4096, 256, kH100, cap);
+    EXPECT_EQ(plan.tile_tokens, cap);
+  }
+  EXPECT_EQ(plan_matmul_batch(GgmlType::Q4_K, 4096, 4096, 20, kH100, 64).tile_tokens, 32);
+}
+
 TEST(MatmulBatchTiles, PlansRefuseOtherTypesAndWidths) {
   EXPECT_EQ(plan_matmul_batch(GgmlType::F16, 64, 256, 9, kH100).tile_tokens, 0);
   EXPECT_EQ(plan_matmul_batch(GgmlType::Q3_K, 64, 256, 9, kH100).tile_tokens, 0);

@@ -2,7 +2,8 @@
 // f16 (what the kernel hands the tensor cores), multiplied in double. For every type at the token counts of a decode
 // step of 1..256 sequences (every token tile: 16, 32, 64, 128, partly filled), a matrix of two row blocks with a
 // partial second one and a long one of 11 k-tiles, each with the device's plan, without K splits, with one k-tile per
-// split, and with half the shared memory (fewer stages, smaller tiles); with and without accumulate.
+// split, with half the shared memory (fewer stages, smaller tiles) and with 16-token tiles (many token blocks); with
+// and without accumulate.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -108,6 +109,7 @@ void check_type(GgmlType type, int64_t n_rows, int64_t n_cols, int n_tokens, uin
                          {device.sm_count, device.max_shared_per_block / 2, device.shared_per_sm / 2,
                           device.reserved_shared_per_block}),
        false},
+      {"16-token tiles", plan_matmul_batch(type, n_rows, n_cols, n_tokens, device, 16), true},
   };
   const Product with_y0 = reference(w16, x16, y0, n_rows, n_cols, n_tokens, ldy, true);
   const Product without = reference(w16, x16, y0, n_rows, n_cols, n_tokens, ldy, false);

@@ -24,10 +24,11 @@ int stages_for(GgmlType type, int tile_tokens, int blocks, const DeviceLimits& l
 }  // namespace
 
 MatmulBatchPlan plan_matmul_batch(GgmlType type, int64_t n_rows, int64_t n_cols, int n_tokens,
-                                  const DeviceLimits& limits) {
+                                  const DeviceLimits& limits, int max_tile_tokens) {
   MatmulBatchPlan plan;
   if (!has_tiles(type) || n_rows <= 0 || n_cols <= 0 || n_cols % kTileCols != 0 || n_tokens <= 0) return plan;
   int tile = n_tokens <= 16 ? 16 : n_tokens <= 32 ? 32 : n_tokens <= 64 ? 64 : 128;
+  while (tile > 16 && tile > max_tile_tokens) tile /= 2;
   for (; tile >= 16; tile /= 2) {
     // Two blocks per SM give each SMSP two warps to switch between (four at 128 tokens, which have 8 warps).
     for (const int blocks : {2, 1}) {

@@ -256,12 +256,12 @@ struct MatmulBatchPlan {
   int splits = 0;
 };
 
-// The largest token tile that the tokens need (16 for up to 16 tokens ... 128 above 64), made smaller while not even
-// two stages of it fit in a block; the deepest pipeline (2..kMaxTileStages) with which two blocks share an SM, else
-// the deepest for one block; then split K while the row and token blocks are fewer than one wave of blocks. n_cols
-// must be a multiple of kTileCols.
+// The largest token tile that the tokens need (16 for up to 16 tokens ... 128 above 64; at most max_tile_tokens),
+// made smaller while not even two stages of it fit in a block; the deepest pipeline (2..kMaxTileStages) with which
+// two blocks share an SM, else the deepest for one block; then split K while the row and token blocks are fewer than
+// one wave of blocks. n_cols must be a multiple of kTileCols.
 MatmulBatchPlan plan_matmul_batch(GgmlType type, int64_t n_rows, int64_t n_cols, int n_tokens,
-                                  const DeviceLimits& limits);
+                                  const DeviceLimits& limits, int max_tile_tokens = 128);
 
 // Arguments of one launch (matmul_batch.cu fills them from a plan).
 struct MatmulBatchArgs {
