@@ -62,7 +62,7 @@ PagedLayout make_layout(int row_bytes, int qh, int tile_keys, int stages) {
   return l;
 }
 
-int row_bytes_of(const AttentionParams& p) { return p.head_dim * (p.f16_cache ? 2 : 4); }
+int row_bytes_of(const AttentionParams& p) { return p.head_dim * ((p.kv_format == KvFormat::F16) ? 2 : 4); }
 
 // Query heads per block: a KV head's whole group where it has up to 8, else the largest of 8, 4, 2, 1 dividing it.
 int heads_per_block(const AttentionParams& p) {
@@ -365,7 +365,7 @@ void set_shared_limit() {
 // f.template operator()<QH, F16>() for p's heads per block and cache type.
 template <class F>
 void dispatch_instance(const AttentionParams& p, F&& f) {
-  const bool f16 = p.f16_cache;
+  const bool f16 = (p.kv_format == KvFormat::F16);
   switch (heads_per_block(p)) {
     case 8:
       return f16 ? f.template operator()<8, true>() : f.template operator()<8, false>();
