@@ -1,7 +1,12 @@
 #include "engine/engine.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <fstream>
+#include <limits>
 #include <map>
+#include <string>
 
 #include "backend/cpu/thread_pool.h"
 
@@ -20,15 +25,46 @@ BackendKind parse_backend_kind(const std::string& name) {
   throw std::invalid_argument("unknown backend '" + name + "' (expected cpu, cuda or hybrid)");
 }
 
-static int choose_context(const model::LlamaModel& model, int requested) {
-  if (requested < 0) throw std::invalid_argument("--ctx-size must not be negative");
-  int n = requested > 0 ? requested : std::min(model.config.n_ctx_train, kDefaultMaxContext);
-  return (n + kKvBlockSize - 1) / kKvBlockSize * kKvBlockSize;
+// MemAvailable from /proc/meminfo in bytes; 0 where it cannot be read.
+static uint64_t available_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  for (std::string key; meminfo >> key;) {
+    uint64_t kib = 0;
+    if (key == "MemAvailable:" && meminfo >> kib) return kib * 1024;
+    meminfo.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return 0;
+}
+
+// The KV cache size in tokens, rounded up to whole blocks. On the CPU, a cache larger than the memory available
+// is refused here, before anything is allocated for it.
+static int choose_context(const model::LlamaModel& model, const EngineOptions& options) {
+  if (options.n_ctx < 0) throw std::invalid_argument("--ctx-size must not be negative");
+  const int64_t requested =
+      options.n_ctx > 0 ? options.n_ctx : std::min(model.config.n_ctx_train, kDefaultMaxContext);
+  const int64_t n = (requested + kKvBlockSize - 1) / kKvBlockSize * kKvBlockSize;
+  if (n > std::numeric_limits<int32_t>::max()) {
+    throw std::invalid_argument(fmt::format("--ctx-size {} is more tokens than a KV cache can index", requested));
+  }
+  if (options.backend == BackendKind::Cpu) {
+    const uint64_t element_bytes = options.kv_type == KvCacheType::F16 ? 2 : 4;
+    const uint64_t bytes_per_token =
+        2 * static_cast<uint64_t>(model.config.n_layer) * static_cast<uint64_t>(model.config.kv_dim()) * element_bytes;
+    const uint64_t needed = static_cast<uint64_t>(n) * bytes_per_token;
+    const uint64_t available = available_memory_bytes();
+    if (available > 0 && needed > available) {
+      throw std::runtime_error(fmt::format(
+          "a KV cache of {} tokens needs {:.1f} GiB ({} bytes per token) but {:.1f} GiB of memory is available; "
+          "lower --ctx-size",
+          n, static_cast<double>(needed) / (1 << 30), bytes_per_token, static_cast<double>(available) / (1 << 30)));
+    }
+  }
+  return static_cast<int>(n);
 }
 
 Engine::Engine(const gguf::File& file, const EngineOptions& options)
     : model_(model::LlamaModel::load(file)),
-      n_ctx_(choose_context(model_, options.n_ctx)),
+      n_ctx_(choose_context(model_, options)),
       n_batch_(std::max(1, options.n_batch)),
       kv_(n_ctx_, kKvBlockSize) {
   BackendOptions bo;

@@ -18,6 +18,7 @@ std::string_view stop_reason_name(StopReason reason) {
     case StopReason::MaxTokens: return "length";
     case StopReason::ContextFull: return "context_full";
     case StopReason::Callback: return "stopped";
+    case StopReason::Interrupted: return "interrupted";
   }
   return "unknown";
 }
@@ -48,6 +49,10 @@ GenerateResult generate(Engine& engine, const tokenizer::Tokenizer& tokenizer, c
   const auto gen_start = std::chrono::steady_clock::now();
 
   for (int i = 0; i < request.max_tokens; ++i) {
+    if (request.interrupt && request.interrupt->load(std::memory_order_relaxed)) {
+      result.stop = StopReason::Interrupted;
+      break;
+    }
     const int32_t token = sampler.sample(logits, history);
     if (i == 0) result.first_token_seconds = seconds_since(start);
     if (!request.ignore_eos && tokenizer.is_end_of_generation(token)) {

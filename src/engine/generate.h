@@ -2,6 +2,7 @@
 // each new piece of text handed to a callback as soon as it is complete UTF-8.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -19,10 +20,12 @@ struct GenerateRequest {
   int max_tokens = 128;
   SamplerParams sampling;
   bool ignore_eos = false;
+  const std::atomic<bool>* interrupt = nullptr;  // when it becomes true, generation stops with Interrupted
 };
 
-enum class StopReason { EndOfGeneration, MaxTokens, ContextFull, Callback };
-std::string_view stop_reason_name(StopReason reason);  // "eos", "length", "context_full", "stopped"
+enum class StopReason { EndOfGeneration, MaxTokens, ContextFull, Callback, Interrupted };
+// "eos", "length", "context_full", "stopped", "interrupted"
+std::string_view stop_reason_name(StopReason reason);
 
 struct GenerateResult {
   std::vector<int32_t> tokens;  // generated ids (an end-of-generation token that stopped it is not included)

@@ -26,7 +26,8 @@ struct SamplerParams {
 class Sampler {
  public:
   explicit Sampler(const SamplerParams& params);
-  // Picks the next token from one logits row; `history` is every token so far (prompt and generated).
+  // Picks the next token from one logits row; `history` is every token so far (prompt and generated). Throws
+  // std::runtime_error for a row with a NaN or infinity (require_finite_logits).
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history);
 
  private:
@@ -36,5 +37,9 @@ class Sampler {
 };
 
 int32_t argmax(std::span<const float> logits);  // lowest id on ties
+
+// Throws std::runtime_error naming the first NaN or infinite logit: a model whose weights or hyper-parameters
+// make them must stop with a reason instead of sampling garbage.
+void require_finite_logits(std::span<const float> logits);
 
 }  // namespace tessera::engine
