@@ -104,6 +104,13 @@ LoadedModel load_model(const EngineCliOptions& options, bool quiet) {
   loaded.file = std::make_unique<gguf::File>(gguf::File::open(options.model));
   read_in_with_progress(*loaded.file, quiet);
   loaded.engine = std::make_unique<engine::Engine>(*loaded.file, eo);
+  if (const int n_ctx_train = loaded.engine->model().config.n_ctx_train; eo.n_ctx > n_ctx_train) {
+    std::fprintf(stderr, "%s",
+                 fmt::format("warning: --ctx-size {} is more than the {} tokens the model was trained on; text "
+                             "beyond them is likely to degrade\n",
+                             eo.n_ctx, n_ctx_train)
+                     .c_str());
+  }
   if (!quiet) {
     const auto& c = loaded.engine->model().config;
     std::fprintf(stderr, "%s", fmt::format("model: {} layers, {} embd, {} heads ({} KV), vocab {}, {:.1f} MiB of weights; "
@@ -115,6 +122,12 @@ LoadedModel load_model(const EngineCliOptions& options, bool quiet) {
                                   .c_str());
   }
   return loaded;
+}
+
+tokenizer::Tokenizer load_tokenizer(const gguf::File& file) {
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::from_gguf(file);
+  for (const std::string& warning : tok.warnings()) std::fprintf(stderr, "warning: %s\n", warning.c_str());
+  return tok;
 }
 
 }  // namespace tessera::cli

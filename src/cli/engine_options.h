@@ -8,6 +8,7 @@
 
 #include "engine/engine.h"
 #include "gguf/gguf.h"
+#include "tokenizer/tokenizer.h"
 
 namespace tessera::cli {
 
@@ -46,6 +47,11 @@ struct LoadedModel {
   std::unique_ptr<gguf::File> file;
   std::unique_ptr<engine::Engine> engine;
 };
+// `quiet` leaves out the progress bar and the model line; warnings (a context longer than the model was trained
+// for) are printed either way.
 LoadedModel load_model(const EngineCliOptions& options, bool quiet = false);
+
+// The file's tokenizer, with its warnings (special token ids it had to ignore) printed on stderr.
+tokenizer::Tokenizer load_tokenizer(const gguf::File& file);
 
 }  // namespace tessera::cli
