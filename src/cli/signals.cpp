@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 
 #include "io/output_file.h"
@@ -21,7 +22,9 @@ void say(const char* text) {
 
 extern "C" void on_termination(int sig) {
   if (sig == SIGINT && g_graceful.load() && !g_interrupted.exchange(true)) {
+    const int saved_errno = errno;  // the interrupted code may be about to read it
     say("\ninterrupted: stopping (Ctrl-C again quits at once)\n");
+    errno = saved_errno;
     return;
   }
   io::remove_temp_files();
