@@ -11,7 +11,8 @@
 namespace tessera::cli {
 
 struct EngineCliOptions {
-  std::string model;
+  std::string model;  // a GGUF path, or a Hub reference (OWNER/NAME:QUANT, hf://...) pulled into the store
+  std::string token;  // Hugging Face token for gated repositories; "" for $HF_TOKEN
   std::string backend = "cpu";
   int threads = 0;
   int ctx_size = 0;
@@ -30,7 +31,7 @@ struct EngineCliOptions {
   engine::EngineOptions to_engine_options() const;  // throws UsageError on bad values
 };
 
-// A model file mapped and its pages read in with a progress bar on stderr, then an engine over it. The file
+// A model file (a Hub reference is pulled first, src/hub) mapped and its pages read in with a progress bar on stderr, then an engine over it. The file
 // outlives the engine (the engine's weights point into it).
 struct LoadedModel {
   std::unique_ptr<gguf::File> file;
