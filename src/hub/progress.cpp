@@ -79,7 +79,9 @@ void Progress::finish(uint64_t done) {
   if (quiet_) return;
   if (tty_ && shown_) std::fprintf(stderr, "\r%s \033[K\n", progress_text(done, total_, rate(done)).c_str());
   const double seconds = std::chrono::duration<double>(Clock::now() - begun_).count();
-  std::fprintf(stderr, "%s: fetched %s in %s%s\n", label_.c_str(), format_bytes(done - start_).c_str(),
+  // A server that ignored the Range request sent the file from its start.
+  const uint64_t fetched = done >= start_ ? done - start_ : done;
+  std::fprintf(stderr, "%s: fetched %s in %s%s\n", label_.c_str(), format_bytes(fetched).c_str(),
                format_duration(seconds).c_str(),
                start_ ? fmt::format(" (resumed after {})", format_bytes(start_)).c_str() : "");
 }

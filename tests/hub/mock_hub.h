@@ -1,6 +1,6 @@
 // A stand-in for the Hugging Face Hub on 127.0.0.1, for the hub's tests: the endpoints Tessera uses, with the
 // Hub's reply shapes (the tree listing JSON with lfs.oid, a resolve URL that redirects to a CDN host with
-// X-Linked-Etag / X-Linked-Size / X-Repo-Commit, 401 for gated repositories, 404 with X-Error-Code) and a CDN
+// X-Linked-Etag / X-Linked-Size / X-Repo-Commit, 401 or 403 for gated repositories, 404 with X-Error-Code) and a CDN
 // that honours Range requests and can be told to drop connections. Every request is logged for assertions.
 #pragma once
 
@@ -50,6 +50,7 @@ class MockHub {
     size_t body_bytes = 0;  // of a CDN reply, what was actually sent
   };
   static constexpr const char* kToken = "hf_mock_token";
+  static constexpr const char* kTokenWithoutAccess = "hf_mock_token_without_access";
   static constexpr const char* kCommit = "0123456789abcdef0123456789abcdef01234567";
 
   MockHub() {
@@ -188,8 +189,11 @@ class MockHub {
       res.set_header("X-Error-Code", "RepoNotFound");
       return nullptr;
     }
-    if (it->second.gated && req.get_header_value("Authorization") != std::string("Bearer ") + kToken) {
-      res.status = 401;
+    const std::string authorization = req.get_header_value("Authorization");
+    if (it->second.gated && authorization != std::string("Bearer ") + kToken) {
+      // A valid token whose account has not accepted the repository's terms gets 403; no token or an unknown
+      // one gets 401.
+      res.status = authorization == std::string("Bearer ") + kTokenWithoutAccess ? 403 : 401;
       res.set_header("X-Error-Code", "GatedRepo");
       return nullptr;
     }

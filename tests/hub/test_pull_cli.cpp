@@ -233,6 +233,12 @@ TEST_F(HubCli, GatedRepositoryNeedsTheTokenWhichTheCdnNeverSees) {
   EXPECT_EQ(wrong.exit_code, 1);
   EXPECT_NE(wrong.err.find("refused the token"), std::string::npos) << wrong.err;
 
+  const auto no_access = tessera({"pull", "tessera-test/gated:Q8_0", "--token", MockHub::kTokenWithoutAccess});
+  EXPECT_EQ(no_access.exit_code, 1);
+  ASSERT_EQ(error_lines(no_access.err).size(), 1u) << no_access.err;
+  EXPECT_NE(no_access.err.find("HTTP 403, GatedRepo"), std::string::npos) << no_access.err;
+  EXPECT_NE(no_access.err.find("accept its terms"), std::string::npos) << no_access.err;
+
   hub_.clear_requests();
   const auto with_env = tessera({"pull", "tessera-test/gated:Q8_0"}, {{"HF_TOKEN", MockHub::kToken}});
   ASSERT_EQ(with_env.exit_code, 0) << with_env.err;
@@ -345,6 +351,12 @@ TEST_F(HubCli, RunTakesAHubNameAndThenNeedsNoNetwork) {
   ASSERT_EQ(offline.exit_code, 0) << offline.err;
   EXPECT_EQ(offline.out, local.out);
   EXPECT_TRUE(hub_.requests().empty());
+
+  // tokenize takes the name too.
+  const auto tokens = tessera({"tokenize", "-m", kRepo + ":Q8_0", "--text", "Once upon a time", "--json"},
+                              {{"HF_ENDPOINT", "http://127.0.0.1:9"}});
+  ASSERT_EQ(tokens.exit_code, 0) << tokens.err;
+  EXPECT_EQ(tokens.out, "[1,403,407,261,378]\n");  // the prompt tokens of stories260K's vocabulary (RunCli)
 }
 
 }  // namespace
