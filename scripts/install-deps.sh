@@ -5,6 +5,7 @@ packages=(
   build-essential cmake pkg-config
   libgtest-dev libgmock-dev libbenchmark-dev
   libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
+  libcurl4-openssl-dev libssl-dev libcpp-httplib-dev
   clang libclang-rt-14-dev
 )
 missing=()

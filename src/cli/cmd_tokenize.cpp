@@ -11,6 +11,7 @@
 #include "cli/engine_options.h"
 #include "cli/stdout_writer.h"
 #include "gguf/gguf.h"
+#include "hub/pull.h"
 #include "io/input_file.h"
 #include "tokenizer/tokenizer.h"
 
@@ -64,7 +65,7 @@ std::string printable_piece(const std::string& piece) {
 
 void run_tokenize(const TokenizeArgs& args) {
   const std::string text = args.text_file_given ? io::read_text_input(args.text_file, "text file") : args.text;
-  const gguf::File file = gguf::File::open(args.model);
+  const gguf::File file = gguf::File::open(hub::resolve_model_path(args.model, hub::Options::from_environment()));
   const tokenizer::Tokenizer tok = load_tokenizer(file);
   const std::vector<int32_t> ids = tok.encode(text, !args.no_bos, args.parse_special);
   if (args.json) {
@@ -75,7 +76,7 @@ void run_tokenize(const TokenizeArgs& args) {
 }
 
 void run_detokenize(const DetokenizeArgs& args) {
-  const gguf::File file = gguf::File::open(args.model);
+  const gguf::File file = gguf::File::open(hub::resolve_model_path(args.model, hub::Options::from_environment()));
   const tokenizer::Tokenizer tok = load_tokenizer(file);
   std::vector<int32_t> ids;
   ids.reserve(args.ids.size());
@@ -93,7 +94,7 @@ void run_detokenize(const DetokenizeArgs& args) {
 void add_tokenize_commands(CLI::App& root) {
   auto tokenize_args = std::make_shared<TokenizeArgs>();
   CLI::App* tokenize = root.add_subcommand("tokenize", "Print the token ids of a text with a model's tokenizer");
-  tokenize->add_option("-m,--model", tokenize_args->model, "GGUF file whose tokenizer to use")->required();
+  tokenize->add_option("-m,--model", tokenize_args->model, "GGUF file (or Hub name, OWNER/NAME:QUANT) whose tokenizer to use")->required();
   auto* text = tokenize->add_option("-p,--text", tokenize_args->text, "The text to tokenize");
   auto* text_file = tokenize->add_option(
       "-f,--text-file", tokenize_args->text_file,
@@ -112,7 +113,7 @@ void add_tokenize_commands(CLI::App& root) {
 
   auto detokenize_args = std::make_shared<DetokenizeArgs>();
   CLI::App* detokenize = root.add_subcommand("detokenize", "Print the text of token ids with a model's tokenizer");
-  detokenize->add_option("-m,--model", detokenize_args->model, "GGUF file whose tokenizer to use")->required();
+  detokenize->add_option("-m,--model", detokenize_args->model, "GGUF file (or Hub name, OWNER/NAME:QUANT) whose tokenizer to use")->required();
   detokenize->add_option("ids", detokenize_args->ids, "Token ids")->required();
   detokenize->add_flag("--no-special", detokenize_args->no_special,
                        "Print control tokens (BOS, EOS, ...) as nothing instead of their text");

@@ -9,12 +9,15 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "hub/pull.h"
 
 namespace tessera::cli {
 
 void EngineCliOptions::add_to(CLI::App* app, Fields fields) {
-  CLI::Option* model_option = app->add_option("-m,--model", model, "GGUF model file");
+  CLI::Option* model_option =
+      app->add_option("-m,--model", model, "GGUF model file, or a Hub model: OWNER/NAME:QUANT or hf://OWNER/NAME/FILE.gguf");
   if (fields.model_required) model_option->required();
+  app->add_option("--token", token, "Hugging Face token for gated repositories (default: $HF_TOKEN)");
   app->add_option("--backend", backend, "Where to compute: cpu, cuda, or hybrid (alias hybrid-f32)")
       ->capture_default_str();
   app->add_option("-t,--threads", threads, "CPU threads (default: the number of physical cores)");
@@ -99,9 +102,10 @@ void read_in_with_progress(const gguf::File& file, bool quiet) {
 
 LoadedModel load_model(const EngineCliOptions& options, bool quiet) {
   const engine::EngineOptions eo = options.to_engine_options();
-  if (!std::filesystem::exists(options.model)) throw std::runtime_error("model file '" + options.model + "' not found");
+  const std::string path = hub::resolve_model_path(options.model, hub::Options::from_environment(options.token));
+  if (!std::filesystem::exists(path)) throw std::runtime_error("model file '" + path + "' not found");
   LoadedModel loaded;
-  loaded.file = std::make_unique<gguf::File>(gguf::File::open(options.model));
+  loaded.file = std::make_unique<gguf::File>(gguf::File::open(path));
   read_in_with_progress(*loaded.file, quiet);
   loaded.engine = std::make_unique<engine::Engine>(*loaded.file, eo);
   for (const std::string& notice : loaded.engine->notices()) std::fprintf(stderr, "%s\n", notice.c_str());

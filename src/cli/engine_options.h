@@ -13,7 +13,8 @@
 namespace tessera::cli {
 
 struct EngineCliOptions {
-  std::string model;
+  std::string model;  // a GGUF path, or a Hub reference (OWNER/NAME:QUANT, hf://...) pulled into the store
+  std::string token;  // Hugging Face token for gated repositories; "" for $HF_TOKEN
   std::string backend = "cpu";
   int threads = 0;
   int ctx_size = 0;
@@ -41,7 +42,8 @@ struct EngineCliOptions {
 inline constexpr int kMaxThreadsPerCpu = 4;
 int capped_thread_count(int requested, std::string_view option);
 
-// A model file mapped and its pages read in with a progress bar on stderr, then an engine over it. The file
+// A model file (a Hub reference is pulled first, src/hub) mapped and its pages read in with a progress bar on
+// stderr, then an engine over it. The file
 // outlives the engine (the engine's weights point into it).
 struct LoadedModel {
   std::unique_ptr<gguf::File> file;
