@@ -3,15 +3,14 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <charconv>
 #include <chrono>
 #include <cstdio>
-#include <limits>
 #include <memory>
 #include <optional>
 
 #include "cli/commands.h"
 #include "cli/engine_options.h"
+#include "cli/sampling_options.h"
 #include "cli/signals.h"
 #include "cli/stdout_writer.h"
 #include "engine/request.h"
@@ -29,39 +28,18 @@ struct RunOptions {
   bool prompt_given = false;  // -p "" is an empty prompt, not a missing one
   bool prompt_file_given = false;
   int max_tokens = 128;
-  engine::SamplerParams sampling;
-  std::string seed;  // as given; see parse_seed
+  SamplingCliOptions sampling;
   bool ignore_eos = false;
   bool no_bos = false;
   bool parse_special = false;
   std::string output = "text";
 };
 
-// --seed: any unsigned 64-bit value; -1 (llama.cpp's spelling) or no --seed for a random one.
-uint64_t parse_seed(const std::string& text) {
-  if (text.empty() || text == "-1") {
-    return static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  }
-  uint64_t seed = 0;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), seed);
-  if (error != std::errc() || end != text.data() + text.size()) {
-    throw UsageError(fmt::format("--seed must be an integer from 0 to {}, or -1 for a random seed (got '{}')",
-                                 std::numeric_limits<uint64_t>::max(), text));
-  }
-  return seed;
-}
-
 int run(const RunOptions& o) {
   if (o.max_tokens <= 0) throw UsageError("--max-tokens must be at least 1");
   if (o.output != "text" && o.output != "json") throw UsageError("--output must be text or json");
   if (o.prompt_given == o.prompt_file_given) throw UsageError("give exactly one of --prompt and --file");
-  engine::SamplerParams sampling = o.sampling;
-  sampling.seed = parse_seed(o.seed);
-  try {
-    sampling.validate();
-  } catch (const std::invalid_argument& e) {
-    throw UsageError(e.what());
-  }
+  const engine::SamplerParams sampling = o.sampling.to_params();
   const std::string prompt = o.prompt_given ? o.prompt : io::read_text_input(o.prompt_file, "prompt file");
 
   const bool json = o.output == "json";
@@ -152,22 +130,7 @@ void add_run_command(CLI::App& root) {
       fmt::format("Read the prompt from a file (at most {} MiB; - or a pipe: standard input, at most {} MiB)",
                   io::kMaxTextFileBytes >> 20, io::kMaxTextStreamBytes >> 20));
   cmd->add_option("-n,--max-tokens", o->max_tokens, "Most tokens to generate")->capture_default_str();
-  cmd->add_option("--temp", o->sampling.temperature, "Temperature; 0 = greedy")->capture_default_str();
-  cmd->add_option("--top-k", o->sampling.top_k, "Keep the k most likely tokens; 0 = off")->capture_default_str();
-  cmd->add_option("--top-p", o->sampling.top_p, "Keep the smallest set with this probability mass; 1 = off")
-      ->capture_default_str();
-  cmd->add_option("--min-p", o->sampling.min_p, "Drop tokens less likely than min-p x the best; 0 = off")
-      ->capture_default_str();
-  cmd->add_option("--repeat-penalty", o->sampling.repeat_penalty, "Penalise repeating recent tokens; 1 = off")
-      ->capture_default_str();
-  cmd->add_option("--repeat-last-n", o->sampling.penalty_last_n, "Recent tokens the penalties look at")
-      ->capture_default_str();
-  cmd->add_option("--frequency-penalty", o->sampling.frequency_penalty, "Subtract count x this from a logit")
-      ->capture_default_str();
-  cmd->add_option("--presence-penalty", o->sampling.presence_penalty, "Subtract this from seen tokens' logits")
-      ->capture_default_str();
-  cmd->add_option("-s,--seed", o->seed,
-                  "Random seed from 0 to 2^64-1; -1 or none: random. The same seed gives the same output");
+  o->sampling.add_to(cmd);
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-generation tokens");
   cmd->add_flag("--no-bos", o->no_bos, "Do not add the BOS token to the prompt");
   cmd->add_flag("--parse-special", o->parse_special, "Read special-token text such as <s> in the prompt as tokens");

@@ -26,6 +26,11 @@ void EngineCliOptions::add_to(CLI::App* app, Fields fields) {
                     "KV cache size in tokens (default: the model's context length, at most 4096)");
     app->add_option("-b,--batch-size", batch_size, "Most prompt tokens in one forward call")->capture_default_str();
   }
+  if (fields.kv_pool) {
+    app->add_option("--kv-size", kv_size,
+                    "KV cache slots shared by all sequences (default: 4 x --ctx-size); finished conversations stay "
+                    "in it for the prefix cache until the slots are needed");
+  }
   app->add_option("--cache-type", cache_type, "KV cache element type: f16 or f32")->capture_default_str();
   gpu_layers_option_ = app->add_option("--gpu-layers", gpu_layers,
                                        "With --backend hybrid only: layers to put on the GPU (default: all)");
@@ -69,6 +74,9 @@ engine::EngineOptions EngineCliOptions::to_engine_options() const {
   o.n_threads = capped_thread_count(threads, "--threads");
   o.n_ctx = ctx_size;
   o.n_batch = batch_size;
+  if (kv_size < 0) throw UsageError(fmt::format("--kv-size must not be negative (got {})", kv_size));
+  o.n_kv_tokens = kv_size;
+  o.kv_sequences = kv_sequences;
   o.gpu_layers = gpu_layers;
   return o;
 }

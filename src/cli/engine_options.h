@@ -19,6 +19,8 @@ struct EngineCliOptions {
   int threads = 0;
   int ctx_size = 0;
   int batch_size = 512;
+  int kv_size = 0;        // KV cache slots for all sequences together; 0: kv_sequences x the context
+  int kv_sequences = 1;
   std::string cache_type = "f16";
   int gpu_layers = -1;
 
@@ -27,6 +29,7 @@ struct EngineCliOptions {
   struct Fields {
     bool model_required = true;
     bool context_and_batch = true;
+    bool kv_pool = false;  // --kv-size: a cache shared by many sequences (serve)
   };
   void add_to(CLI::App* app, Fields fields);
   void add_to(CLI::App* app) { add_to(app, Fields{}); }

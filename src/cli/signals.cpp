@@ -14,6 +14,7 @@ namespace {
 
 std::atomic<bool> g_interrupted{false};
 std::atomic<bool> g_graceful{false};
+std::atomic<bool> g_graceful_terminate{false};
 
 void say(const char* text) {
   const ssize_t ignored = ::write(STDERR_FILENO, text, std::strlen(text));
@@ -21,7 +22,8 @@ void say(const char* text) {
 }
 
 extern "C" void on_termination(int sig) {
-  if (sig == SIGINT && g_graceful.load() && !g_interrupted.exchange(true)) {
+  const bool asks_to_stop = sig == SIGINT || (sig == SIGTERM && g_graceful_terminate.load());
+  if (asks_to_stop && g_graceful.load() && !g_interrupted.exchange(true)) {
     const int saved_errno = errno;  // the interrupted code may be about to read it
     say("\ninterrupted: stopping (Ctrl-C again quits at once)\n");
     errno = saved_errno;
@@ -58,12 +60,16 @@ void install_signal_handlers() {
 
 const std::atomic<bool>& interrupt_flag() { return g_interrupted; }
 
-InterruptScope::InterruptScope() {
+InterruptScope::InterruptScope(Signals signals) {
   g_interrupted.store(false);
+  g_graceful_terminate.store(signals == Signals::InterruptOrTerminate);
   g_graceful.store(true);
 }
 
-InterruptScope::~InterruptScope() { g_graceful.store(false); }
+InterruptScope::~InterruptScope() {
+  g_graceful.store(false);
+  g_graceful_terminate.store(false);
+}
 
 void reserve_standard_streams() {
   for (int fd : {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO}) {

@@ -16,10 +16,12 @@ void install_signal_handlers();
 const std::atomic<bool>& interrupt_flag();
 inline bool interrupted() { return interrupt_flag().load(std::memory_order_relaxed); }
 
-// While one lives, the first SIGINT asks the work to stop instead of ending the process. Not nested.
+// While one lives, the first SIGINT (and with InterruptOrTerminate also SIGTERM, for a server) asks the work to
+// stop instead of ending the process. Not nested.
 class InterruptScope {
  public:
-  InterruptScope();
+  enum class Signals { Interrupt, InterruptOrTerminate };
+  explicit InterruptScope(Signals signals = Signals::Interrupt);
   ~InterruptScope();
   InterruptScope(const InterruptScope&) = delete;
   InterruptScope& operator=(const InterruptScope&) = delete;

@@ -85,7 +85,12 @@ const BackendEntry& resolve_backend(const std::string& option, std::vector<std::
 int32_t kv_slot_count(const model::LlamaModel& model, const EngineOptions& options, int n_ctx,
                       const BackendEntry& backend) {
   if (options.n_kv_tokens < 0) throw std::invalid_argument("the KV cache size must not be negative");
-  const int n = round_up_to_block(options.n_kv_tokens > 0 ? options.n_kv_tokens : n_ctx);
+  if (options.kv_sequences < 1) throw std::invalid_argument("the KV cache must hold at least one sequence");
+  const int64_t slots = options.n_kv_tokens > 0 ? options.n_kv_tokens : int64_t{options.kv_sequences} * n_ctx;
+  if (slots > std::numeric_limits<int32_t>::max() - kKvBlockSize) {
+    throw std::invalid_argument(fmt::format("a KV cache of {} tokens is more than it can index", slots));
+  }
+  const int n = round_up_to_block(static_cast<int>(slots));
   if (backend.name == "cpu") check_host_kv_memory(model, n, options.kv_format);
   return n;
 }

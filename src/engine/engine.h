@@ -21,7 +21,8 @@ struct EngineOptions {
   std::string backend = "cpu";  // cpu | cuda | hybrid (alias hybrid-f32)
   int n_threads = 0;            // CPU threads; 0: physical cores
   int n_ctx = 0;                // most tokens one sequence holds; 0: the model's context length capped at 4096
-  int n_kv_tokens = 0;          // KV cache slots for all sequences together; 0: n_ctx
+  int n_kv_tokens = 0;          // KV cache slots for all sequences together; 0: kv_sequences x n_ctx
+  int kv_sequences = 1;
   KvFormat kv_format = KvFormat::F16;
   int gpu_layers = -1;          // hybrid only
   int n_batch = 512;            // most tokens in one forward call; eval() splits longer inputs

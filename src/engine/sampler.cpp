@@ -60,6 +60,12 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   require_finite_logits(logits);
   candidates_.resize(logits.size());
   for (size_t i = 0; i < logits.size(); ++i) candidates_[i] = {logits[i], static_cast<int32_t>(i)};
+  for (const auto& [token, bias] : params_.logit_bias) {
+    if (token < 0 || static_cast<size_t>(token) >= candidates_.size()) {
+      throw std::invalid_argument("logit_bias names token " + std::to_string(token) + ", which is not in the vocabulary");
+    }
+    candidates_[token].first += bias;
+  }
 
   // Penalties over the last penalty_last_n tokens (repetition as in CTRL, frequency/presence as in OpenAI's API).
   const bool penalize = params_.repeat_penalty != 1.0f || params_.frequency_penalty != 0.0f ||

@@ -19,6 +19,7 @@ struct SamplerParams {
   float presence_penalty = 0.0f;
   int penalty_last_n = 64;    // how many recent tokens the penalties look at
   uint64_t seed = 0;
+  std::vector<std::pair<int32_t, float>> logit_bias;  // added to those tokens' logits first (-100: never)
 
   // Throws std::invalid_argument naming the first value out of range.
   void validate() const;

@@ -188,15 +188,23 @@ bool Scheduler::step() {
 }
 
 void Scheduler::cancel_all() {
+  end_all([](Request& r) { r.finish(FinishReason::Cancelled); });
+}
+
+void Scheduler::fail_all(const std::string& message) {
+  end_all([&](Request& r) { r.fail(message); });
+}
+
+void Scheduler::end_all(const std::function<void(Request&)>& end) {
   take_inbox();
   for (Running& running : running_) {
-    running.request->finish(FinishReason::Cancelled);
-    for (auto& f : running.followers) f->finish(FinishReason::Cancelled);
+    end(*running.request);
+    for (auto& f : running.followers) end(*f);
   }
   retire_finished();
   for (Waiting& w : waiting_) {
-    w.request->finish(FinishReason::Cancelled);
-    for (auto& f : w.followers) f->finish(FinishReason::Cancelled);
+    end(*w.request);
+    for (auto& f : w.followers) end(*f);
   }
   waiting_.clear();
   update_counts();

@@ -9,8 +9,10 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "engine/engine.h"
@@ -37,8 +39,9 @@ class Scheduler {
   // One engine step: takes queued requests, ends cancelled ones, admits, runs the step, samples, retires.
   // Returns false when there was nothing to do.
   bool step();
-  // Ends every request (cancelled), e.g. at shutdown.
+  // Ends every request: cancelled (at shutdown), or failed with `message` (the engine broke).
   void cancel_all();
+  void fail_all(const std::string& message);
 
   // Safe from any thread (as of the end of the last step).
   size_t n_running() const { return n_running_.load(std::memory_order_relaxed); }
@@ -55,6 +58,7 @@ class Scheduler {
   void preempt(size_t running_index);
   void retire_finished();
   void update_counts();
+  void end_all(const std::function<void(Request&)>& end);
 
   Engine& engine_;
   SchedulerOptions options_;
