@@ -642,6 +642,10 @@ dom.importFile.addEventListener('change', () => {
 });
 byId('open-settings').addEventListener('click', openSettings);
 byId('settings-clear').addEventListener('click', () => dom.settingsForm.reset());
+// Cancel is not a submit button, so that Enter in a field submits the form's one submit button.
+for (const button of document.querySelectorAll('[data-close-dialog]')) {
+  button.addEventListener('click', () => button.closest('dialog').close());
+}
 dom.settingsDialog.addEventListener('close', () => {
   if (dom.settingsDialog.returnValue === 'save') saveSettings();
 });
