@@ -48,16 +48,21 @@ const state = {
 };
 const bodyOfMessage = new WeakMap(); // message -> its body element on the page
 
+// The stored value, or `fallback` when there is none; a value that is not JSON of the fallback's shape (a list
+// or an object) is kept aside under KEY.unreadable rather than overwritten by the next save.
 function loadStored(key, fallback) {
   const text = localStorage.getItem(key);
   if (text === null) return fallback;
   try {
-    return JSON.parse(text);
+    const value = JSON.parse(text);
+    if (Array.isArray(value) === Array.isArray(fallback) && value !== null && typeof value === 'object') {
+      return value;
+    }
   } catch {
-    // Kept aside rather than overwritten by the next save.
-    localStorage.setItem(`${key}.unreadable`, text);
-    return fallback;
+    // Handled below, as a value of the wrong shape is.
   }
+  localStorage.setItem(`${key}.unreadable`, text);
+  return fallback;
 }
 
 function store(key, value) {
@@ -192,7 +197,6 @@ function renderSidebar() {
   for (const conversation of ordered) {
     const item = document.createElement('li');
     item.className = 'conversation';
-    item.dataset.id = conversation.id;
     const open = document.createElement('button');
     open.type = 'button';
     open.className = 'conversation-open';
@@ -289,6 +293,7 @@ function conversationsFromFile(text) {
   }
   const list = Array.isArray(parsed) ? parsed : parsed?.conversations;
   if (!Array.isArray(list)) throw new Error('the file has no list of conversations');
+  const ids = new Set(state.conversations.map((c) => c.id));
   return list.map((conversation, i) => {
     if (!Array.isArray(conversation?.messages)) throw new Error(`conversation ${i + 1} has no messages`);
     const messages = conversation.messages.map((m, j) => {
@@ -300,9 +305,10 @@ function conversationsFromFile(text) {
       if (typeof m.error === 'string') message.error = m.error;
       return message;
     });
-    const taken = state.conversations.some((c) => c.id === conversation.id);
+    const id = typeof conversation.id === 'string' && !ids.has(conversation.id) ? conversation.id : newId();
+    ids.add(id);
     return {
-      id: typeof conversation.id === 'string' && !taken ? conversation.id : newId(),
+      id,
       title: typeof conversation.title === 'string' && conversation.title ? conversation.title
         : titleFrom(messages.find((m) => m.role === 'user')?.content ?? ''),
       updated: Number.isFinite(conversation.updated) ? conversation.updated : Date.now(),

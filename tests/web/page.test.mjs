@@ -263,6 +263,70 @@ test('Markdown renders, code blocks copy, and HTML in a reply stays text', bound
   assertHealthyPage(record);
 });
 
+// Each case's HTML is what CommonMark gives for it, but for single newlines: chat text uses them as line breaks.
+const markdownCases = [
+  ['a\nb', '<p>a<br>b</p>'],
+  ['snake_case_name and _em_', '<p>snake_case_name and <em>em</em></p>'],
+  ['2 * 3 * 4', '<p>2 * 3 * 4</p>'],
+  ['\\*not em\\*', '<p>*not em*</p>'],
+  ['`a` and ``b ` c``', '<p><code>a</code> and <code>b ` c</code></p>'],
+  ['**bold** and *em*', '<p><strong>bold</strong> and <em>em</em></p>'],
+  ['[x](javascript:alert(1))', '<p>[x](javascript:alert(1))</p>'],
+  ['<b>x</b> &amp;', '<p>&lt;b&gt;x&lt;/b&gt; &amp;amp;</p>'],
+  ['# Title #', '<h1>Title</h1>'],
+  ['---', '<hr>'],
+  ['3. three\n4. four', '<ol start="3"><li><p>three</p></li><li><p>four</p></li></ol>'],
+  ['- a\n\n  more\n- b', '<ul><li><p>a</p><p>more</p></li><li><p>b</p></li></ul>'],
+  ['> q\n> r', '<blockquote><p>q<br>r</p></blockquote>'],
+  ['text\n- item', '<p>text</p><ul><li><p>item</p></li></ul>'],
+];
+
+test('the Markdown renderer, case by case', bounded, async (t) => {
+  const server = await serverFor(t);
+  const { page, record } = await pageFor(t, server);
+  const rendered = await page.evaluate(async (cases) => {
+    const { renderMarkdown } = await import('./markdown.js');
+    const html = (source) => {
+      const box = document.createElement('div');
+      box.append(renderMarkdown(source));
+      return box;
+    };
+    // Every '*' opens emphasis that never closes: the renderer must not search the rest of the text each time.
+    const stars = '*a '.repeat(20_000).trim();
+    const started = performance.now();
+    const starsText = html(stars).textContent;
+    return {
+      cases: cases.map(([source]) => html(source).innerHTML),
+      // While a reply streams, an unclosed fence is a code block that runs to the end.
+      unclosedFence: html('```js\nlet a = 1;\n  b();').querySelector('pre code').textContent,
+      fenceLanguage: html('~~~rust\nfn main() {}\n~~~\nafter').querySelector('.code-language').textContent,
+      starsIntact: starsText === stars,
+      starsMs: performance.now() - started,
+    };
+  }, markdownCases);
+  markdownCases.forEach(([source, expected], i) => assert.equal(rendered.cases[i], expected, source));
+  assert.equal(rendered.unclosedFence, 'let a = 1;\n  b();');
+  assert.equal(rendered.fenceLanguage, 'rust');
+  assert.ok(rendered.starsIntact);
+  assert.ok(rendered.starsMs < 1000, `20000 unclosed emphasis markers took ${rendered.starsMs} ms`);
+  assertHealthyPage(record);
+});
+
+test('conversations stored in a shape the page cannot read are kept aside, not overwritten', bounded,
+  async (t) => {
+    const server = await serverFor(t);
+    const { page, record } = await pageFor(t, server);
+    await page.evaluate(() => localStorage.setItem('tessera.conversations', '{"truncated": '));
+    await page.reload();
+    await page.waitForFunction(() => document.querySelector('[data-stat="model"]').textContent);
+    await sendMessage(page, 'Once upon a time');
+    await waitForReplies(page, 1);
+    assert.equal(await page.evaluate(() => localStorage.getItem('tessera.conversations.unreadable')),
+      '{"truncated": ');
+    assert.equal(await page.evaluate(() => JSON.parse(localStorage.getItem('tessera.conversations')).length), 1);
+    assertHealthyPage(record);
+  });
+
 test('settings are kept in the browser and reach the request; temperature 0 repeats itself', bounded,
   async (t) => {
     const server = await serverFor(t);
