@@ -60,8 +60,8 @@ TEST(WebAssets, RootIsTheIndexPage) {
 }
 
 TEST(WebAssets, OtherPathsFindNothing) {
-  for (const char* path : {"", "index.html", "/missing.js", "/../CMakeLists.txt", "/web/index.html",
-                           "/index.html/", "/INDEX.HTML", "/index.html?x=1", "//index.html"}) {
+  for (const char* path : {"", "index.html", "/missing.js", "/../CMakeLists.txt", "/web/index.html", "/index.html/",
+                           "/INDEX.HTML", "/index.html?x=1", "//index.html"}) {
     EXPECT_EQ(find_web_asset(path), nullptr) << path;
   }
 }
