@@ -12,6 +12,12 @@ const readyLine = /^listening on (http:\/\/127\.0\.0\.1:\d+)$/m;
 
 export const usingMock = process.env.TESSERA_WEB_MOCK === '1';
 
+// Servers still running when the test process exits (a test that timed out, say) go with it.
+const runningServers = new Set();
+process.on('exit', () => {
+  for (const child of runningServers) child.kill('SIGKILL');
+});
+
 function serverCommand({ mock, apiKey }) {
   const keyArgs = apiKey ? ['--api-key', apiKey] : [];
   if (mock) return [process.execPath, [mockScript, '--host', '127.0.0.1', '--port', '0', ...keyArgs]];
@@ -25,13 +31,16 @@ function serverCommand({ mock, apiKey }) {
 }
 
 // Starts `tessera serve` (or, with mock: true or TESSERA_WEB_MOCK=1, the mock server) on a free port and waits
-// for its "listening on" line. Returns { url, stop }.
+// for its "listening on" line. Returns { url, mock, stop }. Its output keeps being read, so that a server that
+// logs never blocks on a full pipe.
 export async function startServer({ mock = usingMock, apiKey = null } = {}) {
   const [command, args] = serverCommand({ mock, apiKey });
   const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  runningServers.add(child);
+  child.once('exit', () => runningServers.delete(child));
   let stdout = '';
   let stderr = '';
-  child.stderr.on('data', (data) => { stderr += data; });
+  child.stderr.on('data', (data) => { stderr = (stderr + data).slice(-4096); });
   const url = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => fail(new Error('no "listening on" line within 30 s')), 30_000);
     function fail(error) {
@@ -39,14 +48,17 @@ export async function startServer({ mock = usingMock, apiKey = null } = {}) {
       child.kill('SIGKILL');
       reject(new Error(`${command} ${args.join(' ')}: ${error.message}\nstdout: ${stdout}\nstderr: ${stderr}`));
     }
+    const exitedEarly = (code, signal) => fail(new Error(`exited (${code ?? signal}) before listening`));
     child.on('error', fail);
-    child.on('exit', (code, signal) => fail(new Error(`exited (${code ?? signal}) before listening`)));
+    child.on('exit', exitedEarly);
     child.stdout.on('data', (data) => {
       stdout += data;
       const match = readyLine.exec(stdout);
       if (match) {
         clearTimeout(timer);
-        child.removeAllListeners('exit');
+        child.off('exit', exitedEarly);
+        child.stdout.removeAllListeners('data');
+        child.stdout.resume();
         resolve(match[1]);
       }
     });
