@@ -117,8 +117,8 @@ export async function scriptNextReply(server, script) {
 }
 
 // Opens the page in a new tab and records what every test checks afterwards with assertHealthyPage: requests
-// to anywhere but the server, failed loads, script errors, and browser dialogs (which are accepted). The chat
-// requests are kept for the tests to read.
+// to anywhere but the server, failed loads, script errors and Content-Security-Policy violations, and browser
+// dialogs (which are accepted). The chat requests are kept for the tests to read.
 export async function openPage(browser, server, { waitForModel = true } = {}) {
   const page = await browser.context.newPage();
   const record = { foreign: [], failed: [], errors: [], dialogs: [], chatRequests: [] };
@@ -133,6 +133,9 @@ export async function openPage(browser, server, { waitForModel = true } = {}) {
     }
   });
   page.on('pageerror', (error) => record.errors.push(error.message));
+  page.on('console', (message) => {
+    if (message.type() === 'error' && /Content Security Policy/.test(message.text())) record.errors.push(message.text());
+  });
   page.on('dialog', (dialog) => {
     record.dialogs.push(dialog.message());
     dialog.accept();

@@ -21,6 +21,9 @@ const contentTypes = {
   '.css': 'text/css; charset=utf-8',
   '.svg': 'image/svg+xml',
 };
+// The policy docs/WEB.md suggests for the real server: the page's own files only, no inline code.
+const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+  "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 const modelId = 'mock-stories';
 const contextLength = 512;
 const kvBlockTokens = 16;
@@ -185,7 +188,7 @@ async function startMockServer(options) {
     if (file.includes('..') || !type) return sendError(res, 404, `no such page: ${path}`);
     try {
       const bytes = await readFile(join(webDir, file));
-      res.writeHead(200, { 'Content-Type': type });
+      res.writeHead(200, { 'Content-Type': type, 'Content-Security-Policy': contentSecurityPolicy });
       res.end(bytes);
     } catch {
       sendError(res, 404, `no such page: ${path}`);
