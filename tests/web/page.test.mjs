@@ -34,6 +34,11 @@ test('a message gets a reply that streams in pieces, and the status line describ
   const { page, record } = await pageFor(t, server);
   const model = (await (await fetch(`${server.url}/v1/models`)).json()).data[0];
 
+  // The fixture model can finish a reply within a frame or two; a slow link (as from a phone) spreads the
+  // stream out in time, so that the page has to show it in pieces if it renders as data arrives.
+  const devtools = await browser.context.newCDPSession(page);
+  await devtools.send('Network.emulateNetworkConditions',
+    { offline: false, latency: 0, downloadThroughput: 20_000, uploadThroughput: -1 });
   // Every text the reply shows while it streams, as the page renders it.
   await page.evaluate(() => {
     window.seenReplies = [];
