@@ -7,7 +7,11 @@ packages=(
   libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
   libcurl4-openssl-dev libssl-dev libcpp-httplib-dev
   clang libclang-rt-14-dev
+  chromium
 )
+# Node and npm run the web page's browser tests (tests/web); a Node already installed from elsewhere is kept.
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,0 +1,57 @@
+# Writes OUTPUT, a C++ source that holds every file under WEB_DIR as a string literal with its URL path and
+# Content-Type, from TEMPLATE (cmake/web_assets.cpp.in). Run as a script at build time:
+#   cmake -DWEB_DIR=... -DTEMPLATE=... -DOUTPUT=... -P EmbedWebAssets.cmake
+# Only CMake itself is needed, so the build has no tool beyond the compiler.
+foreach(var WEB_DIR TEMPLATE OUTPUT)
+  if(NOT DEFINED ${var})
+    message(FATAL_ERROR "EmbedWebAssets.cmake needs -D${var}=...")
+  endif()
+endforeach()
+
+file(GLOB_RECURSE names RELATIVE "${WEB_DIR}" "${WEB_DIR}/*")
+list(SORT names)
+set(ASSET_DATA "")
+set(ASSET_TABLE "")
+set(index 0)
+string(REPEAT "[0-9a-f]" 64 line_of_hex)
+foreach(name IN LISTS names)
+  # Editors' swap and backup files are not the page's.
+  if(name MATCHES "(^|/)\\." OR name MATCHES "~$")
+    continue()
+  endif()
+  get_filename_component(extension "${name}" LAST_EXT)
+  string(TOLOWER "${extension}" extension)
+  if(extension STREQUAL ".html")
+    set(type "text/html; charset=utf-8")
+  elseif(extension STREQUAL ".js")
+    set(type "text/javascript; charset=utf-8")
+  elseif(extension STREQUAL ".css")
+    set(type "text/css; charset=utf-8")
+  elseif(extension STREQUAL ".svg")
+    set(type "image/svg+xml")
+  elseif(extension STREQUAL ".png")
+    set(type "image/png")
+  else()
+    # A file served with a guessed type can be refused by the browser; better to fail the build.
+    message(FATAL_ERROR "web/${name}: no Content-Type known for '${extension}' files; add one in ${CMAKE_CURRENT_LIST_FILE}")
+  endif()
+  if(name MATCHES "[\"\\\\]")
+    message(FATAL_ERROR "web/${name}: quotes and backslashes cannot be in a served file's name")
+  endif()
+
+  file(READ "${WEB_DIR}/${name}" hex HEX)
+  string(LENGTH "${hex}" hex_length)
+  math(EXPR size "${hex_length} / 2")
+  # Every byte as a \xNN escape (each ends where the next escape or the closing quote starts, so none runs
+  # on), 32 bytes a line.
+  string(REGEX REPLACE "(${line_of_hex})" "\\1\n" hex "${hex}")
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "\\\\x\\1" escaped "${hex}")
+  string(REPLACE "\n" "\"\n    \"" escaped "${escaped}")
+  string(APPEND ASSET_DATA "// web/${name}\nconstexpr char asset_${index}[] =\n    \"${escaped}\";\n")
+  string(APPEND ASSET_TABLE "    {\"/${name}\", \"${type}\", {asset_${index}, ${size}}},\n")
+  math(EXPR index "${index} + 1")
+endforeach()
+if(index EQUAL 0)
+  message(FATAL_ERROR "no files under ${WEB_DIR}")
+endif()
+configure_file("${TEMPLATE}" "${OUTPUT}" @ONLY)
