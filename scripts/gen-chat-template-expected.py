@@ -11,6 +11,9 @@
 #   T__C__no_gen.txt  the same with add_generation_prompt=False (the conversations in NO_GENERATION_PROMPT)
 #   T__C.error        instead of .txt when rendering fails: "raise_exception\n<message>" for the template's own
 #                     raise_exception, "error\n<message>" for any other jinja2 error
+#
+# It also renders the small feature templates in tests/chat/data/snippets (one construct each: whitespace
+# control, scoping, filters, ...) on the system_multi_turn conversation, into snippets/expected/S.txt or S.error.
 import datetime
 import json
 import pathlib
@@ -25,6 +28,8 @@ DATA = ROOT / "tests" / "chat" / "data"
 # strftime_now renders this moment, so the expected files do not depend on the day they were made.
 FIXED_NOW = datetime.datetime(2025, 1, 7, 9, 5, 3)
 NO_GENERATION_PROMPT = {"multi_turn", "ends_with_assistant"}
+SNIPPET_CONVERSATION = "system_multi_turn"
+SNIPPET_TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
 
 
 class Raised(Exception):
@@ -63,15 +68,29 @@ def write(path, text):
     path.write_bytes(text.encode("utf-8"))
 
 
+def render_to(out, stem, template, messages, tokens, add_generation_prompt):
+    try:
+        text = render(template, messages, tokens, add_generation_prompt)
+        write(out / f"{stem}.txt", text)
+    except Raised as e:
+        write(out / f"{stem}.error", f"raise_exception\n{e}")
+    except Exception as e:  # jinja2 errors and Python errors inside the template (e.g. iterating None)
+        write(out / f"{stem}.error", f"error\n{e}")
+
+
+def clear(folder):
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+
+
 def main():
     env = environment()
     tokens = json.loads((DATA / "special_tokens.json").read_text(encoding="utf-8"))
     conversations = {p.stem: json.loads(p.read_text(encoding="utf-8"))
                      for p in sorted((DATA / "conversations").glob("*.json"))}
     out = DATA / "expected"
-    out.mkdir(exist_ok=True)
-    for old in out.iterdir():
-        old.unlink()
+    clear(out)
     for path in sorted((DATA / "templates").glob("*.jinja")):
         name = path.stem
         if name not in tokens:
@@ -82,14 +101,12 @@ def main():
             if conv_name in NO_GENERATION_PROMPT:
                 variants.append((False, "__no_gen"))
             for add_generation_prompt, suffix in variants:
-                stem = f"{name}__{conv_name}{suffix}"
-                try:
-                    text = render(template, messages, tokens[name], add_generation_prompt)
-                    write(out / f"{stem}.txt", text)
-                except Raised as e:
-                    write(out / f"{stem}.error", f"raise_exception\n{e}")
-                except Exception as e:  # jinja2 errors and Python errors inside the template (e.g. iterating None)
-                    write(out / f"{stem}.error", f"error\n{e}")
+                render_to(out, f"{name}__{conv_name}{suffix}", template, messages, tokens[name], add_generation_prompt)
+    snippets = DATA / "snippets"
+    clear(snippets / "expected")
+    for path in sorted(snippets.glob("*.jinja")):
+        template = env.from_string(path.read_text(encoding="utf-8"))
+        render_to(snippets / "expected", path.stem, template, conversations[SNIPPET_CONVERSATION], SNIPPET_TOKENS, True)
 
 
 if __name__ == "__main__":
