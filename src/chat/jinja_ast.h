@@ -86,6 +86,7 @@ struct Stmt {
   Body body;
   Body else_body;
   std::unique_ptr<MacroDef> macro;
+  bool uses_loop = false;  // For: the body mentions `loop`, so each iteration needs the loop object
 
   Stmt(Kind k, int l) : kind(k), line(l) {}
 };

@@ -23,7 +23,7 @@ void Budget::charge(uint64_t units) {
 void Budget::string(size_t bytes) {
   if (bytes > kMaxStringBytes)
     throw ValueError(fmt::format("a string of {} bytes is over the limit of {} bytes", bytes, kMaxStringBytes));
-  charge(bytes / 4 + 1);
+  charge(bytes / 16 + 1);
 }
 
 void Budget::sequence(size_t n) {

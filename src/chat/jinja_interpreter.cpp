@@ -375,23 +375,14 @@ class Interpreter {
     }
     const auto n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
-      Dict loop;
-      loop.set(Value::string("index0"), Value::integer(i));
-      loop.set(Value::string("index"), Value::integer(i + 1));
-      loop.set(Value::string("revindex0"), Value::integer(n - i - 1));
-      loop.set(Value::string("revindex"), Value::integer(n - i));
-      loop.set(Value::string("first"), Value::boolean(i == 0));
-      loop.set(Value::string("last"), Value::boolean(i == n - 1));
-      loop.set(Value::string("length"), Value::integer(n));
-      loop.set(Value::string("depth0"), Value::integer(0));
-      loop.set(Value::string("depth"), Value::integer(1));
-      if (i > 0) loop.set(Value::string("previtem"), items[static_cast<size_t>(i) - 1]);
-      if (i + 1 < n) loop.set(Value::string("nextitem"), items[static_cast<size_t>(i) + 1]);
+      charge(1, s.line);
+      Value loop;
+      if (s.uses_loop) loop = loop_object(items, i);
       scopes_.emplace_back();
       Flow f = Flow::Normal;
       try {
         assign_targets(s.targets, items[static_cast<size_t>(i)], s.line);
-        assign("loop", Value::dict(std::move(loop)));
+        if (s.uses_loop) assign("loop", std::move(loop));
         f = exec_body(s.body);
       } catch (...) {
         scopes_.pop_back();
@@ -402,6 +393,33 @@ class Interpreter {
     }
     if (n == 0 && !s.else_body.empty()) return exec_body(s.else_body);
     return Flow::Normal;
+  }
+
+  // The `loop` variable of iteration i: index, index0, revindex, revindex0, first, last, length, previtem,
+  // nextitem, depth, depth0.
+  static Value loop_object(const std::vector<Value>& items, int64_t i) {
+    static const std::vector<Value> keys = [] {
+      std::vector<Value> k;
+      for (const char* name : {"index0", "index", "revindex0", "revindex", "first", "last", "length", "depth0", "depth",
+                               "previtem", "nextitem"})
+        k.push_back(Value::string(name));
+      return k;
+    }();
+    const auto n = static_cast<int64_t>(items.size());
+    Dict loop;
+    loop.entries.reserve(keys.size());
+    loop.entries.emplace_back(keys[0], Value::integer(i));
+    loop.entries.emplace_back(keys[1], Value::integer(i + 1));
+    loop.entries.emplace_back(keys[2], Value::integer(n - i - 1));
+    loop.entries.emplace_back(keys[3], Value::integer(n - i));
+    loop.entries.emplace_back(keys[4], Value::boolean(i == 0));
+    loop.entries.emplace_back(keys[5], Value::boolean(i == n - 1));
+    loop.entries.emplace_back(keys[6], Value::integer(n));
+    loop.entries.emplace_back(keys[7], Value::integer(0));
+    loop.entries.emplace_back(keys[8], Value::integer(1));
+    if (i > 0) loop.entries.emplace_back(keys[9], items[static_cast<size_t>(i) - 1]);
+    if (i + 1 < n) loop.entries.emplace_back(keys[10], items[static_cast<size_t>(i) + 1]);
+    return Value::dict(std::move(loop));
   }
 
   // ---- expressions ----
@@ -489,8 +507,9 @@ class Interpreter {
       case Expr::Kind::Concat: {
         Text t;
         for (const ExprPtr& x : e.args) {
-          t.append(to_text(eval(*x)));
-          budget_.string(t.bytes.size());
+          const Text piece = to_text(eval(*x));
+          budget_.string(t.bytes.size() + piece.bytes.size());
+          t.append(piece);
         }
         return Value::string(std::move(t));
       }

@@ -21,7 +21,7 @@ namespace tessera::chat::jinja {
 
 inline constexpr size_t kMaxStringBytes = size_t{16} << 20;  // any string, the output included
 inline constexpr size_t kMaxSequenceLength = 1'000'000;
-inline constexpr uint64_t kMaxWork = 50'000'000;
+inline constexpr uint64_t kMaxWork = 5'000'000;
 inline constexpr int kMaxMacroDepth = 64;
 inline constexpr int kMaxRecursion = 1000;
 

@@ -105,7 +105,7 @@ class Parser {
       const Token& t = cur();
       if (t.kind == TokenKind::End) {
         if (end_tags.size() != 0)
-          fail(fmt::format("missing '{{% {} %}}' at the end of the template", *end_tags.begin()));
+          fail(fmt::format("missing '{{% {} %}}' at the end of the template", *(end_tags.end() - 1)));
         return body;
       }
       if (t.kind == TokenKind::Text) {
@@ -196,7 +196,11 @@ class Parser {
     if (is_name("recursive")) fail("unsupported recursive for loop");
     expect_block_end();
     std::string end;
+    const bool saved_loop_used = loop_used_;
+    loop_used_ = false;
     s->body = parse_body({"else", "endfor"}, &end, depth + 1);
+    s->uses_loop = loop_used_;
+    loop_used_ = saved_loop_used || loop_used_;
     if (end == "else") {
       expect_block_end();
       s->else_body = parse_body({"endfor"}, &end, depth + 1);
@@ -454,8 +458,11 @@ class Parser {
           e->value = Value::boolean(false);
         else if (t.value == "none" || t.value == "None")
           e->value = Value::none();
-        else
-          e->kind = Expr::Kind::Name, e->name = t.value;
+        else {
+          e->kind = Expr::Kind::Name;
+          e->name = t.value;
+          loop_used_ = loop_used_ || t.value == "loop";
+        }
         advance();
         return e;
       }
@@ -678,6 +685,7 @@ class Parser {
   std::vector<Token> tokens_;
   size_t pos_ = 0;
   int nesting_ = 0;
+  bool loop_used_ = false;  // whether the for body being parsed refers to `loop`
 };
 
 }  // namespace
