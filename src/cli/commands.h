@@ -20,5 +20,6 @@ void add_logits_command(CLI::App& root);
 void add_quantize_command(CLI::App& root);
 void add_synth_command(CLI::App& root);
 void add_bench_command(CLI::App& root);
+void add_template_command(CLI::App& root);
 
 }  // namespace tessera::cli
