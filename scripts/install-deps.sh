@@ -6,6 +6,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
   clang libclang-rt-14-dev
+  python3-jinja2  # scripts/gen-chat-template-expected.py, which regenerates the chat template test data
 )
 missing=()
 for p in "${packages[@]}"; do

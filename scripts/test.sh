@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds Tessera and runs every test: the Release build's ctest suite, then the GGUF and tokenizer tests again
-# under ASan+UBSan, then a short libFuzzer run on the GGUF reader.
+# Builds Tessera and runs every test: the Release build's ctest suite, then the GGUF, tokenizer and chat tests again
+# under ASan+UBSan, then short libFuzzer runs on the GGUF reader and the chat template interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -11,7 +11,7 @@ ctest --test-dir build --output-on-failure -j"$jobs"
 
 # The test programs that read untrusted input, again under ASan + UBSan. Add a name here to cover another room;
 # names whose tests/<room> folder does not exist are skipped.
-sanitized_tests=(test_gguf test_tokenizer)
+sanitized_tests=(test_gguf test_tokenizer test_chat)
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTESSERA_SANITIZE=ON -DTESSERA_CUDA=OFF \
   -DTESSERA_BUILD_BENCH=OFF
 present_tests=()
@@ -23,5 +23,6 @@ for t in "${present_tests[@]}"; do
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "build-asan/tests/$t"
 done
 
-# A short libFuzzer run on the GGUF reader; it must find nothing.
+# Short libFuzzer runs on the GGUF reader and the chat template interpreter; they must find nothing.
 scripts/fuzz-gguf.sh
+FUZZ_SECONDS=30 scripts/fuzz-chat-template.sh
