@@ -585,10 +585,16 @@ std::string strftime_text(const std::string& format, const RenderContext& contex
     c_format.push_back(format[i]);
   }
   if (c_format.empty()) return "";
-  std::string out(c_format.size() * 16 + 64, '\0');
-  const size_t n = std::strftime(out.data(), out.size(), c_format.c_str(), &context.now);
-  out.resize(n);
-  return out;
+  // strftime() gives 0 when the buffer is too small (glibc takes field widths such as %0500Y).
+  for (size_t size = c_format.size() * 16 + 64; size <= (size_t{1} << 20); size *= 8) {
+    std::string out(size, '\0');
+    const size_t n = std::strftime(out.data(), out.size(), c_format.c_str(), &context.now);
+    if (n > 0) {
+      out.resize(n);
+      return out;
+    }
+  }
+  throw ValueError("strftime_now: the formatted time is empty or over 1 MiB");
 }
 
 Dict dict_from_args(const Args& args, std::string_view what) {

@@ -23,7 +23,7 @@ inline constexpr size_t kMaxStringBytes = size_t{16} << 20;  // any string, the 
 inline constexpr size_t kMaxSequenceLength = 1'000'000;
 inline constexpr uint64_t kMaxWork = 5'000'000;
 inline constexpr int kMaxMacroDepth = 64;
-inline constexpr int kMaxRecursion = 1000;
+inline constexpr int kMaxRecursion = 400;
 
 struct RenderContext {
   std::vector<std::pair<std::string, Value>> variables;  // messages, bos_token, add_generation_prompt, ...

@@ -149,6 +149,10 @@ TEST(Limits, EndHostileTemplatesWithAnError) {
   std::string chain = "{{ 0";
   for (int i = 0; i < 5000; ++i) chain += " + 1";
   EXPECT_EQ(error_of(chain + " }}"), "chat template line 1: expression nested deeper than 200 levels");
+  std::string deep = "f(n - 1)";  // each macro level nests an expression, so the depth adds up across calls
+  for (int i = 0; i < 150; ++i) deep = "(" + deep + " ~ '')";
+  EXPECT_EQ(error_of("{% macro f(n) %}{% if n > 0 %}{{ " + deep + " }}{% endif %}{% endmacro %}{{ f(60) }}"),
+            "chat template line 1: the template nests or recurses deeper than 400 levels");
   std::string blocks;
   for (int i = 0; i < 150; ++i) blocks += "{% if true %}";
   EXPECT_EQ(error_of(blocks), "chat template line 1: blocks nested deeper than 100 levels");
