@@ -71,7 +71,9 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b, Budget& 
   if (op == "+") {
     if (a.is_string() && b.is_string()) {
       budget.string(a.str().size() + b.str().size());
-      Text t = a.text();
+      Text t;
+      t.bytes.reserve(a.str().size() + b.str().size());
+      t.append(a.text());
       t.append(b.text());
       return Value::string(std::move(t));
     }
@@ -505,12 +507,19 @@ class Interpreter {
         return arithmetic(e.name, a, b, budget_);
       }
       case Expr::Kind::Concat: {
-        Text t;
-        for (const ExprPtr& x : e.args) {
-          const Text piece = to_text(eval(*x));
-          budget_.string(t.bytes.size() + piece.bytes.size());
-          t.append(piece);
+        // Every piece first, so that the result is built with one allocation.
+        std::vector<Value> values;
+        std::vector<Text> printed(e.args.size());
+        size_t total = 0;
+        for (size_t i = 0; i < e.args.size(); ++i) {
+          values.push_back(eval(*e.args[i]));
+          if (!values[i].is_string()) printed[i] = to_text(values[i]);
+          total += values[i].is_string() ? values[i].str().size() : printed[i].bytes.size();
         }
+        budget_.string(total);
+        Text t;
+        t.bytes.reserve(total);
+        for (size_t i = 0; i < values.size(); ++i) t.append(values[i].is_string() ? values[i].text() : printed[i]);
         return Value::string(std::move(t));
       }
       case Expr::Kind::Compare: {
