@@ -8,6 +8,7 @@ packages=(
   libcurl4-openssl-dev libssl-dev libcpp-httplib-dev
   clang libclang-rt-14-dev
   chromium
+  python3-jinja2  # scripts/gen-chat-template-expected.py, which regenerates the chat template test data
 )
 # Node and npm run the web page's browser tests (tests/web); a Node already installed from elsewhere is kept.
 command -v node >/dev/null 2>&1 || packages+=(nodejs)

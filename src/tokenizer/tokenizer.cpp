@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <span>
 #include <stdexcept>
 #include <utility>
 
@@ -266,7 +267,35 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
+  return encode_text(text, add_special, parse_special, {});
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special,
+                                       std::span<const std::pair<size_t, size_t>> plain_text_ranges) const {
+  std::vector<std::pair<size_t, size_t>> plain(plain_text_ranges.begin(), plain_text_ranges.end());
+  for (const auto& [first, last] : plain) {
+    if (first > last || last > text.size())
+      throw std::invalid_argument(
+          fmt::format("plain text range [{}, {}) is outside the text of {} bytes", first, last, text.size()));
+  }
+  std::ranges::sort(plain);
+  std::vector<std::pair<size_t, size_t>> merged;  // sorted and disjoint, for the binary search in encode_text
+  for (const auto& r : plain) {
+    if (r.first == r.second) continue;
+    if (!merged.empty() && r.first <= merged.back().second) merged.back().second = std::max(merged.back().second, r.second);
+    else merged.push_back(r);
+  }
+  return encode_text(text, add_special, true, merged);
+}
+
+std::vector<int32_t> Tokenizer::encode_text(std::string_view text, bool add_special, bool parse_special,
+                                            std::span<const std::pair<size_t, size_t>> plain) const {
   const Impl& m = *impl_;
+  // Whether [first, last) overlaps a plain text range (sorted, disjoint).
+  auto overlaps_plain = [&](size_t first, size_t last) {
+    auto it = std::ranges::upper_bound(plain, first, {}, [](const auto& r) { return r.second; });
+    return it != plain.end() && it->first < last;
+  };
   if (text.size() > (size_t{1} << 30))
     throw std::runtime_error(fmt::format("text of {} bytes is too long to tokenize (limit 1 GiB)", text.size()));
 
@@ -285,10 +314,15 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, 
         continue;
       }
       size_t offset = f.offset, length = f.length;
+      size_t search = offset;  // where the next match may start; past offset after a match inside plain text
       while (length > 0) {
-        size_t hit = text.substr(offset, length).find(needle);
+        size_t hit = text.substr(search, offset + length - search).find(needle);
         if (hit == std::string_view::npos) break;
-        size_t match = offset + hit;
+        size_t match = search + hit;
+        if (overlaps_plain(match, match + needle.size())) {
+          search = match + 1;
+          continue;
+        }
         size_t left_length = match - offset;
         if (a & kAttrLstrip)
           while (left_length > 0 && is_ascii_space(text[offset + left_length - 1])) --left_length;
@@ -300,6 +334,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, 
           while (right_length > 0 && is_ascii_space(text[right])) ++right, --right_length;
         offset = right;
         length = right_length;
+        search = offset;
       }
       if (length > 0) next.push_back({-1, offset, length});
     }

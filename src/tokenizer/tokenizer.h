@@ -11,6 +11,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace tessera::gguf {
@@ -84,6 +85,14 @@ class Tokenizer {
   // `parse_special`: text of control tokens such as "<s>" becomes that token; otherwise it is plain text
   // (user-defined tokens are always matched first, as in llama.cpp).
   std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
+  // As encode(text, add_special, true), except that no special token (control, user-defined or unknown) is
+  // matched where it would overlap one of `plain_text_ranges` (byte ranges [first, second) of text, in any
+  // order): a rendered chat prompt passes the bytes that came from the messages, so a user who types "</s>" or
+  // "<|end|>" gets those characters as text (some vocabularies, Phi-3's, make their chat markup user-defined
+  // tokens, which encode() matches even without parse_special). With no ranges this is encode(text, add_special,
+  // true). Throws std::invalid_argument for a range outside the text.
+  std::vector<int32_t> encode(std::string_view text, bool add_special,
+                              std::span<const std::pair<size_t, size_t>> plain_text_ranges) const;
   std::string decode(std::span<const int32_t> ids, DecodeOptions options = {}) const;
   // The bytes of one token; control and unknown tokens give their text when `special`, else "".
   std::string token_to_piece(int32_t id, bool special = true) const;
@@ -111,6 +120,10 @@ class Tokenizer {
   struct Impl;
 
  private:
+  // `plain`: sorted, disjoint ranges where control and unknown tokens are not matched.
+  std::vector<int32_t> encode_text(std::string_view text, bool add_special, bool parse_special,
+                                   std::span<const std::pair<size_t, size_t>> plain) const;
+
   std::shared_ptr<const Impl> impl_;  // immutable, so copies share it
 };
 

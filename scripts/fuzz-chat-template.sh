@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer target for the chat template interpreter with Debian's clang (ASan + UBSan) and runs it for
+# about FUZZ_SECONDS (default 30), seeded with the templates and snippets of tests/chat/data. Any crash, leak,
+# sanitizer report, timeout or oversized allocation fails the script and leaves the input in build-fuzz/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${FUZZ_SECONDS:-30}
+out=build-fuzz
+mkdir -p "$out"
+
+clang++ -std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+  -Isrc fuzz/fuzz_chat_template.cpp src/chat/*.cpp src/gguf/gguf.cpp src/gguf/known_keys.cpp src/gguf/writer.cpp \
+  src/gguf/ggml_type.cpp $(pkg-config --cflags --libs fmt 2>/dev/null || echo -lfmt) -o "$out/fuzz_chat_template"
+
+corpus="$out/chat-corpus"
+rm -rf "$corpus"
+mkdir -p "$corpus"
+cp tests/chat/data/templates/*.jinja tests/chat/data/snippets/*.jinja "$corpus/"
+
+# -timeout: the interpreter's work budget ends every template well within it. -malloc_limit_mb: strings are
+# capped at 16 MiB, so no single allocation comes near 256 MiB.
+ASAN_OPTIONS=detect_leaks=1 "$out/fuzz_chat_template" "$corpus" -dict=fuzz/chat_template.dict -max_len=16384 \
+  -max_total_time="$seconds" -timeout=20 -malloc_limit_mb=256 -rss_limit_mb=2048 -artifact_prefix="$out/" \
+  -print_final_stats=1
