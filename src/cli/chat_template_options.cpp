@@ -3,10 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <fstream>
-#include <iterator>
 
 #include "cli/commands.h"
+#include "io/input_file.h"
 
 namespace tessera::cli {
 
@@ -27,9 +26,7 @@ chat::ChatTemplate ChatTemplateOptions::resolve(const gguf::File* model) const {
     return chat::ChatTemplate::builtin(name);
   }
   if (!file.empty()) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw std::runtime_error(fmt::format("cannot read chat template file '{}'", file));
-    return chat::ChatTemplate::parse(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
+    return chat::ChatTemplate::parse(io::read_text_input(file, "chat template file"));
   }
   if (model) {
     if (std::optional<std::string> source = chat::model_chat_template(*model))

@@ -28,6 +28,12 @@ void reply_error(httplib::Response& res, const ApiError& e) { reply(res, e.statu
 
 std::string sse(const json& chunk) { return "data: " + dump(chunk) + "\n\n"; }
 
+// With stream_options.include_usage every chunk but the last carries "usage": null, as OpenAI's do.
+std::string sse_chunk(json chunk, bool include_usage) {
+  if (include_usage) chunk["usage"] = nullptr;
+  return sse(chunk);
+}
+
 }  // namespace
 
 // One HTTP request's choices (n of them, times the prompts of a completions request) and the events their engine
@@ -98,10 +104,10 @@ int Server::start() {
 }
 
 void Server::serve(ServedModel model) {
-  model_ = std::move(model);
+  model_ = std::make_unique<ServedModel>(std::move(model));
   scheduler_ = std::make_unique<engine::Scheduler>(
-      *model_.engine, engine::SchedulerOptions{options_.max_sequences, options_.max_step_tokens});
-  gauges_.kv_blocks_total = model_.engine->kv().n_blocks();
+      *model_->engine, engine::SchedulerOptions{options_.max_sequences, options_.max_step_tokens});
+  gauges_.kv_blocks_total = model_->engine->kv().n_blocks();
   engine_thread_ = std::thread([this] { engine_loop(); });
   ready_ = true;
 }
@@ -142,7 +148,7 @@ void Server::engine_loop() {
       worked = true;
     }
     {
-      const engine::KvBlocks& kv = model_.engine->kv();
+      const engine::KvBlocks& kv = model_->engine->kv();
       const std::lock_guard lock(gauges_mutex_);
       gauges_.running = static_cast<int64_t>(scheduler_->n_running());
       gauges_.waiting = static_cast<int64_t>(scheduler_->n_waiting());
@@ -207,11 +213,11 @@ void Server::route() {
                                 std::chrono::system_clock::now().time_since_epoch()).count();
     reply(res, 200,
           {{"object", "list"},
-           {"data", json::array({{{"id", model_.name},
+           {"data", json::array({{{"id", model_->name},
                                   {"object", "model"},
                                   {"created", created},
                                   {"owned_by", "tessera"},
-                                  {"context_length", model_.engine->n_ctx()}}})}});
+                                  {"context_length", model_->engine->n_ctx()}}})}});
   }));
   h.Post("/v1/chat/completions", api([this](const httplib::Request& req, httplib::Response& res) {
     handle_completion(Endpoint::ChatCompletions, req, res);
@@ -231,7 +237,7 @@ void Server::route() {
     }
     const bool add_special = body.value("add_special", true), parse_special = body.value("parse_special", false);
     const std::vector<int32_t> tokens =
-        model_.tokenizer.encode(body["content"].get<std::string>(), add_special, parse_special);
+        model_->tokenizer.encode(body["content"].get<std::string>(), add_special, parse_special);
     reply(res, 200, {{"tokens", tokens}});
     metrics_.count_request("ok");
   }));
@@ -247,12 +253,12 @@ void Server::route() {
     }
     std::vector<int32_t> ids;
     for (const json& t : body["tokens"]) {
-      if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= model_.tokenizer.n_vocab()) {
-        throw ApiError(400, fmt::format("'tokens' must hold token ids in [0, {})", model_.tokenizer.n_vocab()), "tokens");
+      if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= model_->tokenizer.n_vocab()) {
+        throw ApiError(400, fmt::format("'tokens' must hold token ids in [0, {})", model_->tokenizer.n_vocab()), "tokens");
       }
       ids.push_back(t.get<int32_t>());
     }
-    reply(res, 200, {{"content", model_.tokenizer.decode(ids)}});
+    reply(res, 200, {{"content", model_->tokenizer.decode(ids)}});
     metrics_.count_request("ok");
   }));
   // The web page and its files.
@@ -294,27 +300,27 @@ void Server::route() {
 }
 
 void Server::handle_completion(Endpoint endpoint, const httplib::Request& req, httplib::Response& res) {
-  const engine::Engine& engine = *model_.engine;
+  const engine::Engine& engine = *model_->engine;
   auto job = std::make_shared<Job>();
   job->endpoint = endpoint;
-  job->api = parse_request(endpoint, req.body, model_.sampling, engine.n_vocab());
+  job->api = parse_request(endpoint, req.body, model_->sampling, engine.n_vocab());
   const ApiRequest& api = job->api;
   const uint64_t id = next_id_++;
   job->header = {fmt::format("{}-{:016x}", endpoint == Endpoint::ChatCompletions ? "chatcmpl" : "cmpl", id),
                  std::chrono::duration_cast<std::chrono::seconds>(
                      std::chrono::system_clock::now().time_since_epoch()).count(),
-                 api.model.empty() ? model_.name : api.model};
+                 api.model.empty() ? model_->name : api.model};
 
   // Prompts as tokens, each checked against the context before anything is queued.
   std::vector<std::vector<int32_t>> prompts;
   if (endpoint == Endpoint::ChatCompletions) {
     try {
-      prompts.push_back(model_.chat_prompt(api.messages));
+      prompts.push_back(model_->chat_prompt(api.messages));
     } catch (const std::runtime_error& e) {
       throw ApiError(400, std::string("the chat template refused the messages: ") + e.what(), "messages");
     }
   } else {
-    for (const std::string& p : api.prompts) prompts.push_back(model_.tokenizer.encode(p, true, false));
+    for (const std::string& p : api.prompts) prompts.push_back(model_->tokenizer.encode(p, true, false));
   }
   for (const std::vector<int32_t>& p : prompts) {
     const int64_t wanted = static_cast<int64_t>(p.size()) + api.max_tokens.value_or(1);
@@ -364,7 +370,7 @@ void Server::handle_completion(Endpoint endpoint, const httplib::Request& req, h
         if (!r.generated().empty()) metrics_.observe_first_token(t.first_token_seconds);
         if (const auto j = weak.lock()) j->push({index, {}, {}, true});
       };
-      auto request = std::make_shared<engine::Request>(std::move(ro), model_.tokenizer, on_text, on_finish);
+      auto request = std::make_shared<engine::Request>(std::move(ro), model_->tokenizer, on_text, on_finish);
       job->requests.push_back(request);
       groups.back().push_back(request);
     }
@@ -411,8 +417,8 @@ void Server::whole_reply(const std::shared_ptr<Job>& job, httplib::Response& res
     if (job->api.top_logprobs >= 0) {
       std::vector<LogprobText> texts;
       for (const engine::TokenLogprob& lp : logprobs[i]) {
-        LogprobText t{model_.tokenizer.token_to_piece(lp.token), lp.logprob, {}};
-        for (const auto& [token, p] : lp.top) t.top.emplace_back(model_.tokenizer.token_to_piece(token), p);
+        LogprobText t{model_->tokenizer.token_to_piece(lp.token), lp.logprob, {}};
+        for (const auto& [token, p] : lp.top) t.top.emplace_back(model_->tokenizer.token_to_piece(token), p);
         texts.push_back(std::move(t));
       }
       choices[i].logprobs = job->endpoint == Endpoint::ChatCompletions ? chat_logprobs(texts) : completion_logprobs(texts, 0);
@@ -450,7 +456,8 @@ void Server::stream_reply(const std::shared_ptr<Job>& job, httplib::Response& re
         for (Job::Event& e : events) {
           const engine::Request& r = *job->requests[e.index];
           if (job->endpoint == Endpoint::ChatCompletions && !state->started[e.index]) {
-            out += sse(stream_chunk(job->endpoint, job->header, e.index, "", true, std::nullopt, nullptr));
+            out += sse_chunk(stream_chunk(job->endpoint, job->header, e.index, "", true, std::nullopt, nullptr),
+                             api.include_usage);
           }
           state->started[e.index] = true;
           if (e.end) {
@@ -459,7 +466,8 @@ void Server::stream_reply(const std::shared_ptr<Job>& job, httplib::Response& re
             } else if (r.finish_reason() == engine::FinishReason::Cancelled) {
               failure = ApiError(503, "the server is shutting down", {}, "server_error");
             } else {
-              out += sse(stream_chunk(job->endpoint, job->header, e.index, "", false, r.finish_reason(), nullptr));
+              out += sse_chunk(stream_chunk(job->endpoint, job->header, e.index, "", false, r.finish_reason(), nullptr),
+                               api.include_usage);
             }
             continue;
           }
@@ -467,8 +475,8 @@ void Server::stream_reply(const std::shared_ptr<Job>& job, httplib::Response& re
           if (api.top_logprobs >= 0) {
             std::vector<LogprobText> texts;
             for (const engine::TokenLogprob& lp : e.logprobs) {
-              LogprobText t{model_.tokenizer.token_to_piece(lp.token), lp.logprob, {}};
-              for (const auto& [token, p] : lp.top) t.top.emplace_back(model_.tokenizer.token_to_piece(token), p);
+              LogprobText t{model_->tokenizer.token_to_piece(lp.token), lp.logprob, {}};
+              for (const auto& [token, p] : lp.top) t.top.emplace_back(model_->tokenizer.token_to_piece(token), p);
               texts.push_back(std::move(t));
             }
             logprobs = job->endpoint == Endpoint::ChatCompletions
@@ -476,7 +484,8 @@ void Server::stream_reply(const std::shared_ptr<Job>& job, httplib::Response& re
                            : completion_logprobs(texts, state->text_offsets[e.index]);
           }
           state->text_offsets[e.index] += e.text.size();
-          out += sse(stream_chunk(job->endpoint, job->header, e.index, e.text, false, std::nullopt, logprobs));
+          out += sse_chunk(stream_chunk(job->endpoint, job->header, e.index, e.text, false, std::nullopt, logprobs),
+                           api.include_usage);
         }
         if (failure) {
           // After the stream has started, an error is a data event of its own; clients understand it.

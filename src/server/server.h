@@ -84,7 +84,7 @@ class Server {
   std::atomic<bool> ready_{false};
   std::atomic<bool> stopping_{false};
 
-  ServedModel model_;
+  std::unique_ptr<ServedModel> model_;  // set by serve()
   std::unique_ptr<engine::Scheduler> scheduler_;
   std::thread engine_thread_;
   std::mutex wake_mutex_;
