@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -169,7 +170,9 @@ inline std::vector<float> backend_logits(const ForwardShape& shape, const std::s
   options.kv_block_size = kBlock;
   options.kv_format = kv_format;
   options.gpu_layers = model.config.n_layer / 2;
-  const std::unique_ptr<Backend> b = BackendRegistry::instance().find(backend)->create(model, options);
+  const BackendEntry* entry = BackendRegistry::instance().find(backend);
+  if (!entry) throw std::invalid_argument("this build has no backend '" + backend + "'");
+  const std::unique_ptr<Backend> b = entry->create(model, options);
 
   std::vector<int32_t> blocks(n_blocks);
   for (int32_t i = 0; i < n_blocks; ++i) blocks[i] = feed == Feed::OneStep ? i : 2 * (n_blocks - i) - 1;

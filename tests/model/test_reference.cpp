@@ -133,6 +133,35 @@ TEST(ReferenceForward, PerLayerCountsThatAgree) {
   expect_matches_reference(s, 4);
 }
 
+// RoPE over part of each head (rope.dimension_count 4 of head_dim 8), linear scaling and per-pair frequency
+// divisors (rope_freqs.weight, as Llama 3.1 files carry): the engine follows the reference, and the keys do change
+// the logits.
+TEST(ReferenceForward, PartialRopeWithScalingAndFrequencyFactors) {
+  Shape shape;
+  shape.n_head_kv = 2;
+  const Weights w = random_weights(shape, 6);
+  const std::vector<float> freq_factors = {1.0f, 8.0f};
+  const std::vector<uint8_t> scaled = write_model(shape, w, [&](gguf::Writer& out) {
+    out.set("llama.rope.dimension_count", uint32_t{4});
+    out.set("llama.rope.scaling.type", "linear");
+    out.set("llama.rope.scaling.factor", 4.0f);
+    out.add_tensor("rope_freqs.weight", GgmlType::F32, {2},
+                   std::span(reinterpret_cast<const uint8_t*>(freq_factors.data()), sizeof(float) * 2));
+  });
+  const std::vector<uint8_t> plain = write_model(shape, w);
+  const gguf::File scaled_file = gguf::File::parse(scaled), plain_file = gguf::File::parse(plain);
+  engine::Engine eng(scaled_file, f32_cache_options());
+  const model::RopeConfig& rope = eng.model().config.rope;
+  ASSERT_EQ(rope.n_dims, 4);
+  ASSERT_EQ(rope.freq_scale, 0.25f);
+  ASSERT_EQ(rope.freq_factors, freq_factors);
+  const std::vector<int32_t> tokens = {1, 17, 60, 5, 33, 33, 2, 40, 59, 12, 3, 44};
+  const std::vector<double> expected = model::reference_logits(eng.model(), tokens);
+  EXPECT_TRUE(test::all_close(eng.eval(eng.new_sequence(), tokens, true), expected, {2e-4}, shape.n_vocab));
+  EXPECT_FALSE(test::all_close(model::reference_logits(model::LlamaModel::load(plain_file), tokens), expected,
+                               {1e-3}, shape.n_vocab));
+}
+
 // Layers of different shapes are refused with the key named, not misread.
 TEST(ReferenceForward, PerLayerCountsThatDifferAreAClearError) {
   const Shape shape;
