@@ -1,12 +1,12 @@
 // Run-time choice of kernels: the CPU's best instruction set, lowered by TESSERA_SIMD, with per-type fallback to
 // the next level down when a level has no kernel for a type.
-#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 
 #include "quant/kernels.h"
 #include "quant/reference.h"
+#include "util/env_options.h"
 
 namespace tessera::quant {
 namespace detail {
@@ -33,18 +33,9 @@ SimdLevel lower(SimdLevel level) { return level == SimdLevel::Avx512Vnni ? SimdL
 
 SimdLevel choose_level() {
   const SimdLevel cpu = cpu_simd_level();
-  const char* env = std::getenv("TESSERA_SIMD");
-  if (!env || !*env) return cpu;
-  const std::string_view wanted(env);
-  SimdLevel requested;
-  if (wanted == "scalar") {
-    requested = SimdLevel::Scalar;
-  } else if (wanted == "avx2") {
-    requested = SimdLevel::Avx2;
-  } else if (wanted == "avx512") {
-    requested = SimdLevel::Avx512Vnni;
-  } else {
-    throw std::runtime_error("TESSERA_SIMD='" + std::string(wanted) + "' is not one of scalar, avx2, avx512");
+  SimdLevel requested = cpu;  // util::env_options has checked that TESSERA_SIMD is empty or one of the names
+  for (SimdLevel level : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512Vnni}) {
+    if (simd_level_name(level) == util::env_options().simd) requested = level;
   }
   return static_cast<int>(requested) < static_cast<int>(cpu) ? requested : cpu;
 }

@@ -5,7 +5,6 @@
 #include <cpuid.h>
 #endif
 
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -14,6 +13,7 @@
 #include "quant/interleaved_tiles.h"
 #include "quant/kernels.h"
 #include "quant/quant.h"
+#include "util/env_options.h"
 
 namespace tessera::quant {
 namespace {
@@ -351,12 +351,11 @@ WeightPrefetch weight_prefetch_for_cpu() {
 
 WeightPrefetch active_weight_prefetch() {
   static const WeightPrefetch prefetch = [] {
-    const char* env = std::getenv("TESSERA_PREFETCH");
-    if (!env || !*env) return weight_prefetch_for_cpu();
+    // util::env_options has checked that TESSERA_PREFETCH is empty or one of the names.
     for (WeightPrefetch p : {WeightPrefetch::None, WeightPrefetch::NonTemporal, WeightPrefetch::L1}) {
-      if (weight_prefetch_name(p) == env) return p;
+      if (weight_prefetch_name(p) == util::env_options().prefetch) return p;
     }
-    throw std::runtime_error("TESSERA_PREFETCH='" + std::string(env) + "' is not one of none, nta, l1");
+    return weight_prefetch_for_cpu();
   }();
   return prefetch;
 }

@@ -1,6 +1,5 @@
-// Models written by our own GGUF writer, run by the engine and by a plain double-precision forward pass written
-// here from the definition of the llama architecture: covers tied embeddings, MQA (one KV head), GQA and
-// multi-sequence batches.
+// Models written by our own GGUF writer, run by the engine and by the double-precision reference forward
+// (model/llama_reference.h): covers tied embeddings, MQA (one KV head), GQA and multi-sequence batches.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,8 +8,10 @@
 #include <string>
 #include <vector>
 
+#include "common/op_harness.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
+#include "model/llama_reference.h"
 
 namespace tessera {
 namespace {
@@ -95,87 +96,6 @@ std::vector<uint8_t> write_model(const Shape& s, const Weights& w,
   return out.to_bytes();
 }
 
-// y = W x for W stored as rows of n_cols.
-std::vector<double> matvec(const std::vector<float>& w, const std::vector<double>& x, size_t n_rows) {
-  const size_t n_cols = x.size();
-  std::vector<double> y(n_rows, 0.0);
-  for (size_t r = 0; r < n_rows; ++r) {
-    for (size_t c = 0; c < n_cols; ++c) y[r] += static_cast<double>(w[r * n_cols + c]) * x[c];
-  }
-  return y;
-}
-
-std::vector<double> rms_norm(const std::vector<double>& x, const std::vector<float>& weight) {
-  double ss = 0;
-  for (double v : x) ss += v * v;
-  const double scale = 1.0 / std::sqrt(ss / x.size() + 1e-5);
-  std::vector<double> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) y[i] = x[i] * scale * weight[i];
-  return y;
-}
-
-void rope(std::vector<double>& v, int n_heads, int hd, int pos, double base) {
-  for (int h = 0; h < n_heads; ++h) {
-    for (int i = 0; i < hd / 2; ++i) {
-      const double angle = pos * std::pow(base, -2.0 * i / hd);
-      double& a = v[h * hd + 2 * i];
-      double& b = v[h * hd + 2 * i + 1];
-      const double a0 = a, b0 = b;
-      a = a0 * std::cos(angle) - b0 * std::sin(angle);
-      b = a0 * std::sin(angle) + b0 * std::cos(angle);
-    }
-  }
-}
-
-// The llama forward pass for one sequence, straight from its definition, in double precision.
-std::vector<std::vector<double>> reference_logits(const Shape& s, const Weights& w, const std::vector<int32_t>& tokens) {
-  const int hd = s.n_embd / s.n_head, group = s.n_head / s.n_head_kv;
-  std::vector<std::vector<std::vector<double>>> keys(s.n_layer), values(s.n_layer);
-  std::vector<std::vector<double>> result;
-  for (size_t pos = 0; pos < tokens.size(); ++pos) {
-    std::vector<double> x(w.token_embd.begin() + tokens[pos] * s.n_embd,
-                          w.token_embd.begin() + (tokens[pos] + 1) * s.n_embd);
-    for (int l = 0; l < s.n_layer; ++l) {
-      const Weights::Layer& L = w.layers[l];
-      const std::vector<double> h = rms_norm(x, L.attn_norm);
-      std::vector<double> q = matvec(L.wq, h, s.n_embd);
-      std::vector<double> k = matvec(L.wk, h, s.n_head_kv * hd);
-      const std::vector<double> v = matvec(L.wv, h, s.n_head_kv * hd);
-      rope(q, s.n_head, hd, static_cast<int>(pos), s.rope_base);
-      rope(k, s.n_head_kv, hd, static_cast<int>(pos), s.rope_base);
-      keys[l].push_back(k);
-      values[l].push_back(v);
-      std::vector<double> attn(s.n_embd, 0.0);
-      for (int head = 0; head < s.n_head; ++head) {
-        const int kvh = head / group;
-        std::vector<double> scores(pos + 1);
-        double max_score = -1e300, sum = 0;
-        for (size_t j = 0; j <= pos; ++j) {
-          double dot = 0;
-          for (int d = 0; d < hd; ++d) dot += q[head * hd + d] * keys[l][j][kvh * hd + d];
-          scores[j] = dot / std::sqrt(static_cast<double>(hd));
-          max_score = std::max(max_score, scores[j]);
-        }
-        for (double& sc : scores) sum += (sc = std::exp(sc - max_score));
-        for (size_t j = 0; j <= pos; ++j) {
-          for (int d = 0; d < hd; ++d) attn[head * hd + d] += scores[j] / sum * values[l][j][kvh * hd + d];
-        }
-      }
-      const std::vector<double> o = matvec(L.wo, attn, s.n_embd);
-      for (int i = 0; i < s.n_embd; ++i) x[i] += o[i];
-      const std::vector<double> h2 = rms_norm(x, L.ffn_norm);
-      const std::vector<double> g = matvec(L.gate, h2, s.n_ff);
-      const std::vector<double> u = matvec(L.up, h2, s.n_ff);
-      std::vector<double> act(s.n_ff);
-      for (int i = 0; i < s.n_ff; ++i) act[i] = g[i] / (1 + std::exp(-g[i])) * u[i];
-      const std::vector<double> d = matvec(L.down, act, s.n_embd);
-      for (int i = 0; i < s.n_embd; ++i) x[i] += d[i];
-    }
-    result.push_back(matvec(s.tied ? w.token_embd : w.output, rms_norm(x, w.output_norm), s.n_vocab));
-  }
-  return result;
-}
-
 engine::EngineOptions f32_cache_options() {
   engine::EngineOptions o;
   o.n_threads = 2;
@@ -191,13 +111,9 @@ void expect_matches_reference(const Shape& shape, uint32_t seed) {
   engine::Engine eng(file, f32_cache_options());
   EXPECT_EQ(eng.model().tied_embeddings, shape.tied);
   const std::vector<int32_t> tokens = {1, 17, 60, 5, 33, 33, 2, 40, 59};
-  const auto expected = reference_logits(shape, w, tokens);
+  const std::vector<double> expected = model::reference_logits(eng.model(), tokens);
   const std::span<const float> got = eng.eval(eng.new_sequence(), tokens, true);
-  for (size_t pos = 0; pos < tokens.size(); ++pos) {
-    for (int v = 0; v < shape.n_vocab; ++v) {
-      ASSERT_NEAR(got[pos * shape.n_vocab + v], expected[pos][v], 2e-4) << "position " << pos << ", vocab " << v;
-    }
-  }
+  EXPECT_TRUE(test::all_close(got, expected, {2e-4}, shape.n_vocab));
 }
 
 TEST(ReferenceForward, TiedEmbeddingsWithMqa) { expect_matches_reference(Shape{}, 1); }
@@ -215,6 +131,35 @@ TEST(ReferenceForward, PerLayerCountsThatAgree) {
   s.per_layer_counts = true;
   s.n_head_kv = 2;
   expect_matches_reference(s, 4);
+}
+
+// RoPE over part of each head (rope.dimension_count 4 of head_dim 8), linear scaling and per-pair frequency
+// divisors (rope_freqs.weight, as Llama 3.1 files carry): the engine follows the reference, and the keys do change
+// the logits.
+TEST(ReferenceForward, PartialRopeWithScalingAndFrequencyFactors) {
+  Shape shape;
+  shape.n_head_kv = 2;
+  const Weights w = random_weights(shape, 6);
+  const std::vector<float> freq_factors = {1.0f, 8.0f};
+  const std::vector<uint8_t> scaled = write_model(shape, w, [&](gguf::Writer& out) {
+    out.set("llama.rope.dimension_count", uint32_t{4});
+    out.set("llama.rope.scaling.type", "linear");
+    out.set("llama.rope.scaling.factor", 4.0f);
+    out.add_tensor("rope_freqs.weight", GgmlType::F32, {2},
+                   std::span(reinterpret_cast<const uint8_t*>(freq_factors.data()), sizeof(float) * 2));
+  });
+  const std::vector<uint8_t> plain = write_model(shape, w);
+  const gguf::File scaled_file = gguf::File::parse(scaled), plain_file = gguf::File::parse(plain);
+  engine::Engine eng(scaled_file, f32_cache_options());
+  const model::RopeConfig& rope = eng.model().config.rope;
+  ASSERT_EQ(rope.n_dims, 4);
+  ASSERT_EQ(rope.freq_scale, 0.25f);
+  ASSERT_EQ(rope.freq_factors, freq_factors);
+  const std::vector<int32_t> tokens = {1, 17, 60, 5, 33, 33, 2, 40, 59, 12, 3, 44};
+  const std::vector<double> expected = model::reference_logits(eng.model(), tokens);
+  EXPECT_TRUE(test::all_close(eng.eval(eng.new_sequence(), tokens, true), expected, {2e-4}, shape.n_vocab));
+  EXPECT_FALSE(test::all_close(model::reference_logits(model::LlamaModel::load(plain_file), tokens), expected,
+                               {1e-3}, shape.n_vocab));
 }
 
 // Layers of different shapes are refused with the key named, not misread.

@@ -27,6 +27,7 @@
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/q8.cuh"
 #include "backend/cuda/rope.cuh"
+#include "util/env_options.h"
 
 namespace tessera::cuda {
 namespace {
@@ -197,11 +198,7 @@ int heads_per_block(const AttentionParams& p) {
 // Query heads per decode block: heads_per_block, at most p.max_decode_heads, else TESSERA_DECODE_HEADS (1, 2, 4
 // or 8), else 2 (see the top of the file; 1 was no faster: docs/notes/2026-11-27-cuda-fused-decode-attention.md).
 int decode_heads(const AttentionParams& p) {
-  static const int env_cap = [] {
-    const char* env = std::getenv("TESSERA_DECODE_HEADS");
-    return env ? std::atoi(env) : 2;
-  }();
-  const int cap = p.max_decode_heads > 0 ? p.max_decode_heads : env_cap;
+  const int cap = p.max_decode_heads > 0 ? p.max_decode_heads : util::env_options().cuda_decode_heads;
   int heads = heads_per_block(p);
   while (heads > 1 && heads > cap) heads /= 2;
   return heads;

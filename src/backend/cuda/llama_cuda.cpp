@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "backend/cuda/cuda_check.h"
+#include "util/env_options.h"
 
 namespace tessera::cuda {
 namespace {
@@ -53,8 +54,7 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
       n_slots_(options.n_kv_slots),
       kv_block_size_(options.kv_block_size),
       weights_(model, n_layers, with_output) {
-  const char* graphs_env = std::getenv("TESSERA_CUDA_GRAPHS");
-  use_graphs_ = !(graphs_env && std::string(graphs_env) == "0");
+  use_graphs_ = util::env_options().cuda_graphs;
   if (n_slots_ <= 0 || n_slots_ % kv_block_size_ != 0) {
     throw std::runtime_error("the CUDA backend needs a KV cache of whole blocks");
   }
