@@ -5,7 +5,8 @@ packages=(
   build-essential cmake pkg-config
   libgtest-dev libgmock-dev libbenchmark-dev
   libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
-  libcurl4-openssl-dev libssl-dev libcpp-httplib-dev
+  libcurl4-openssl-dev libssl-dev libcpp-httplib-dev libedit-dev
+  tmux  # drives `tessera chat` in a real terminal in tests/chat_cli
   clang libclang-rt-14-dev
   chromium
   python3-jinja2  # scripts/gen-chat-template-expected.py, which regenerates the chat template test data

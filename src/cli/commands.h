@@ -23,5 +23,6 @@ void add_bench_command(CLI::App& root);
 void add_hub_commands(CLI::App& root);  // pull, list, rm
 void add_template_command(CLI::App& root);
 void add_serve_command(CLI::App& root);
+void add_chat_command(CLI::App& root);
 
 }  // namespace tessera::cli

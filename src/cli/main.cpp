@@ -1,6 +1,7 @@
 // tessera: one binary, several subcommands. Exit codes: 0 success, 1 invalid input or runtime failure (one line
 // on stderr), 2 usage error, 128 + N when ended by signal N (130 for Ctrl-C; `run` first reports what it made; see
-// signals.h). `run` is the default subcommand: `tessera -m M.gguf -p "Hi"` means `tessera run ...`.
+// signals.h). Without a command, `tessera -m M.gguf -p "Hi"` means `tessera run ...`, and with no prompt
+// (`tessera --model M.gguf --backend hybrid-f32 --max-tokens 100`, RusTorch's command line) `tessera chat ...`.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -40,7 +41,7 @@ size_t edit_distance(std::string_view a, std::string_view b) {
   return row[b.size()];
 }
 
-// `run` takes no positional arguments, so a first word that is neither an option nor a command is a mistyped
+// Neither `run` nor `chat` takes positional arguments, so a first word that is neither an option nor a command is a mistyped
 // command (or a stray argument): say so, with the nearest command, instead of parsing it as run's.
 std::string unknown_command_message(std::string_view word, const std::vector<std::string>& names) {
   std::string nearest;
@@ -69,6 +70,7 @@ int run_command_line(int argc, char** argv) {
   tessera::cli::add_hub_commands(app);
   tessera::cli::add_template_command(app);
   tessera::cli::add_serve_command(app);
+  tessera::cli::add_chat_command(app);
 
   std::vector<std::string> args(argv + 1, argv + argc);
   const bool asks_root = !args.empty() && (args[0] == "-h" || args[0] == "--help" || args[0] == "--version");
@@ -78,7 +80,11 @@ int run_command_line(int argc, char** argv) {
       std::fprintf(stderr, "error: %s\n", unknown_command_message(args[0], names).c_str());
       return 2;
     }
-    args.insert(args.begin(), "run");
+    const bool has_prompt = std::any_of(args.begin(), args.end(), [](const std::string& a) {
+      return a == "-p" || a == "-f" || a.starts_with("--prompt") || a.starts_with("--file") ||
+             (a.starts_with("-p") && a.size() > 2) || (a.starts_with("-f") && a.size() > 2);
+    });
+    args.insert(args.begin(), has_prompt ? "run" : "chat");
   }
   std::vector<const char*> argv2 = {argv[0]};
   for (const std::string& a : args) argv2.push_back(a.c_str());

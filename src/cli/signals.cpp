@@ -15,6 +15,9 @@ namespace {
 std::atomic<bool> g_interrupted{false};
 std::atomic<bool> g_graceful{false};
 std::atomic<bool> g_graceful_terminate{false};
+std::atomic<int> g_sigint_count{0};
+
+extern "C" void on_interactive_sigint(int) { g_sigint_count.fetch_add(1); }
 
 void say(const char* text) {
   const ssize_t ignored = ::write(STDERR_FILENO, text, std::strlen(text));
@@ -70,6 +73,19 @@ InterruptScope::~InterruptScope() {
   g_graceful.store(false);
   g_graceful_terminate.store(false);
 }
+
+InteractiveInterrupts::InteractiveInterrupts() {
+  g_sigint_count.store(0);
+  struct sigaction action {};
+  action.sa_handler = on_interactive_sigint;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = 0;  // no SA_RESTART: a read waiting for the user returns EINTR
+  sigaction(SIGINT, &action, nullptr);
+}
+
+InteractiveInterrupts::~InteractiveInterrupts() { handle(SIGINT, on_termination); }
+
+int InteractiveInterrupts::sigint_count() { return g_sigint_count.load(); }
 
 void reserve_standard_streams() {
   for (int fd : {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO}) {

@@ -27,6 +27,18 @@ class InterruptScope {
   InterruptScope& operator=(const InterruptScope&) = delete;
 };
 
+// For an interactive loop (chat on a terminal): while one lives, no SIGINT ends the process; each one is counted
+// (sigint_count()) and interrupts a blocking read with EINTR, so a line editor gives up its line and a reply
+// being generated can stop at its next token. SIGTERM still ends the process.
+class InteractiveInterrupts {
+ public:
+  InteractiveInterrupts();
+  ~InteractiveInterrupts();
+  InteractiveInterrupts(const InteractiveInterrupts&) = delete;
+  InteractiveInterrupts& operator=(const InteractiveInterrupts&) = delete;
+  static int sigint_count();
+};
+
 // Makes sure file descriptors 0, 1 and 2 are open, so that a file opened later never takes the place of a closed
 // standard stream. A closed stdout or stderr becomes /dev/null opened read-only: writing to it fails (EBADF) and
 // is reported, as writing to the closed stream would.
