@@ -206,6 +206,20 @@ TEST_F(ChatCli, TheSeedsCommandLineWithoutAPromptOpensAChat) {
   EXPECT_EQ(r.out, ", there was a little girl named Lily\n");  // the golden greedy tokens
 }
 
+// A full disk or a dead pipe on stdout ends the chat with one line, as it ends run (issue 28's rules).
+TEST_F(ChatCli, AFailedWriteEndsTheChatWithTheReason) {
+  const std::string err = (dir_ / "err").string();
+  const int status = std::system((test::tessera_binary() + " chat -m " + test::fixture("trained/stories260K.gguf").string() +
+                                  " -n 50 --temp 0 -t 1 < " + write("script.txt", "Once upon a time\nThe end\n") +
+                                  " > /dev/full 2> " + err)
+                                     .c_str());
+  std::ifstream in(err);
+  const std::string message(std::istreambuf_iterator<char>(in), {});
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1) << message;
+  EXPECT_NE(message.find("No space left on device"), std::string::npos) << message;
+}
+
 // ---- on a terminal ---------------------------------------------------------------------------------------------
 
 // The chat's prompt, "> ", at the start of a line (tmux trims the trailing space).

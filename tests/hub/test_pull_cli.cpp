@@ -1,4 +1,4 @@
-// `tessera pull`, `list`, `rm` and `run -m NAME` against the mock Hub: both reference forms, resume within a
+// `tessera pull`, `list`, `rm` and `run`/`chat -m NAME` against the mock Hub: both reference forms, resume within a
 // run and across runs (asserting the bytes requested), interruption, checksum mismatch, a file that is not
 // GGUF, gated and missing repositories, no network, a full disk; nothing half-written under a final name.
 #include <arpa/inet.h>
@@ -7,9 +7,11 @@
 #include <sys/socket.h>
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "common/fixtures.h"
+#include "common/run_tessera.h"
 #include "hub/cli_runner.h"
 #include "hub/mock_hub.h"
 
@@ -357,6 +359,25 @@ TEST_F(HubCli, RunTakesAHubNameAndThenNeedsNoNetwork) {
                               {{"HF_ENDPOINT", "http://127.0.0.1:9"}});
   ASSERT_EQ(tokens.exit_code, 0) << tokens.err;
   EXPECT_EQ(tokens.out, "[1,403,407,261,378]\n");  // the prompt tokens of stories260K's vocabulary (RunCli)
+}
+
+// chat takes a Hub name too: the model is pulled on first use, and the reply is the local file's.
+TEST_F(HubCli, ChatTakesAHubName) {
+  const std::filesystem::path input = home_ / "chat-input.txt";
+  std::ofstream(input) << "Once upon a time\n";
+  auto chat = [&](const std::string& model) {
+    for (const auto& [key, value] : env()) ::setenv(key.c_str(), value.c_str(), 1);
+    const auto r = test::run_tessera("chat -m " + model + " -n 8 --temp 0 -t 1 < " + input.string());
+    for (const auto& [key, value] : env()) ::unsetenv(key.c_str());
+    return r;
+  };
+  const auto local = chat(test::fixture("models/" + kQ8).string());
+  ASSERT_EQ(local.exit_code, 0) << local.err;
+  const auto by_name = chat(kRepo + ":Q8_0");
+  ASSERT_EQ(by_name.exit_code, 0) << by_name.err;
+  EXPECT_EQ(by_name.out, local.out);
+  EXPECT_FALSE(by_name.out.empty());
+  EXPECT_EQ(hub_.requests_to("/cdn/").size(), 1u);
 }
 
 }  // namespace
