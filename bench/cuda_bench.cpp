@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/step_plan.h"
 #include "model/llama.h"
 #include "quant/quant.h"
 
@@ -85,15 +86,16 @@ class RandomModel {
   std::vector<std::unique_ptr<uint8_t[]>> storage_;
 };
 
-double forward_seconds(tessera::Backend& backend, const std::vector<int32_t>& tokens, int32_t first_pos,
-                       const std::vector<int32_t>& slots, std::vector<float>& logits) {
-  std::vector<int32_t> positions(tokens.size()), seq(tokens.size(), 0);
-  std::iota(positions.begin(), positions.end(), first_pos);
-  const tessera::ForwardBatch::Sequence sequence{slots};
-  const int32_t last = static_cast<int32_t>(tokens.size()) - 1;
-  tessera::ForwardBatch batch{tokens, positions, seq, {&sequence, 1}, {&last, 1}};
+constexpr int kKvBlock = 16;
+constexpr int kKvSlots = 1024;
+
+// One step of `tokens` at positions first_pos.. of one sequence whose KV blocks are 0, 1, 2, ...
+double forward_seconds(tessera::Backend& backend, int32_t n_vocab, const std::vector<int32_t>& tokens,
+                       int32_t first_pos, const std::vector<int32_t>& blocks, std::vector<float>& logits) {
+  tessera::StepPlanBuilder builder(n_vocab, kKvBlock, kKvSlots);
+  builder.add_run(tokens, first_pos, blocks, tessera::LogitsWanted::Last);
   const auto t0 = std::chrono::steady_clock::now();
-  backend.forward(batch, logits.data());
+  backend.forward({}, builder.plan(), logits.data());
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
@@ -106,24 +108,25 @@ void run(benchmark::State& state, const Shape& shape, bool prompt) {
     built = shape.name;
   }
   tessera::BackendOptions options;
-  options.n_kv_slots = 1024;
+  options.n_kv_slots = kKvSlots;
+  options.kv_block_size = kKvBlock;
   std::unique_ptr<tessera::Backend> backend;
   try {
-    backend = tessera::make_cuda_backend(model->model, options);
+    backend = tessera::BackendRegistry::instance().find("cuda")->create(model->model, options);
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
     return;
   }
-  std::vector<int32_t> slots(1024);
-  std::iota(slots.begin(), slots.end(), 0);
+  std::vector<int32_t> blocks(kKvSlots / kKvBlock);
+  std::iota(blocks.begin(), blocks.end(), 0);
   std::vector<float> logits(shape.n_vocab);
   std::mt19937 rng(1);
   std::vector<int32_t> tokens(512);
   for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % shape.n_vocab);
   auto once = [&]() {
-    if (prompt) return forward_seconds(*backend, tokens, 0, slots, logits);
+    if (prompt) return forward_seconds(*backend, shape.n_vocab, tokens, 0, blocks, logits);
     double total = 0;
-    for (int i = 0; i < 128; ++i) total += forward_seconds(*backend, {tokens[i]}, i, slots, logits);
+    for (int i = 0; i < 128; ++i) total += forward_seconds(*backend, shape.n_vocab, {tokens[i]}, i, blocks, logits);
     return total;
   };
   once();  // warm-up: cuBLAS heuristics, graph capture

@@ -17,7 +17,10 @@ struct StepPlan {
     int32_t token_begin = 0;     // its tokens are [token_begin, token_begin + n_tokens) of the step
     int32_t n_tokens = 0;
     int32_t first_position = 0;  // of its first token; the others follow one position apart
-    int32_t table_begin = 0;     // its blocks are block_table[table_begin, table_begin + n_blocks)
+    // Its blocks are block_table[table_begin, table_begin + n_blocks). Every run has its own part of the table,
+    // even when two sequences share blocks, so table_begin also tells the runs apart (CUDA's decode attention
+    // uses it as the sequence's identity).
+    int32_t table_begin = 0;
     int32_t n_blocks = 0;        // enough for positions 0 .. end_position() - 1
     // Sliding-window attention: a token at position p sees the keys of positions j <= p with
     // j > p - window (0: every earlier position) or j < n_sink (attention sinks, kept visible).

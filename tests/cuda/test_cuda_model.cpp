@@ -253,6 +253,32 @@ TEST(CudaModel, CopiedBlockContinuesLikeTheOriginal) {
   }
 }
 
+// Two sequences that share a prefix's full block, each with its own copy of the partly filled one, decode together
+// in one step (both read block 0; the decode kernel must tell them apart): each gets the logits it gets alone.
+TEST(CudaModel, SequencesSharingPrefixBlocksDecodeTogether) {
+  TESSERA_REQUIRE_GPU();
+  const gguf::File file = gguf::File::open(tessera::test::fixture("models/tiny-llama-Q8_0.gguf").string());
+  const model::LlamaModel model = model::LlamaModel::load(file);
+  const int n_vocab = model.config.n_vocab;
+  const std::vector<int32_t> prompt = {1, 291, 410, 456, 425, 417, 340, 268, 420, 327, 416, 272, 414, 444, 410, 449,
+                                       425, 423, 427, 419};
+  BackendOptions options;
+  options.n_kv_slots = 64;
+  const Sequence a{{0, 1}}, b{{0, 2}};
+  auto alone = [&](int32_t token) {
+    auto backend = make_backend("cuda", model, options);
+    run(*backend, 64, {&a}, {prompt}, {0}, n_vocab, false);
+    return run(*backend, 64, {&a}, {{token}}, {20}, n_vocab, false);
+  };
+  auto together = make_backend("cuda", model, options);
+  run(*together, 64, {&a}, {prompt}, {0}, n_vocab, false);
+  std::vector<float> both = run(*together, 64, {&a, &b}, {{300}, {301}}, {20, 20}, n_vocab, false, {{1, 2}});
+  std::vector<float> want = alone(300);
+  const std::vector<float> want_b = alone(301);
+  want.insert(want.end(), want_b.begin(), want_b.end());
+  expect_close(both, want, 1e-4, 0, "two sequences on shared blocks in one decode step");
+}
+
 TEST(CudaModel, TooLittleMemoryIsAClearError) {
   TESSERA_REQUIRE_GPU();
   const gguf::File file = gguf::File::open(tessera::test::fixture("models/tiny-llama-Q4_0.gguf").string());

@@ -499,11 +499,17 @@ TEST(CudaOps, FusedRmsNormRefusesWhatItCannotTake) {
   expect_refused([&] { matvec_norm(good, xq, kMaxMatvecTokens + 1, norm, nullptr); }, "bad token count");
 
   const MatvecJob f16_job{p.matrix(GgmlType::F16, 64, 256), p.f, 64, false};
-  expect_refused([&] { matvec(&f16_job, 1, p.f, 256, Q8Rows{}, 1, nullptr, NormScale{p.f, 256, 1e-5f}); },
-                 "needs an integer-kernel weight type");
+  expect_refused(
+      [&] {
+        matvec(&f16_job, 1, p.f, 256, Q8Rows{}, 1, nullptr, NormScale{p.f, 256, 1e-5f});
+      },
+      "needs an integer-kernel weight type");
   const MatvecJob q4_job{p.matrix(GgmlType::Q4_K, 64, 256), p.f, 64, false};
-  expect_refused([&] { matvec(&q4_job, 1, p.f, 256, xq, 1, nullptr, NormScale{p.f, 512, 1e-5f}); },
-                 "bad fused-norm width");
+  expect_refused(
+      [&] {
+        matvec(&q4_job, 1, p.f, 256, xq, 1, nullptr, NormScale{p.f, 512, 1e-5f});
+      },
+      "bad fused-norm width");
 }
 
 // What matvec_swiglu cannot take is refused before anything is launched (no GPU needed): matrices of different
@@ -524,8 +530,11 @@ TEST(CudaOps, FusedSwigluRefusesWhatItCannotTake) {
   expect_refused([&] { matvec_swiglu(gate, up, Q8Rows{p.q, p.ds, 512}, {}, out, nullptr); }, bad_q8);
   expect_refused([&] { matvec_swiglu(gate, up, xq, {}, Q8Rows{p.q + 1, p.ds + 1, 96}, nullptr); }, bad_q8);
   expect_refused([&] { matvec_swiglu(gate, up, xq, {}, Q8Rows{p.q, p.ds, 64}, nullptr); }, bad_q8);
-  expect_refused([&] { matvec_swiglu(gate, up, xq, NormScale{p.f, 512, 1e-5f}, out, nullptr); },
-                 "bad fused-norm width");
+  expect_refused(
+      [&] {
+        matvec_swiglu(gate, up, xq, NormScale{p.f, 512, 1e-5f}, out, nullptr);
+      },
+      "bad fused-norm width");
 }
 
 // The tensor-core path: W decoded to f16, x rounded to f16, f32 accumulation (F32 weights stay f32).
@@ -708,10 +717,10 @@ constexpr int kBlock = 16;  // KV block size of the attention tests
 
 // The cache slot of every position of sequences with these KV blocks (kBlock positions each), concatenated: the
 // per-position table attention_reference reads.
-std::vector<int32_t> slots_of_blocks(const std::vector<int32_t>& blocks) {
+std::vector<int32_t> slots_of_blocks(const std::vector<int32_t>& blocks, int block_size = kBlock) {
   std::vector<int32_t> slots;
   for (int32_t b : blocks) {
-    for (int j = 0; j < kBlock; ++j) slots.push_back(b * kBlock + j);
+    for (int j = 0; j < block_size; ++j) slots.push_back(b * block_size + j);
   }
   return slots;
 }
@@ -725,13 +734,15 @@ std::vector<int32_t> shuffled_blocks(int n_cache_blocks, int n_blocks, uint32_t 
   return perm;
 }
 
-AttentionParams attention_params(int n_head, int n_head_kv, int head_dim, bool f16, int max_decode_heads = 0) {
+AttentionParams attention_params(int n_head, int n_head_kv, int head_dim, bool f16, int max_decode_heads = 0,
+                                 int block_size = kBlock) {
   AttentionParams p;
   p.n_head = n_head;
   p.n_head_kv = n_head_kv;
   p.head_dim = head_dim;
   p.kv_format = f16 ? KvFormat::F16 : KvFormat::F32;
-  p.kv_block_shift = 4;
+  p.kv_block_shift = 0;
+  while ((1 << p.kv_block_shift) < block_size) ++p.kv_block_shift;
   p.max_decode_heads = max_decode_heads;
   return p;
 }
@@ -745,7 +756,8 @@ TEST(CudaOps, AttentionMatchesCpu) {
   for (const Shape shape : {Shape{6, 2, 80}, Shape{16, 2, 64}, Shape{8, 4, 8}, Shape{4, 4, 128}}) {
     for (bool f16 : {true, false}) {
       for (int n_splits : {1, 7}) {
-        const int n_slots = 20 * kBlock, kv_dim = shape.n_head_kv * shape.head_dim, q_dim = shape.n_head * shape.head_dim;
+        const int n_slots = 20 * kBlock, kv_dim = shape.n_head_kv * shape.head_dim,
+                  q_dim = shape.n_head * shape.head_dim;
         // Two sequences: tokens 0-1 of sequence 0 (positions 250, 251; 16 blocks), token 2 of sequence 1 (position
         // 0), token 3 of sequence 1 at position 40 (3 blocks); blocks are shuffled (paged).
         const std::vector<int32_t> blocks = shuffled_blocks(20, 19, 3);
@@ -793,9 +805,10 @@ TEST(CudaOps, AttentionMatchesCpu) {
 }
 
 // Decode attention with RoPE and the KV store fused in, against cpu::rope_angles/apply_rope + cpu::attend: six
-// tokens of three sequences in one step - three consecutive tokens continuing a sequence of 597 cached keys (each
-// must see the new keys of the tokens before it, which this launch writes), positions 0 and 40 of a second sequence,
-// position 5 of a third; KV blocks shuffled (paged), and the new tokens' slots hold garbage before the step. GQA
+// tokens of three sequences in one step - three consecutive tokens continuing a sequence of 606 cached keys across a
+// block boundary (each must see the new keys of the tokens before it, which this launch writes), positions 0 and 40
+// of a second sequence, position 5 of a third; KV blocks shuffled (paged), and the new tokens' slots hold garbage
+// before the step. Blocks of 16 slots, and for one shape of 8 and 32 too. GQA
 // shapes with one and several blocks per KV head, partial rotation with freq_factors, f16/f32 cache, 1 split (several
 // shared-memory tiles per block for the long sequence), 2 and 7 splits; the Q8 output against quantizing the output.
 // Each with the default query heads per block and with up to 8 (one block for all query heads of a KV head).
@@ -808,102 +821,117 @@ TEST(CudaOps, DecodeAttentionMatchesCpu) {
     bool f16;
     int max_heads;
   };
-  for (const Shape shape : {Shape{6, 2, 80}, Shape{32, 2, 64}, Shape{8, 4, 8}, Shape{4, 4, 128}, Shape{32, 4, 64}}) {
+  const Shape shapes[] = {{6, 2, 80}, {32, 2, 64}, {8, 4, 8}, {4, 4, 128}, {32, 4, 64}};
+  for (const Shape shape : shapes) {
     for (const Variant variant : {Variant{true, 0}, Variant{false, 0}, Variant{true, 8}, Variant{false, 8}}) {
-      const bool f16 = variant.f16;
-      const AttentionParams p = attention_params(shape.n_head, shape.n_head_kv, shape.head_dim, f16, variant.max_heads);
-      ASSERT_TRUE(decode_attention_supported(p));
-      decode_attention_prepare(p);
-      for (int n_splits : {1, 2, 7}) {
-        const int hd = shape.head_dim, kv_dim = shape.n_head_kv * hd, q_dim = shape.n_head * hd;
-        const int n_slots = 44 * kBlock;
-        // Sequences of 600, 41 and 6 positions: 38, 3 and 1 blocks, shuffled (paged).
-        const std::vector<int32_t> blocks = shuffled_blocks(44, 42, 5);
-        const std::vector<int32_t> table = slots_of_blocks(blocks);
-        const std::vector<int32_t> block_offsets = {0, 0, 0, 38, 38, 41}, positions = {597, 598, 599, 0, 40, 5};
-        std::vector<int32_t> offsets;
-        for (int32_t b : block_offsets) offsets.push_back(b * kBlock);
-        const int n_tokens = static_cast<int>(positions.size());
-        std::vector<int32_t> write_slots(n_tokens);
-        for (int t = 0; t < n_tokens; ++t) write_slots[t] = table[offsets[t] + positions[t]];
-
-        model::RopeConfig rc;
-        rc.n_dims = hd >= 16 ? hd - 8 : hd;
-        rc.freq_base = 10000;
-        rc.freq_scale = 0.5f;
-        rc.freq_factors = random_floats(rc.n_dims / 2, 1, 4, 13);
-        DeviceBuffer<float> d_ff(rc.freq_factors);
-        const RopeParams rope{shape.n_head, shape.n_head_kv, hd, rc.n_dims, std::pow(rc.freq_base, -2.0f / rc.n_dims),
-                              rc.freq_scale, d_ff.get()};
-
-        // The cache before the step (garbage in the new tokens' slots) and after it (what the kernel must store).
-        std::vector<float> k_cache = random_floats(n_slots * kv_dim, -1, 1, 10),
-                           v_cache = random_floats(n_slots * kv_dim, -1, 1, 11);
-        for (int32_t slot : write_slots) {
-          std::fill_n(k_cache.begin() + slot * kv_dim, kv_dim, 300.0f);
-          std::fill_n(v_cache.begin() + slot * kv_dim, kv_dim, -300.0f);
-        }
-        const std::vector<float> q = random_floats(n_tokens * q_dim, -1, 1, 12),
-                                 k = random_floats(n_tokens * kv_dim, -1, 1, 14),
-                                 v = random_floats(n_tokens * kv_dim, -1, 1, 15);
-        std::vector<float> q_rot = q, k_after = k_cache, v_after = v_cache;
-        for (int t = 0; t < n_tokens; ++t) {
-          const cpu::RopeAngles angles = cpu::rope_angles(rc, positions[t]);
-          cpu::apply_rope(q_rot.data() + t * q_dim, shape.n_head, hd, angles);
-          std::vector<float> k_rot(k.begin() + t * kv_dim, k.begin() + (t + 1) * kv_dim);
-          cpu::apply_rope(k_rot.data(), shape.n_head_kv, hd, angles);
-          std::copy(k_rot.begin(), k_rot.end(), k_after.begin() + write_slots[t] * kv_dim);
-          std::copy_n(v.begin() + t * kv_dim, kv_dim, v_after.begin() + write_slots[t] * kv_dim);
-        }
-        auto to_cache = [&](const std::vector<float>& x) {
-          std::vector<uint8_t> bytes(x.size() * (f16 ? 2 : 4));
-          for (size_t i = 0; i < x.size(); ++i) {
-            if (f16) {
-              const uint16_t h = quant::fp32_to_fp16(x[i]);
-              std::memcpy(bytes.data() + 2 * i, &h, 2);
-            } else {
-              std::memcpy(bytes.data() + 4 * i, &x[i], 4);
-            }
+      const bool other_block_sizes = &shape == &shapes[0] && variant.f16 && variant.max_heads == 0;
+      for (const int block : other_block_sizes ? std::vector<int>{16, 8, 32} : std::vector<int>{16}) {
+        const bool f16 = variant.f16;
+        const AttentionParams p =
+            attention_params(shape.n_head, shape.n_head_kv, shape.head_dim, f16, variant.max_heads, block);
+        ASSERT_TRUE(decode_attention_supported(p));
+        decode_attention_prepare(p);
+        for (int n_splits : {1, 2, 7}) {
+          const int hd = shape.head_dim, kv_dim = shape.n_head_kv * hd, q_dim = shape.n_head * hd;
+          // Sequences of 609, 41 and 6 positions, in shuffled (paged) blocks.
+          const int32_t lengths[] = {609, 41, 6};
+          std::vector<int32_t> sequence_blocks;
+          int n_blocks = 0;
+          for (int32_t length : lengths) {
+            sequence_blocks.push_back(n_blocks);
+            n_blocks += (length + block - 1) / block;
           }
-          return bytes;
-        };
-        auto from_cache = [&](const std::vector<uint8_t>& bytes) {
-          std::vector<float> x(bytes.size() / (f16 ? 2 : 4));
-          for (size_t i = 0; i < x.size(); ++i) {
-            if (f16) {
-              uint16_t h;
-              std::memcpy(&h, bytes.data() + 2 * i, 2);
-              x[i] = quant::fp16_to_fp32(h);
-            } else {
-              std::memcpy(&x[i], bytes.data() + 4 * i, 4);
-            }
+          const int n_slots = (n_blocks + 2) * block;
+          const std::vector<int32_t> blocks = shuffled_blocks(n_blocks + 2, n_blocks, 5);
+          const std::vector<int32_t> table = slots_of_blocks(blocks, block);
+          const std::vector<int32_t> positions = {606, 607, 608, 0, 40, 5};
+          const std::vector<int32_t> block_offsets = {sequence_blocks[0], sequence_blocks[0], sequence_blocks[0],
+                                                      sequence_blocks[1], sequence_blocks[1], sequence_blocks[2]};
+          std::vector<int32_t> offsets;
+          for (int32_t b : block_offsets) offsets.push_back(b * block);
+          const int n_tokens = static_cast<int>(positions.size());
+          std::vector<int32_t> write_slots(n_tokens);
+          for (int t = 0; t < n_tokens; ++t) write_slots[t] = table[offsets[t] + positions[t]];
+
+          model::RopeConfig rc;
+          rc.n_dims = hd >= 16 ? hd - 8 : hd;
+          rc.freq_base = 10000;
+          rc.freq_scale = 0.5f;
+          rc.freq_factors = random_floats(rc.n_dims / 2, 1, 4, 13);
+          DeviceBuffer<float> d_ff(rc.freq_factors);
+          const RopeParams rope{
+              shape.n_head,  shape.n_head_kv, hd, rc.n_dims, std::pow(rc.freq_base, -2.0f / rc.n_dims),
+              rc.freq_scale, d_ff.get()};
+
+          // The cache before the step (garbage in the new tokens' slots) and after it (what the kernel must store).
+          std::vector<float> k_cache = random_floats(n_slots * kv_dim, -1, 1, 10),
+                             v_cache = random_floats(n_slots * kv_dim, -1, 1, 11);
+          for (int32_t slot : write_slots) {
+            std::fill_n(k_cache.begin() + slot * kv_dim, kv_dim, 300.0f);
+            std::fill_n(v_cache.begin() + slot * kv_dim, kv_dim, -300.0f);
           }
-          return x;
-        };
-        const std::vector<float> k_stored = from_cache(to_cache(k_after)), v_stored = from_cache(to_cache(v_after));
+          const std::vector<float> q = random_floats(n_tokens * q_dim, -1, 1, 12),
+                                   k = random_floats(n_tokens * kv_dim, -1, 1, 14),
+                                   v = random_floats(n_tokens * kv_dim, -1, 1, 15);
+          std::vector<float> q_rot = q, k_after = k_cache, v_after = v_cache;
+          for (int t = 0; t < n_tokens; ++t) {
+            const cpu::RopeAngles angles = cpu::rope_angles(rc, positions[t]);
+            cpu::apply_rope(q_rot.data() + t * q_dim, shape.n_head, hd, angles);
+            std::vector<float> k_rot(k.begin() + t * kv_dim, k.begin() + (t + 1) * kv_dim);
+            cpu::apply_rope(k_rot.data(), shape.n_head_kv, hd, angles);
+            std::copy(k_rot.begin(), k_rot.end(), k_after.begin() + write_slots[t] * kv_dim);
+            std::copy_n(v.begin() + t * kv_dim, kv_dim, v_after.begin() + write_slots[t] * kv_dim);
+          }
+          auto to_cache = [&](const std::vector<float>& x) {
+            std::vector<uint8_t> bytes(x.size() * (f16 ? 2 : 4));
+            for (size_t i = 0; i < x.size(); ++i) {
+              if (f16) {
+                const uint16_t h = quant::fp32_to_fp16(x[i]);
+                std::memcpy(bytes.data() + 2 * i, &h, 2);
+              } else {
+                std::memcpy(bytes.data() + 4 * i, &x[i], 4);
+              }
+            }
+            return bytes;
+          };
+          auto from_cache = [&](const std::vector<uint8_t>& bytes) {
+            std::vector<float> x(bytes.size() / (f16 ? 2 : 4));
+            for (size_t i = 0; i < x.size(); ++i) {
+              if (f16) {
+                uint16_t h;
+                std::memcpy(&h, bytes.data() + 2 * i, 2);
+                x[i] = quant::fp16_to_fp32(h);
+              } else {
+                std::memcpy(&x[i], bytes.data() + 4 * i, 4);
+              }
+            }
+            return x;
+          };
+          const std::vector<float> k_stored = from_cache(to_cache(k_after)), v_stored = from_cache(to_cache(v_after));
 
-        DeviceBuffer<uint8_t> d_kc(to_cache(k_cache)), d_vc(to_cache(v_cache));
-        DeviceBuffer<float> d_q(q), d_k(k), d_v(v), d_out(n_tokens * q_dim);
-        DeviceBuffer<int32_t> d_pos(positions), d_off(block_offsets), d_table(blocks), d_write(write_slots);
-        DeviceBuffer<float> partials(attention_partials_floats(p, n_tokens, n_splits));
-        const bool with_q8 = decode_attention_fuses_q8(p);
-        DeviceQ8 d_q8(n_tokens, q_dim);
-        decode_attention(p, rope, d_q.get(), d_k.get(), d_v.get(), d_pos.get(), d_write.get(), d_off.get(),
-                         d_table.get(), n_tokens, n_splits, d_kc.get(), d_vc.get(), partials.get(), d_out.get(),
-                         with_q8 ? d_q8.rows : Q8Rows{}, nullptr);
+          DeviceBuffer<uint8_t> d_kc(to_cache(k_cache)), d_vc(to_cache(v_cache));
+          DeviceBuffer<float> d_q(q), d_k(k), d_v(v), d_out(n_tokens * q_dim);
+          DeviceBuffer<int32_t> d_pos(positions), d_off(block_offsets), d_table(blocks), d_write(write_slots);
+          DeviceBuffer<float> partials(attention_partials_floats(p, n_tokens, n_splits));
+          const bool with_q8 = decode_attention_fuses_q8(p);
+          DeviceQ8 d_q8(n_tokens, q_dim);
+          decode_attention(p, rope, d_q.get(), d_k.get(), d_v.get(), d_pos.get(), d_write.get(), d_off.get(),
+                           d_table.get(), n_tokens, n_splits, d_kc.get(), d_vc.get(), partials.get(), d_out.get(),
+                           with_q8 ? d_q8.rows : Q8Rows{}, nullptr);
 
-        const std::vector<float> want = attention_reference(q_rot, k_stored, v_stored, table, offsets, positions,
-                                                            shape.n_head, shape.n_head_kv, hd, f16);
-        const std::string what = "decode attention heads " + std::to_string(shape.n_head) + "/" +
-                                 std::to_string(shape.n_head_kv) + " dim " + std::to_string(hd) +
-                                 (f16 ? " f16" : " f32") + " splits " + std::to_string(n_splits) +
-                                 " heads per block at most " + std::to_string(variant.max_heads);
-        const std::vector<float> got = d_out.download();
-        // The CPU rounds softmax weights to f16 (ggml's f16 path); the GPU keeps them in f32.
-        expect_close(got, want, f16 ? 2e-3 : 2e-5, 0, what);
-        expect_close(from_cache(d_kc.download()), k_stored, 2e-6, f16 ? 1e-3 : 1e-5, what + " k cache");
-        expect_close(from_cache(d_vc.download()), v_stored, 0, 0, what + " v cache");
-        if (with_q8) expect_same_q8(d_q8.download(), quantize_q8_cpu(got), what + " q8");
+          const std::vector<float> want = attention_reference(q_rot, k_stored, v_stored, table, offsets, positions,
+                                                              shape.n_head, shape.n_head_kv, hd, f16);
+          const std::string what =
+              "decode attention heads " + std::to_string(shape.n_head) + "/" + std::to_string(shape.n_head_kv) +
+              " dim " + std::to_string(hd) + (f16 ? " f16" : " f32") + " splits " + std::to_string(n_splits) +
+              " heads per block at most " + std::to_string(variant.max_heads) + " blocks of " + std::to_string(block);
+          const std::vector<float> got = d_out.download();
+          // The CPU rounds softmax weights to f16 (ggml's f16 path); the GPU keeps them in f32.
+          expect_close(got, want, f16 ? 2e-3 : 2e-5, 0, what);
+          expect_close(from_cache(d_kc.download()), k_stored, 2e-6, f16 ? 1e-3 : 1e-5, what + " k cache");
+          expect_close(from_cache(d_vc.download()), v_stored, 0, 0, what + " v cache");
+          if (with_q8) expect_same_q8(d_q8.download(), quantize_q8_cpu(got), what + " q8");
+        }
       }
     }
   }
@@ -919,8 +947,8 @@ TEST(CudaOps, PromptAttentionMatchesCpu) {
   struct Shape {
     int n_head, n_head_kv, head_dim;
   };
-  for (const Shape shape : {Shape{6, 2, 80}, Shape{16, 2, 64}, Shape{4, 4, 64}, Shape{8, 2, 8}, Shape{4, 1, 40},
-                            Shape{8, 8, 128}}) {
+  for (const Shape shape :
+       {Shape{6, 2, 80}, Shape{16, 2, 64}, Shape{4, 4, 64}, Shape{8, 2, 8}, Shape{4, 1, 40}, Shape{8, 8, 128}}) {
     const int n_slots = 25 * kBlock, kv_dim = shape.n_head_kv * shape.head_dim, q_dim = shape.n_head * shape.head_dim;
     const int hd = shape.head_dim;
     const AttentionParams p = attention_params(shape.n_head, shape.n_head_kv, hd, true);
@@ -936,7 +964,8 @@ TEST(CudaOps, PromptAttentionMatchesCpu) {
     const int n_tokens = static_cast<int>(positions.size());
     const PromptSequence sequences[2] = {{0, 37, 0, 37}, {37, 300, 3, 320}};
 
-    const std::vector<float> k = random_floats(n_slots * kv_dim, -1, 1, 20), v = random_floats(n_slots * kv_dim, -1, 1, 21);
+    const std::vector<float> k = random_floats(n_slots * kv_dim, -1, 1, 20),
+                             v = random_floats(n_slots * kv_dim, -1, 1, 21);
     // Queries of up to +-4 so that the softmax has large scores to keep apart (and the running maximum moves).
     const std::vector<float> q = random_floats(n_tokens * q_dim, -4, 4, 22);
     std::vector<uint8_t> kc(n_slots * kv_dim * 2), vc(kc.size());

@@ -58,7 +58,12 @@ void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
 void LlamaCpu::copy_kv_blocks(std::span<const KvBlockCopy> copies) {
   // Head-major: a block of one KV head is one run of block_size rows.
   const size_t run_bytes = static_cast<size_t>(block_size_) * model_.config.head_dim * kv_elem_bytes_;
+  const int n_blocks = n_slots_ / block_size_;
   for (const KvBlockCopy& copy : copies) {
+    if (copy.from < 0 || copy.from >= n_blocks || copy.to < 0 || copy.to >= n_blocks) {
+      throw std::runtime_error("KV block copy " + std::to_string(copy.from) + " -> " + std::to_string(copy.to) +
+                               " is outside the cache of " + std::to_string(n_blocks) + " blocks");
+    }
     for (int il = first_layer_; il < last_layer_; ++il) {
       for (uint8_t* cache : {k_cache(il), v_cache(il)}) {
         for (int h = 0; h < model_.config.n_head_kv; ++h) {
@@ -217,6 +222,11 @@ void LlamaCpu::layer(int il, const StepPlan& plan, float* x, bool final_layer) {
 }
 
 void LlamaCpu::run_layers(const StepPlan& plan, float* x, bool last_is_final) {
+  if (plan.block_size != block_size_ || plan.n_slots != n_slots_) {
+    throw std::runtime_error("step plan: a KV cache of " + std::to_string(plan.n_slots) + " slots in blocks of " +
+                             std::to_string(plan.block_size) + "; the CPU cache has " + std::to_string(n_slots_) +
+                             " in blocks of " + std::to_string(block_size_));
+  }
   const model::LlamaConfig& c = model_.config;
   const size_t n_tokens = plan.tokens.size();
   grow(norm_, n_tokens * c.n_embd);

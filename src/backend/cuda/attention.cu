@@ -6,7 +6,7 @@
 //   after the wait, were faster than one block for all heads of a KV head, although that reads each K/V row once;
 //   docs/notes/2026-11-27-cuda-fused-decode-attention.md), and
 //   the keys of a block are a tile in shared memory, copied there before the kernel waits for the previous one
-//   (the cache's older keys and the slot table are not written by the step's earlier kernels), so the K/V loads
+//   (the cache's older keys and the block table are not written by the step's earlier kernels), so the K/V loads
 //   overlap the Wq/Wk/Wv matvec. After the wait the block loads its queries and the step's new K/V rows in one
 //   round trip, rotates them (RoPE; no separate RoPE kernel), writes the new keys and values into the tile and
 //   the cache itself, and computes the scores with a thread per (key, head), the softmax with a warp per head

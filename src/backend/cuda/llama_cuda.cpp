@@ -37,6 +37,7 @@ class Layout {
 };
 
 int log2_exact(int n) {
+  if (n <= 0) throw std::runtime_error(fmt::format("the KV block size {} is not a power of two", n));
   int shift = 0;
   while ((1 << shift) < n) ++shift;
   if ((1 << shift) != n) throw std::runtime_error(fmt::format("the KV block size {} is not a power of two", n));
@@ -55,6 +56,7 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
       kv_block_size_(options.kv_block_size),
       weights_(model, n_layers, with_output) {
   use_graphs_ = util::env_options().cuda_graphs;
+  log2_exact(kv_block_size_);  // a power of two, or a clear error
   if (n_slots_ <= 0 || n_slots_ % kv_block_size_ != 0) {
     throw std::runtime_error("the CUDA backend needs a KV cache of whole blocks");
   }
@@ -78,8 +80,8 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
 
   // Sizes of everything, checked against free memory before the first allocation.
   const size_t kv_elem = kv_format_ == KvFormat::F16 ? 2 : 4;
-  const size_t kv_layer_bytes = align_up(static_cast<size_t>(n_slots_) * config_.kv_dim() * kv_elem);
-  kv_bytes_ = 2ull * kv_layer_bytes * n_layers_;
+  kv_layer_bytes_ = align_up(static_cast<size_t>(n_slots_) * config_.kv_dim() * kv_elem);
+  kv_bytes_ = 2ull * kv_layer_bytes_ * n_layers_;
   kv_block_bytes_ = static_cast<size_t>(kv_block_size_) * config_.kv_dim() * kv_elem;
   const size_t w16_bytes = align_up(static_cast<size_t>(weights_.largest_matrix_elements()) * sizeof(__half));
   const int max_width = std::max({config_.n_embd, config_.q_dim(), config_.n_ff});
@@ -105,8 +107,8 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
 
   TESSERA_CUDA_CHECK(cudaMalloc(&kv_arena_, std::max<uint64_t>(kv_bytes_, 1)));
   for (int il = 0; il < n_layers_; ++il) {
-    k_cache_.push_back(static_cast<uint8_t*>(kv_arena_) + (2 * il) * kv_layer_bytes);
-    v_cache_.push_back(static_cast<uint8_t*>(kv_arena_) + (2 * il + 1) * kv_layer_bytes);
+    k_cache_.push_back(static_cast<uint8_t*>(kv_arena_) + (2 * il) * kv_layer_bytes_);
+    v_cache_.push_back(static_cast<uint8_t*>(kv_arena_) + (2 * il + 1) * kv_layer_bytes_);
   }
 
   // Flash decoding: enough key splits that one token's heads fill every multiprocessor twice.
@@ -117,7 +119,8 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
   if (fused_decode_attention_) decode_attention_prepare(ap);
   TESSERA_CUDA_CHECK(
       cudaMalloc(&partials_, attention_partials_floats(ap, kMaxMatvecTokens, max_splits_) * sizeof(float)));
-  allocate_step_buffers(kInitialCapacity, std::max(64, 2 * n_slots_ / kv_block_size_));
+  allocate_activations(kInitialCapacity);
+  allocate_step_inputs(kInitialCapacity, std::max(64, 2 * (n_slots_ / kv_block_size_)));
 }
 
 LlamaCuda::~LlamaCuda() {
@@ -142,25 +145,24 @@ void LlamaCuda::free_graphs() {
 LlamaCuda::StepInputs LlamaCuda::sections(int32_t* base) const {
   StepInputs s;
   s.tokens = base;
-  s.positions = s.tokens + token_capacity_;
-  s.write_slots = s.positions + token_capacity_;
-  s.table_offsets = s.write_slots + token_capacity_;
-  s.output_rows = s.table_offsets + token_capacity_;
-  s.block_table = s.output_rows + token_capacity_;
+  s.positions = s.tokens + input_capacity_;
+  s.write_slots = s.positions + input_capacity_;
+  s.table_offsets = s.write_slots + input_capacity_;
+  s.output_rows = s.table_offsets + input_capacity_;
+  s.block_table = s.output_rows + input_capacity_;
   return s;
 }
 
-void LlamaCuda::allocate_step_buffers(int token_capacity, int table_capacity) {
-  free_graphs();  // they hold the old pointers
+// Both allocations free the captured graphs first (they hold the old pointers) and forget the old buffers before
+// asking for new ones, so a failed allocation leaves no pointer to freed memory: the next step tries again.
+void LlamaCuda::allocate_activations(int token_capacity) {
+  free_graphs();
   if (stream_) TESSERA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   cudaFree(activation_arena_);
-  cudaFree(step_device_);
-  cudaFreeHost(step_host_);
   cudaFreeHost(logits_host_);
   activation_arena_ = nullptr;
-  step_device_ = nullptr;
-  step_host_ = nullptr;
   logits_host_ = nullptr;
+  token_capacity_ = 0;
 
   const int64_t n = token_capacity;
   const model::LlamaConfig& c = config_;
@@ -207,42 +209,59 @@ void LlamaCuda::allocate_step_buffers(int token_capacity, int table_capacity) {
   norm_q8_ = reinterpret_cast<int8_t*>(b + o_norm_q8);
   norm_q8_ds_ = reinterpret_cast<float2*>(b + o_norm_q8_ds);
   norm_sums_ = reinterpret_cast<float*>(b + o_norm_sums);
-
+  if (with_output_) {
+    TESSERA_CUDA_CHECK(cudaMallocHost(&logits_host_, static_cast<size_t>(n) * c.n_vocab * sizeof(float)));
+  }
   token_capacity_ = token_capacity;
+}
+
+void LlamaCuda::allocate_step_inputs(int token_capacity, int table_capacity) {
+  free_graphs();
+  if (stream_) TESSERA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  cudaFree(step_device_);
+  cudaFreeHost(step_host_);
+  step_device_ = nullptr;
+  step_host_ = nullptr;
+  host_ = device_ = StepInputs{};
+  input_capacity_ = table_capacity_ = 0;
+  const size_t ints = 5ull * token_capacity + table_capacity;
+  TESSERA_CUDA_CHECK(cudaMalloc(&step_device_, ints * sizeof(int32_t)));
+  TESSERA_CUDA_CHECK(cudaMallocHost(&step_host_, ints * sizeof(int32_t)));
+  input_capacity_ = token_capacity;
   table_capacity_ = table_capacity;
-  TESSERA_CUDA_CHECK(cudaMalloc(&step_device_, step_input_ints() * sizeof(int32_t)));
-  TESSERA_CUDA_CHECK(cudaMallocHost(&step_host_, step_input_ints() * sizeof(int32_t)));
   host_ = sections(step_host_);
   device_ = sections(step_device_);
-  if (with_output_) {
-    TESSERA_CUDA_CHECK(cudaMallocHost(&logits_host_, static_cast<size_t>(token_capacity_) * c.n_vocab * sizeof(float)));
-  }
 }
 
 void LlamaCuda::copy_kv_blocks(std::span<const KvBlockCopy> copies) {
+  const int n_blocks = n_slots_ / kv_block_size_;
   for (const KvBlockCopy& copy : copies) {
-    for (int il = 0; il < n_layers_; ++il) {
-      for (void* cache : {k_cache_[il], v_cache_[il]}) {
-        auto* base = static_cast<uint8_t*>(cache);
-        TESSERA_CUDA_CHECK(cudaMemcpyAsync(base + copy.to * kv_block_bytes_, base + copy.from * kv_block_bytes_,
-                                           kv_block_bytes_, cudaMemcpyDeviceToDevice, stream_));
-      }
+    if (copy.from < 0 || copy.from >= n_blocks || copy.to < 0 || copy.to >= n_blocks) {
+      throw std::runtime_error(fmt::format("KV block copy {} -> {} is outside the cache of {} blocks", copy.from,
+                                           copy.to, n_blocks));
     }
+    // The block in the keys and values of every layer: rows kv_layer_bytes_ apart in one arena.
+    auto* base = static_cast<uint8_t*>(kv_arena_);
+    TESSERA_CUDA_CHECK(cudaMemcpy2DAsync(base + copy.to * kv_block_bytes_, kv_layer_bytes_,
+                                         base + copy.from * kv_block_bytes_, kv_layer_bytes_, kv_block_bytes_,
+                                         2 * static_cast<size_t>(n_layers_), cudaMemcpyDeviceToDevice, stream_));
   }
 }
 
 void LlamaCuda::upload_step(const StepPlan& plan) {
   const int n = plan.n_tokens();
   const int table = static_cast<int>(plan.block_table.size());
-  if (plan.block_size != kv_block_size_) {
-    throw std::runtime_error(fmt::format("step plan: KV blocks of {} slots, the CUDA cache has {}", plan.block_size,
-                                         kv_block_size_));
+  if (plan.block_size != kv_block_size_ || plan.n_slots != n_slots_) {
+    throw std::runtime_error(fmt::format("step plan: a KV cache of {} slots in blocks of {}; the CUDA cache has {} in "
+                                         "blocks of {}",
+                                         plan.n_slots, plan.block_size, n_slots_, kv_block_size_));
   }
   for (const StepPlan::Run& run : plan.runs) {
     if (run.window > 0) throw std::runtime_error("the CUDA backend does not run sliding-window attention yet");
   }
-  if (n > token_capacity_ || table > table_capacity_) {
-    allocate_step_buffers(std::max(token_capacity_, n), std::max(table_capacity_, table));
+  if (n > token_capacity_) allocate_activations(n);
+  if (n > input_capacity_ || table > table_capacity_) {
+    allocate_step_inputs(std::max(input_capacity_, n), std::max(table_capacity_, table));
   }
   std::copy(plan.tokens.begin(), plan.tokens.end(), host_.tokens);
   std::copy(plan.positions.begin(), plan.positions.end(), host_.positions);
@@ -265,9 +284,9 @@ void LlamaCuda::upload_step(const StepPlan& plan) {
     }
   }
   decode_splits_ = fused_decode_attention_ ? decode_attention_splits(ap, max_keys, max_splits_) : max_splits_;
-  step_used_ = static_cast<size_t>(host_.block_table - step_host_) + table;
+  const size_t step_used = static_cast<size_t>(host_.block_table - step_host_) + table;
   TESSERA_CUDA_CHECK(
-      cudaMemcpyAsync(step_device_, step_host_, step_used_ * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      cudaMemcpyAsync(step_device_, step_host_, step_used * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
 }
 
 Q8Rows LlamaCuda::decode_q8(int width) const {

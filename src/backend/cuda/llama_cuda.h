@@ -64,9 +64,9 @@ class LlamaCuda {
     int32_t* block_table = nullptr;    // [table_capacity]
   };
   StepInputs sections(int32_t* base) const;
-  size_t step_input_ints() const { return 5ull * token_capacity_ + table_capacity_; }
 
-  void allocate_step_buffers(int token_capacity, int table_capacity);
+  void allocate_activations(int token_capacity);
+  void allocate_step_inputs(int token_capacity, int table_capacity);
   void copy_kv_blocks(std::span<const KvBlockCopy> copies);
   void upload_step(const StepPlan& plan);
   void enqueue_step(int n_tokens);
@@ -115,6 +115,7 @@ class LlamaCuda {
   void* kv_arena_ = nullptr;
   std::vector<void*> k_cache_, v_cache_;
   uint64_t kv_bytes_ = 0;
+  size_t kv_layer_bytes_ = 0;  // of one layer's keys (or values), aligned: the stride between them in kv_arena_
   size_t kv_block_bytes_ = 0;  // of one block of one layer's keys (or values)
 
   // Activations for up to token_capacity_ tokens per step (one allocation).
@@ -149,11 +150,11 @@ class LlamaCuda {
   bool use_prompt_attention_ = false;
 
   // Per-step inputs: a pinned host mirror and the device copy, in the sections of StepInputs.
-  int table_capacity_ = 0;
+  int input_capacity_ = 0;  // tokens
+  int table_capacity_ = 0;  // block table entries
   int32_t* step_host_ = nullptr;
   int32_t* step_device_ = nullptr;
   StepInputs host_, device_;
-  size_t step_used_ = 0;          // int32s of the current step to upload (the sections up to its block table's end)
   float* logits_host_ = nullptr;  // pinned [token_capacity_][n_vocab]
 
   using GraphKey = std::tuple<int, int, int>;  // (n_tokens, n_out, decode_splits_)
