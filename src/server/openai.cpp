@@ -132,7 +132,13 @@ std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& body, int32_
   return out;
 }
 
-std::vector<int> utf8_bytes(const std::string& s) { return std::vector<int>(s.begin(), s.end()); }
+// A token's bytes as 0..255: char is signed here, and a token can be a lone byte of a multi-byte character.
+std::vector<int> utf8_bytes(const std::string& s) {
+  std::vector<int> bytes;
+  bytes.reserve(s.size());
+  for (const char c : s) bytes.push_back(static_cast<unsigned char>(c));
+  return bytes;
+}
 
 }  // namespace
 
