@@ -16,6 +16,10 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 constexpr auto kStreamPoll = std::chrono::milliseconds(100);  // how often a quiet stream checks its client
+// An idle keep-alive connection holds one of the HTTP threads, and cpp-httplib 0.11 waits out this timeout
+// before its threads can stop: a short one keeps shutdown quick and idle clients from starving new connections.
+// Clients read it from the Keep-Alive header and close their side first.
+constexpr time_t kKeepAliveSeconds = 2;
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
@@ -89,7 +93,7 @@ int Server::start() {
   const size_t threads = static_cast<size_t>(options_.max_sequences) + options_.max_queue + 8;
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http_->set_payload_max_length(options_.max_body_bytes);
-  http_->set_keep_alive_timeout(30);
+  http_->set_keep_alive_timeout(kKeepAliveSeconds);
   route();
   int port = options_.port;
   if (port == 0) {
