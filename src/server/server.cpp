@@ -3,6 +3,10 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
 #include <deque>
 #include <random>
 #include <stdexcept>
@@ -95,6 +99,11 @@ int Server::start() {
   http_->set_payload_max_length(options_.max_body_bytes);
   http_->set_keep_alive_timeout(kKeepAliveSeconds);
   route();
+  socket_t listening = INVALID_SOCKET;
+  http_->set_socket_options([&listening](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listening = sock;
+  });
   int port = options_.port;
   if (port == 0) {
     port = http_->bind_to_any_port(options_.host);
@@ -103,6 +112,12 @@ int Server::start() {
     throw std::runtime_error(fmt::format("cannot listen on {}:{} (in use, or not an address of this machine)",
                                          options_.host, port));
   }
+  // cpp-httplib 0.11 listens with a backlog of 5: in a burst of new connections the rest would be dropped and
+  // retried by their clients a second later. Listening again on the bound socket raises it.
+  if (::listen(listening, SOMAXCONN) != 0) {
+    throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}", options_.host, port, std::strerror(errno)));
+  }
+  http_->set_socket_options(httplib::default_socket_options);  // the hook above refers to this frame
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
   return port;
 }
