@@ -356,13 +356,6 @@ void Server::handle_completion(Endpoint endpoint, const httplib::Request& req, h
                      "context_length_exceeded");
     }
   }
-  const size_t n_new = prompts.size() * static_cast<size_t>(api.n);
-  if (scheduler_->n_waiting() + n_new > static_cast<size_t>(options_.max_queue)) {
-    throw ApiError(429, fmt::format("the server is busy: {} requests are queued (--max-queue {}); retry later",
-                                    scheduler_->n_waiting(), options_.max_queue),
-                   {}, "server_error", "queue_full");
-  }
-
   std::random_device random;
   const std::weak_ptr<Job> weak = job;
   std::vector<std::vector<std::shared_ptr<engine::Request>>> groups;
@@ -394,10 +387,20 @@ void Server::handle_completion(Endpoint endpoint, const httplib::Request& req, h
       groups.back().push_back(request);
     }
   }
-  try {
-    for (auto& group : groups) scheduler_->add_group(group);
-  } catch (const std::invalid_argument& e) {
-    throw ApiError(400, e.what());
+  {
+    // Checking the queue and joining it are one step: requests arriving together cannot all see the same room.
+    const std::lock_guard lock(admission_mutex_);
+    const size_t n_new = prompts.size() * static_cast<size_t>(api.n);
+    if (scheduler_->n_waiting() + n_new > static_cast<size_t>(options_.max_queue)) {
+      throw ApiError(429, fmt::format("the server is busy: {} requests are queued (--max-queue {}); retry later",
+                                      scheduler_->n_waiting(), options_.max_queue),
+                     {}, "server_error", "queue_full");
+    }
+    try {
+      for (auto& group : groups) scheduler_->add_group(group);
+    } catch (const std::invalid_argument& e) {
+      throw ApiError(400, e.what());
+    }
   }
   ++live_jobs_;
   wake_engine();

@@ -91,6 +91,7 @@ class Server {
   std::condition_variable wake_;
   bool work_pending_ = false;
   std::atomic<bool> engine_stop_{false};
+  std::mutex admission_mutex_;  // held while a request checks the queue's room and joins it
   std::atomic<int64_t> live_jobs_{0};
   std::atomic<uint64_t> next_id_{1};
 
