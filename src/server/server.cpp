@@ -42,6 +42,19 @@ std::string sse_chunk(json chunk, bool include_usage) {
   return sse(chunk);
 }
 
+// Tokens as the text shows them: control tokens (a "<s>" the model generates) print nothing there, so they
+// print nothing here either, and a choice's logprobs tokens spell its text.
+std::vector<LogprobText> logprob_texts(const tokenizer::Tokenizer& tokenizer,
+                                       const std::vector<engine::TokenLogprob>& logprobs) {
+  std::vector<LogprobText> texts;
+  for (const engine::TokenLogprob& lp : logprobs) {
+    LogprobText t{tokenizer.token_to_piece(lp.token, false), lp.logprob, {}};
+    for (const auto& [token, p] : lp.top) t.top.emplace_back(tokenizer.token_to_piece(token, false), p);
+    texts.push_back(std::move(t));
+  }
+  return texts;
+}
+
 }  // namespace
 
 // One HTTP request's choices (n of them, times the prompts of a completions request) and the events their engine
@@ -437,12 +450,7 @@ void Server::whole_reply(const std::shared_ptr<Job>& job, httplib::Response& res
     }
     choices[i].finish = r.finish_reason();
     if (job->api.top_logprobs >= 0) {
-      std::vector<LogprobText> texts;
-      for (const engine::TokenLogprob& lp : logprobs[i]) {
-        LogprobText t{model_->tokenizer.token_to_piece(lp.token), lp.logprob, {}};
-        for (const auto& [token, p] : lp.top) t.top.emplace_back(model_->tokenizer.token_to_piece(token), p);
-        texts.push_back(std::move(t));
-      }
+      const std::vector<LogprobText> texts = logprob_texts(model_->tokenizer, logprobs[i]);
       choices[i].logprobs = job->endpoint == Endpoint::ChatCompletions ? chat_logprobs(texts) : completion_logprobs(texts, 0);
     }
   }
@@ -495,12 +503,7 @@ void Server::stream_reply(const std::shared_ptr<Job>& job, httplib::Response& re
           }
           json logprobs = nullptr;
           if (api.top_logprobs >= 0) {
-            std::vector<LogprobText> texts;
-            for (const engine::TokenLogprob& lp : e.logprobs) {
-              LogprobText t{model_->tokenizer.token_to_piece(lp.token), lp.logprob, {}};
-              for (const auto& [token, p] : lp.top) t.top.emplace_back(model_->tokenizer.token_to_piece(token), p);
-              texts.push_back(std::move(t));
-            }
+            const std::vector<LogprobText> texts = logprob_texts(model_->tokenizer, e.logprobs);
             logprobs = job->endpoint == Endpoint::ChatCompletions
                            ? chat_logprobs(texts)
                            : completion_logprobs(texts, state->text_offsets[e.index]);
