@@ -42,6 +42,28 @@ std::string sse_chunk(json chunk, bool include_usage) {
   return sse(chunk);
 }
 
+// Reads a request body, at most max_bytes of it once decoded. Bodies are read here rather than by cpp-httplib,
+// whose 0.11 applies its payload limit only to a Content-Length (a chunked or compressed body, or one without a
+// length, would be read whole into memory) and cuts bodies sent as application/x-www-form-urlencoded, curl -d's
+// default, at 8 KiB.
+std::string read_body(const httplib::Request& req, const httplib::Response& res, const httplib::ContentReader& reader,
+                      size_t max_bytes) {
+  if (req.is_multipart_form_data()) throw ApiError(415, "the request body must be JSON, not multipart/form-data");
+  std::string body;
+  bool over = false;
+  const bool complete = reader([&](const char* data, size_t size) {
+    over = size > max_bytes - body.size();
+    if (!over) body.append(data, size);
+    return !over;
+  });
+  // cpp-httplib sets 413 itself for a Content-Length over the limit, after reading past the body.
+  if (over || res.status == 413) {
+    throw ApiError(413, fmt::format("the request body is over the limit of {} bytes", max_bytes));
+  }
+  if (!complete) throw ApiError(400, "the request body could not be read (a broken chunked encoding?)");
+  return body;
+}
+
 // Tokens as the text shows them: control tokens (a "<s>" the model generates) print nothing there, so they
 // print nothing here either, and a choice's logprobs tokens spell its text.
 std::vector<LogprobText> logprob_texts(const tokenizer::Tokenizer& tokenizer,
@@ -220,23 +242,54 @@ void Server::route() {
     res.set_content(metrics_.render(gauges()), "text/plain; version=0.0.4");
   });
   // Every other route answers 503 until the model is loaded, and needs the API key where one is set.
-  auto api = [this](auto handler) {
-    return [this, handler](const httplib::Request& req, httplib::Response& res) {
-      if (!ready_ || stopping_) {
-        metrics_.count_request("rejected");
-        reply_error(res, ApiError(503, stopping_ ? "the server is shutting down" : "the model is still loading", {},
-                                  "server_error"));
-        return;
-      }
-      if (!authorized(req, res)) {
-        metrics_.count_request("invalid");
-        return;
-      }
+  auto admitted = [this](const httplib::Request& req, httplib::Response& res) {
+    if (!ready_ || stopping_) {
+      metrics_.count_request("rejected");
+      reply_error(res, ApiError(503, stopping_ ? "the server is shutting down" : "the model is still loading", {},
+                                "server_error"));
+      return false;
+    }
+    if (!authorized(req, res)) {
+      metrics_.count_request("invalid");
+      return false;
+    }
+    return true;
+  };
+  auto refused = [this](httplib::Response& res, const ApiError& e) {
+    metrics_.count_request(e.status() == 429 ? "rejected" : "invalid");
+    reply_error(res, e);
+  };
+  auto api = [admitted, refused](auto handler) -> httplib::Server::Handler {
+    return [admitted, refused, handler](const httplib::Request& req, httplib::Response& res) {
+      if (!admitted(req, res)) return;
       try {
         handler(req, res);
       } catch (const ApiError& e) {
-        metrics_.count_request(e.status() == 429 ? "rejected" : "invalid");
-        reply_error(res, e);
+        refused(res, e);
+      }
+    };
+  };
+  // The same for routes that take a body, read once the request is admitted. A reply that leaves (some of) the
+  // body unread closes the connection: what is left of it could not be told from a next request.
+  auto api_with_body = [this, admitted, refused](auto handler) -> httplib::Server::HandlerWithContentReader {
+    return [this, admitted, refused, handler](const httplib::Request& req, httplib::Response& res,
+                                              const httplib::ContentReader& reader) {
+      if (!admitted(req, res)) {
+        res.set_header("Connection", "close");
+        return;
+      }
+      std::string body;
+      try {
+        body = read_body(req, res, reader, options_.max_body_bytes);
+      } catch (const ApiError& e) {
+        refused(res, e);
+        res.set_header("Connection", "close");
+        return;
+      }
+      try {
+        handler(body, res);
+      } catch (const ApiError& e) {
+        refused(res, e);
       }
     };
   };
@@ -251,16 +304,16 @@ void Server::route() {
                                   {"owned_by", "tessera"},
                                   {"context_length", model_->engine->n_ctx()}}})}});
   }));
-  h.Post("/v1/chat/completions", api([this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(Endpoint::ChatCompletions, req, res);
+  h.Post("/v1/chat/completions", api_with_body([this](const std::string& body, httplib::Response& res) {
+    handle_completion(Endpoint::ChatCompletions, body, res);
   }));
-  h.Post("/v1/completions", api([this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(Endpoint::Completions, req, res);
+  h.Post("/v1/completions", api_with_body([this](const std::string& body, httplib::Response& res) {
+    handle_completion(Endpoint::Completions, body, res);
   }));
-  h.Post("/tokenize", api([this](const httplib::Request& req, httplib::Response& res) {
+  h.Post("/tokenize", api_with_body([this](const std::string& text, httplib::Response& res) {
     json body;
     try {
-      body = json::parse(req.body);
+      body = json::parse(text);
     } catch (const json::parse_error& e) {
       throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
     }
@@ -273,10 +326,10 @@ void Server::route() {
     reply(res, 200, {{"tokens", tokens}});
     metrics_.count_request("ok");
   }));
-  h.Post("/detokenize", api([this](const httplib::Request& req, httplib::Response& res) {
+  h.Post("/detokenize", api_with_body([this](const std::string& text, httplib::Response& res) {
     json body;
     try {
-      body = json::parse(req.body);
+      body = json::parse(text);
     } catch (const json::parse_error& e) {
       throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
     }
@@ -305,14 +358,22 @@ void Server::route() {
                    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
                    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
   });
-  // Whatever else fails (an unknown route, a body over the limit) still answers in OpenAI's error shape.
-  h.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+  // Other POSTs are answered without reading their bodies (cpp-httplib would read them whole).
+  h.Post(R"(/.*)", [](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader&) {
+    reply_error(res, ApiError(404, fmt::format("no such route: POST {}", req.path)));
+    res.set_header("Connection", "close");
+  });
+  // So are other methods, before routing: cpp-httplib reads the bodies of PUT, PATCH, DELETE and PRI requests.
+  h.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (req.method == "GET" || req.method == "HEAD" || req.method == "POST") return httplib::Server::HandlerResponse::Unhandled;
+    reply_error(res, ApiError(405, fmt::format("method {} is not allowed here", req.method)));
+    res.set_header("Connection", "close");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  // Whatever else fails (a request cpp-httplib cannot parse, say) still answers in OpenAI's error shape.
+  h.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    if (res.status == 413) {
-      metrics_.count_request("invalid");
-      reply_error(res, ApiError(413, fmt::format("the request body is over the limit of {} bytes",
-                                                 options_.max_body_bytes)));
-    } else if (res.status == 404) {
+    if (res.status == 404) {
       reply_error(res, ApiError(404, fmt::format("no such route: {} {}", req.method, req.path)));
     } else {
       reply_error(res, ApiError(res.status, fmt::format("the request failed (HTTP {})", res.status)));
@@ -331,11 +392,11 @@ void Server::route() {
   });
 }
 
-void Server::handle_completion(Endpoint endpoint, const httplib::Request& req, httplib::Response& res) {
+void Server::handle_completion(Endpoint endpoint, const std::string& body, httplib::Response& res) {
   const engine::Engine& engine = *model_->engine;
   auto job = std::make_shared<Job>();
   job->endpoint = endpoint;
-  job->api = parse_request(endpoint, req.body, model_->sampling, engine.n_vocab());
+  job->api = parse_request(endpoint, body, model_->sampling, engine.n_vocab());
   const ApiRequest& api = job->api;
   const uint64_t id = next_id_++;
   job->header = {fmt::format("{}-{:016x}", endpoint == Endpoint::ChatCompletions ? "chatcmpl" : "cmpl", id),

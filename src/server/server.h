@@ -71,7 +71,7 @@ class Server {
   struct Job;
   void route();
   bool authorized(const httplib::Request& req, httplib::Response& res) const;
-  void handle_completion(Endpoint endpoint, const httplib::Request& req, httplib::Response& res);
+  void handle_completion(Endpoint endpoint, const std::string& body, httplib::Response& res);
   void stream_reply(const std::shared_ptr<Job>& job, httplib::Response& res);
   void whole_reply(const std::shared_ptr<Job>& job, httplib::Response& res);
   void engine_loop();
