@@ -320,7 +320,13 @@ void Server::route() {
     if (!body.is_object() || !body.contains("content") || !body["content"].is_string()) {
       throw ApiError(400, "'content' must be a string", "content");
     }
-    const bool add_special = body.value("add_special", true), parse_special = body.value("parse_special", false);
+    auto flag = [&body](const char* name, bool absent) {
+      const auto it = body.find(name);
+      if (it == body.end() || it->is_null()) return absent;
+      if (!it->is_boolean()) throw ApiError(400, fmt::format("'{}' must be true or false", name), name);
+      return it->get<bool>();
+    };
+    const bool add_special = flag("add_special", true), parse_special = flag("parse_special", false);
     const std::vector<int32_t> tokens =
         model_->tokenizer.encode(body["content"].get<std::string>(), add_special, parse_special);
     reply(res, 200, {{"tokens", tokens}});
