@@ -156,15 +156,21 @@ json ApiError::body() const {
   return {{"error", error}};
 }
 
-ApiRequest parse_request(Endpoint endpoint, std::string_view text, const engine::SamplerParams& defaults,
-                         int32_t n_vocab) {
+json parse_body_object(std::string_view text) {
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, or out_of_range for a number beyond a double.
     throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
   }
   if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object");
+  return body;
+}
+
+ApiRequest parse_request(Endpoint endpoint, std::string_view text, const engine::SamplerParams& defaults,
+                         int32_t n_vocab) {
+  const json body = parse_body_object(text);
 
   ApiRequest r;
   r.endpoint = endpoint;

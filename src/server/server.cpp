@@ -311,13 +311,8 @@ void Server::route() {
     handle_completion(Endpoint::Completions, body, res);
   }));
   h.Post("/tokenize", api_with_body([this](const std::string& text, httplib::Response& res) {
-    json body;
-    try {
-      body = json::parse(text);
-    } catch (const json::parse_error& e) {
-      throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
-    }
-    if (!body.is_object() || !body.contains("content") || !body["content"].is_string()) {
+    const json body = parse_body_object(text);
+    if (!body.contains("content") || !body["content"].is_string()) {
       throw ApiError(400, "'content' must be a string", "content");
     }
     auto flag = [&body](const char* name, bool absent) {
@@ -333,13 +328,8 @@ void Server::route() {
     metrics_.count_request("ok");
   }));
   h.Post("/detokenize", api_with_body([this](const std::string& text, httplib::Response& res) {
-    json body;
-    try {
-      body = json::parse(text);
-    } catch (const json::parse_error& e) {
-      throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
-    }
-    if (!body.is_object() || !body.contains("tokens") || !body["tokens"].is_array()) {
+    const json body = parse_body_object(text);
+    if (!body.contains("tokens") || !body["tokens"].is_array()) {
       throw ApiError(400, "'tokens' must be an array of token ids", "tokens");
     }
     std::vector<int32_t> ids;
