@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -113,14 +114,11 @@ std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& body, int32_
   if (!bias->is_object()) invalid("logit_bias", "'logit_bias' must be an object of token ids to numbers");
   std::vector<std::pair<int32_t, float>> out;
   for (const auto& [key, value] : bias->items()) {
-    int64_t id = -1;
-    size_t used = 0;
-    try {
-      id = std::stoll(key, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != key.size() || id < 0 || id >= n_vocab) {
+    // A token id in decimal digits only: no sign, space or exponent, and not so long it could overflow.
+    const bool decimal = !key.empty() && key.size() <= 10 &&
+                         std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const int64_t id = decimal ? std::stoll(key) : -1;
+    if (id < 0 || id >= n_vocab) {
       invalid("logit_bias", fmt::format("logit_bias key '{}' is not a token id in [0, {})", key, n_vocab));
     }
     if (!value.is_number() || !std::isfinite(value.get<double>()) || value.get<double>() < -100 ||
