@@ -458,12 +458,17 @@ void Server::handle_completion(Endpoint endpoint, const std::string& body, httpl
     }
   }
   {
-    // Checking the queue and joining it are one step: requests arriving together cannot all see the same room.
+    // Checking the room and taking it are one step: requests arriving together cannot all see the same room.
+    // Running and waiting requests are counted together: requests that just arrived wait for the engine's next
+    // step even where sequences are free, and must not be refused as if they filled the queue.
     const std::lock_guard lock(admission_mutex_);
     const size_t n_new = prompts.size() * static_cast<size_t>(api.n);
-    if (scheduler_->n_waiting() + n_new > static_cast<size_t>(options_.max_queue)) {
-      throw ApiError(429, fmt::format("the server is busy: {} requests are queued (--max-queue {}); retry later",
-                                      scheduler_->n_waiting(), options_.max_queue),
+    const size_t n_held = scheduler_->n_running() + scheduler_->n_waiting();
+    if (n_held + n_new > static_cast<size_t>(options_.max_sequences) + static_cast<size_t>(options_.max_queue)) {
+      throw ApiError(429,
+                     fmt::format("the server is busy: {} requests are running or queued (--max-sequences {}, "
+                                 "--max-queue {}); retry later",
+                                 n_held, options_.max_sequences, options_.max_queue),
                      {}, "server_error", "queue_full");
     }
     try {
