@@ -11,6 +11,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "server/connection_threads.h"
 #include "server/web_assets.h"
 
 namespace tessera::server {
@@ -130,7 +131,7 @@ int Server::start() {
   // A thread per connection: every running or queued request holds one while it waits for its tokens, and a few
   // more answer the requests that are refused.
   const size_t threads = static_cast<size_t>(options_.max_sequences) + options_.max_queue + 8;
-  http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http_->new_task_queue = [threads] { return new ConnectionThreads(threads); };
   http_->set_payload_max_length(options_.max_body_bytes);
   http_->set_keep_alive_timeout(kKeepAliveSeconds);
   route();
