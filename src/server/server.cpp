@@ -53,9 +53,11 @@ std::string read_body(const httplib::Request& req, const httplib::Response& res,
   std::string body;
   bool over = false;
   const bool complete = reader([&](const char* data, size_t size) {
-    over = size > max_bytes - body.size();
+    // Past the limit the rest is read and dropped, as cpp-httplib does with a Content-Length over it: a client
+    // still sending when the connection closed would see a reset instead of the 413.
+    over = over || size > max_bytes - body.size();
     if (!over) body.append(data, size);
-    return !over;
+    return true;
   });
   // cpp-httplib sets 413 itself for a Content-Length over the limit, after reading past the body.
   if (over || res.status == 413) {
