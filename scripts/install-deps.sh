@@ -11,7 +11,8 @@ packages=(
   chromium
   python3-jinja2  # scripts/gen-chat-template-expected.py, which regenerates the chat template test data
 )
-# Node and npm run the web page's browser tests (tests/web); a Node already installed from elsewhere is kept.
+# Node and npm run the web page's browser tests (tests/web) and the server's tests through the openai client
+# (tests/server); a Node already installed from elsewhere is kept.
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()

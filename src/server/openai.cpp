@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -113,14 +114,11 @@ std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& body, int32_
   if (!bias->is_object()) invalid("logit_bias", "'logit_bias' must be an object of token ids to numbers");
   std::vector<std::pair<int32_t, float>> out;
   for (const auto& [key, value] : bias->items()) {
-    int64_t id = -1;
-    size_t used = 0;
-    try {
-      id = std::stoll(key, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != key.size() || id < 0 || id >= n_vocab) {
+    // A token id in decimal digits only: no sign, space or exponent, and not so long it could overflow.
+    const bool decimal = !key.empty() && key.size() <= 10 &&
+                         std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const int64_t id = decimal ? std::stoll(key) : -1;
+    if (id < 0 || id >= n_vocab) {
       invalid("logit_bias", fmt::format("logit_bias key '{}' is not a token id in [0, {})", key, n_vocab));
     }
     if (!value.is_number() || !std::isfinite(value.get<double>()) || value.get<double>() < -100 ||
@@ -132,7 +130,13 @@ std::vector<std::pair<int32_t, float>> parse_logit_bias(const json& body, int32_
   return out;
 }
 
-std::vector<int> utf8_bytes(const std::string& s) { return std::vector<int>(s.begin(), s.end()); }
+// A token's bytes as 0..255: char is signed here, and a token can be a lone byte of a multi-byte character.
+std::vector<int> utf8_bytes(const std::string& s) {
+  std::vector<int> bytes;
+  bytes.reserve(s.size());
+  for (const char c : s) bytes.push_back(static_cast<unsigned char>(c));
+  return bytes;
+}
 
 }  // namespace
 
@@ -150,15 +154,21 @@ json ApiError::body() const {
   return {{"error", error}};
 }
 
-ApiRequest parse_request(Endpoint endpoint, std::string_view text, const engine::SamplerParams& defaults,
-                         int32_t n_vocab) {
+json parse_body_object(std::string_view text) {
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, or out_of_range for a number beyond a double.
     throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
   }
   if (!body.is_object()) throw ApiError(400, "the request body must be a JSON object");
+  return body;
+}
+
+ApiRequest parse_request(Endpoint endpoint, std::string_view text, const engine::SamplerParams& defaults,
+                         int32_t n_vocab) {
+  const json body = parse_body_object(text);
 
   ApiRequest r;
   r.endpoint = endpoint;

@@ -60,6 +60,10 @@ inline constexpr int kMaxChoices = 16;
 inline constexpr int kMaxTopLogprobs = 20;
 inline constexpr int kMaxStopStrings = 4;
 
+// A request body as a JSON object. Throws ApiError (400) for text that is not JSON, numbers JSON allows but a
+// double cannot hold (1e999), and JSON that is not an object.
+nlohmann::json parse_body_object(std::string_view body);
+
 // Parses and validates a body. `defaults` gives the sampling values the request leaves out; n_vocab bounds
 // logit_bias's token ids. Throws ApiError (400) naming the field for invalid JSON, wrong types and values out of
 // range. Unknown fields are ignored.

@@ -3,10 +3,15 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
 #include <deque>
 #include <random>
 #include <stdexcept>
 
+#include "server/connection_threads.h"
 #include "server/web_assets.h"
 
 namespace tessera::server {
@@ -16,6 +21,10 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 constexpr auto kStreamPoll = std::chrono::milliseconds(100);  // how often a quiet stream checks its client
+// An idle keep-alive connection holds one of the HTTP threads, and cpp-httplib 0.11 waits out this timeout
+// before its threads can stop: a short one keeps shutdown quick and idle clients from starving new connections.
+// Clients read it from the Keep-Alive header and close their side first.
+constexpr time_t kKeepAliveSeconds = 2;
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
@@ -32,6 +41,43 @@ std::string sse(const json& chunk) { return "data: " + dump(chunk) + "\n\n"; }
 std::string sse_chunk(json chunk, bool include_usage) {
   if (include_usage) chunk["usage"] = nullptr;
   return sse(chunk);
+}
+
+// Reads a request body, at most max_bytes of it once decoded. Bodies are read here rather than by cpp-httplib,
+// whose 0.11 applies its payload limit only to a Content-Length (a chunked or compressed body, or one without a
+// length, would be read whole into memory) and cuts bodies sent as application/x-www-form-urlencoded, curl -d's
+// default, at 8 KiB.
+std::string read_body(const httplib::Request& req, const httplib::Response& res, const httplib::ContentReader& reader,
+                      size_t max_bytes) {
+  if (req.is_multipart_form_data()) throw ApiError(415, "the request body must be JSON, not multipart/form-data");
+  std::string body;
+  bool over = false;
+  const bool complete = reader([&](const char* data, size_t size) {
+    // Past the limit the rest is read and dropped, as cpp-httplib does with a Content-Length over it: a client
+    // still sending when the connection closed would see a reset instead of the 413.
+    over = over || size > max_bytes - body.size();
+    if (!over) body.append(data, size);
+    return true;
+  });
+  // cpp-httplib sets 413 itself for a Content-Length over the limit, after reading past the body.
+  if (over || res.status == 413) {
+    throw ApiError(413, fmt::format("the request body is over the limit of {} bytes", max_bytes));
+  }
+  if (!complete) throw ApiError(400, "the request body could not be read (a broken chunked encoding?)");
+  return body;
+}
+
+// Tokens as the text shows them: control tokens (a "<s>" the model generates) print nothing there, so they
+// print nothing here either, and a choice's logprobs tokens spell its text.
+std::vector<LogprobText> logprob_texts(const tokenizer::Tokenizer& tokenizer,
+                                       const std::vector<engine::TokenLogprob>& logprobs) {
+  std::vector<LogprobText> texts;
+  for (const engine::TokenLogprob& lp : logprobs) {
+    LogprobText t{tokenizer.token_to_piece(lp.token, false), lp.logprob, {}};
+    for (const auto& [token, p] : lp.top) t.top.emplace_back(tokenizer.token_to_piece(token, false), p);
+    texts.push_back(std::move(t));
+  }
+  return texts;
 }
 
 }  // namespace
@@ -87,10 +133,15 @@ int Server::start() {
   // A thread per connection: every running or queued request holds one while it waits for its tokens, and a few
   // more answer the requests that are refused.
   const size_t threads = static_cast<size_t>(options_.max_sequences) + options_.max_queue + 8;
-  http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http_->new_task_queue = [threads] { return new ConnectionThreads(threads); };
   http_->set_payload_max_length(options_.max_body_bytes);
-  http_->set_keep_alive_timeout(30);
+  http_->set_keep_alive_timeout(kKeepAliveSeconds);
   route();
+  socket_t listening = INVALID_SOCKET;
+  http_->set_socket_options([&listening](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listening = sock;
+  });
   int port = options_.port;
   if (port == 0) {
     port = http_->bind_to_any_port(options_.host);
@@ -99,6 +150,12 @@ int Server::start() {
     throw std::runtime_error(fmt::format("cannot listen on {}:{} (in use, or not an address of this machine)",
                                          options_.host, port));
   }
+  // cpp-httplib 0.11 listens with a backlog of 5: in a burst of new connections the rest would be dropped and
+  // retried by their clients a second later. Listening again on the bound socket raises it.
+  if (::listen(listening, SOMAXCONN) != 0) {
+    throw std::runtime_error(fmt::format("cannot listen on {}:{}: {}", options_.host, port, std::strerror(errno)));
+  }
+  http_->set_socket_options(httplib::default_socket_options);  // the hook above refers to this frame
   http_thread_ = std::thread([this] { http_->listen_after_bind(); });
   return port;
 }
@@ -188,23 +245,54 @@ void Server::route() {
     res.set_content(metrics_.render(gauges()), "text/plain; version=0.0.4");
   });
   // Every other route answers 503 until the model is loaded, and needs the API key where one is set.
-  auto api = [this](auto handler) {
-    return [this, handler](const httplib::Request& req, httplib::Response& res) {
-      if (!ready_ || stopping_) {
-        metrics_.count_request("rejected");
-        reply_error(res, ApiError(503, stopping_ ? "the server is shutting down" : "the model is still loading", {},
-                                  "server_error"));
-        return;
-      }
-      if (!authorized(req, res)) {
-        metrics_.count_request("invalid");
-        return;
-      }
+  auto admitted = [this](const httplib::Request& req, httplib::Response& res) {
+    if (!ready_ || stopping_) {
+      metrics_.count_request("rejected");
+      reply_error(res, ApiError(503, stopping_ ? "the server is shutting down" : "the model is still loading", {},
+                                "server_error"));
+      return false;
+    }
+    if (!authorized(req, res)) {
+      metrics_.count_request("invalid");
+      return false;
+    }
+    return true;
+  };
+  auto refused = [this](httplib::Response& res, const ApiError& e) {
+    metrics_.count_request(e.status() == 429 ? "rejected" : "invalid");
+    reply_error(res, e);
+  };
+  auto api = [admitted, refused](auto handler) -> httplib::Server::Handler {
+    return [admitted, refused, handler](const httplib::Request& req, httplib::Response& res) {
+      if (!admitted(req, res)) return;
       try {
         handler(req, res);
       } catch (const ApiError& e) {
-        metrics_.count_request(e.status() == 429 ? "rejected" : "invalid");
-        reply_error(res, e);
+        refused(res, e);
+      }
+    };
+  };
+  // The same for routes that take a body, read once the request is admitted. A reply that leaves (some of) the
+  // body unread closes the connection: what is left of it could not be told from a next request.
+  auto api_with_body = [this, admitted, refused](auto handler) -> httplib::Server::HandlerWithContentReader {
+    return [this, admitted, refused, handler](const httplib::Request& req, httplib::Response& res,
+                                              const httplib::ContentReader& reader) {
+      if (!admitted(req, res)) {
+        res.set_header("Connection", "close");
+        return;
+      }
+      std::string body;
+      try {
+        body = read_body(req, res, reader, options_.max_body_bytes);
+      } catch (const ApiError& e) {
+        refused(res, e);
+        res.set_header("Connection", "close");
+        return;
+      }
+      try {
+        handler(body, res);
+      } catch (const ApiError& e) {
+        refused(res, e);
       }
     };
   };
@@ -219,36 +307,32 @@ void Server::route() {
                                   {"owned_by", "tessera"},
                                   {"context_length", model_->engine->n_ctx()}}})}});
   }));
-  h.Post("/v1/chat/completions", api([this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(Endpoint::ChatCompletions, req, res);
+  h.Post("/v1/chat/completions", api_with_body([this](const std::string& body, httplib::Response& res) {
+    handle_completion(Endpoint::ChatCompletions, body, res);
   }));
-  h.Post("/v1/completions", api([this](const httplib::Request& req, httplib::Response& res) {
-    handle_completion(Endpoint::Completions, req, res);
+  h.Post("/v1/completions", api_with_body([this](const std::string& body, httplib::Response& res) {
+    handle_completion(Endpoint::Completions, body, res);
   }));
-  h.Post("/tokenize", api([this](const httplib::Request& req, httplib::Response& res) {
-    json body;
-    try {
-      body = json::parse(req.body);
-    } catch (const json::parse_error& e) {
-      throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
-    }
-    if (!body.is_object() || !body.contains("content") || !body["content"].is_string()) {
+  h.Post("/tokenize", api_with_body([this](const std::string& text, httplib::Response& res) {
+    const json body = parse_body_object(text);
+    if (!body.contains("content") || !body["content"].is_string()) {
       throw ApiError(400, "'content' must be a string", "content");
     }
-    const bool add_special = body.value("add_special", true), parse_special = body.value("parse_special", false);
+    auto flag = [&body](const char* name, bool absent) {
+      const auto it = body.find(name);
+      if (it == body.end() || it->is_null()) return absent;
+      if (!it->is_boolean()) throw ApiError(400, fmt::format("'{}' must be true or false", name), name);
+      return it->get<bool>();
+    };
+    const bool add_special = flag("add_special", true), parse_special = flag("parse_special", false);
     const std::vector<int32_t> tokens =
         model_->tokenizer.encode(body["content"].get<std::string>(), add_special, parse_special);
     reply(res, 200, {{"tokens", tokens}});
     metrics_.count_request("ok");
   }));
-  h.Post("/detokenize", api([this](const httplib::Request& req, httplib::Response& res) {
-    json body;
-    try {
-      body = json::parse(req.body);
-    } catch (const json::parse_error& e) {
-      throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
-    }
-    if (!body.is_object() || !body.contains("tokens") || !body["tokens"].is_array()) {
+  h.Post("/detokenize", api_with_body([this](const std::string& text, httplib::Response& res) {
+    const json body = parse_body_object(text);
+    if (!body.contains("tokens") || !body["tokens"].is_array()) {
       throw ApiError(400, "'tokens' must be an array of token ids", "tokens");
     }
     std::vector<int32_t> ids;
@@ -273,14 +357,22 @@ void Server::route() {
                    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
                    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'");
   });
-  // Whatever else fails (an unknown route, a body over the limit) still answers in OpenAI's error shape.
-  h.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+  // Other POSTs are answered without reading their bodies (cpp-httplib would read them whole).
+  h.Post(R"(/.*)", [](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader&) {
+    reply_error(res, ApiError(404, fmt::format("no such route: POST {}", req.path)));
+    res.set_header("Connection", "close");
+  });
+  // So are other methods, before routing: cpp-httplib reads the bodies of PUT, PATCH, DELETE and PRI requests.
+  h.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (req.method == "GET" || req.method == "HEAD" || req.method == "POST") return httplib::Server::HandlerResponse::Unhandled;
+    reply_error(res, ApiError(405, fmt::format("method {} is not allowed here", req.method)));
+    res.set_header("Connection", "close");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  // Whatever else fails (a request cpp-httplib cannot parse, say) still answers in OpenAI's error shape.
+  h.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    if (res.status == 413) {
-      metrics_.count_request("invalid");
-      reply_error(res, ApiError(413, fmt::format("the request body is over the limit of {} bytes",
-                                                 options_.max_body_bytes)));
-    } else if (res.status == 404) {
+    if (res.status == 404) {
       reply_error(res, ApiError(404, fmt::format("no such route: {} {}", req.method, req.path)));
     } else {
       reply_error(res, ApiError(res.status, fmt::format("the request failed (HTTP {})", res.status)));
@@ -299,11 +391,11 @@ void Server::route() {
   });
 }
 
-void Server::handle_completion(Endpoint endpoint, const httplib::Request& req, httplib::Response& res) {
+void Server::handle_completion(Endpoint endpoint, const std::string& body, httplib::Response& res) {
   const engine::Engine& engine = *model_->engine;
   auto job = std::make_shared<Job>();
   job->endpoint = endpoint;
-  job->api = parse_request(endpoint, req.body, model_->sampling, engine.n_vocab());
+  job->api = parse_request(endpoint, body, model_->sampling, engine.n_vocab());
   const ApiRequest& api = job->api;
   const uint64_t id = next_id_++;
   job->header = {fmt::format("{}-{:016x}", endpoint == Endpoint::ChatCompletions ? "chatcmpl" : "cmpl", id),
@@ -337,13 +429,6 @@ void Server::handle_completion(Endpoint endpoint, const httplib::Request& req, h
                      "context_length_exceeded");
     }
   }
-  const size_t n_new = prompts.size() * static_cast<size_t>(api.n);
-  if (scheduler_->n_waiting() + n_new > static_cast<size_t>(options_.max_queue)) {
-    throw ApiError(429, fmt::format("the server is busy: {} requests are queued (--max-queue {}); retry later",
-                                    scheduler_->n_waiting(), options_.max_queue),
-                   {}, "server_error", "queue_full");
-  }
-
   std::random_device random;
   const std::weak_ptr<Job> weak = job;
   std::vector<std::vector<std::shared_ptr<engine::Request>>> groups;
@@ -375,10 +460,25 @@ void Server::handle_completion(Endpoint endpoint, const httplib::Request& req, h
       groups.back().push_back(request);
     }
   }
-  try {
-    for (auto& group : groups) scheduler_->add_group(group);
-  } catch (const std::invalid_argument& e) {
-    throw ApiError(400, e.what());
+  {
+    // Checking the room and taking it are one step: requests arriving together cannot all see the same room.
+    // Running and waiting requests are counted together: requests that just arrived wait for the engine's next
+    // step even where sequences are free, and must not be refused as if they filled the queue.
+    const std::lock_guard lock(admission_mutex_);
+    const size_t n_new = prompts.size() * static_cast<size_t>(api.n);
+    const size_t n_held = scheduler_->n_running() + scheduler_->n_waiting();
+    if (n_held + n_new > static_cast<size_t>(options_.max_sequences) + static_cast<size_t>(options_.max_queue)) {
+      throw ApiError(429,
+                     fmt::format("the server is busy: {} requests are running or queued (--max-sequences {}, "
+                                 "--max-queue {}); retry later",
+                                 n_held, options_.max_sequences, options_.max_queue),
+                     {}, "server_error", "queue_full");
+    }
+    try {
+      for (auto& group : groups) scheduler_->add_group(group);
+    } catch (const std::invalid_argument& e) {
+      throw ApiError(400, e.what());
+    }
   }
   ++live_jobs_;
   wake_engine();
@@ -415,12 +515,7 @@ void Server::whole_reply(const std::shared_ptr<Job>& job, httplib::Response& res
     }
     choices[i].finish = r.finish_reason();
     if (job->api.top_logprobs >= 0) {
-      std::vector<LogprobText> texts;
-      for (const engine::TokenLogprob& lp : logprobs[i]) {
-        LogprobText t{model_->tokenizer.token_to_piece(lp.token), lp.logprob, {}};
-        for (const auto& [token, p] : lp.top) t.top.emplace_back(model_->tokenizer.token_to_piece(token), p);
-        texts.push_back(std::move(t));
-      }
+      const std::vector<LogprobText> texts = logprob_texts(model_->tokenizer, logprobs[i]);
       choices[i].logprobs = job->endpoint == Endpoint::ChatCompletions ? chat_logprobs(texts) : completion_logprobs(texts, 0);
     }
   }
@@ -473,12 +568,7 @@ void Server::stream_reply(const std::shared_ptr<Job>& job, httplib::Response& re
           }
           json logprobs = nullptr;
           if (api.top_logprobs >= 0) {
-            std::vector<LogprobText> texts;
-            for (const engine::TokenLogprob& lp : e.logprobs) {
-              LogprobText t{model_->tokenizer.token_to_piece(lp.token), lp.logprob, {}};
-              for (const auto& [token, p] : lp.top) t.top.emplace_back(model_->tokenizer.token_to_piece(token), p);
-              texts.push_back(std::move(t));
-            }
+            const std::vector<LogprobText> texts = logprob_texts(model_->tokenizer, e.logprobs);
             logprobs = job->endpoint == Endpoint::ChatCompletions
                            ? chat_logprobs(texts)
                            : completion_logprobs(texts, state->text_offsets[e.index]);

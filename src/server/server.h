@@ -71,7 +71,7 @@ class Server {
   struct Job;
   void route();
   bool authorized(const httplib::Request& req, httplib::Response& res) const;
-  void handle_completion(Endpoint endpoint, const httplib::Request& req, httplib::Response& res);
+  void handle_completion(Endpoint endpoint, const std::string& body, httplib::Response& res);
   void stream_reply(const std::shared_ptr<Job>& job, httplib::Response& res);
   void whole_reply(const std::shared_ptr<Job>& job, httplib::Response& res);
   void engine_loop();
@@ -91,6 +91,7 @@ class Server {
   std::condition_variable wake_;
   bool work_pending_ = false;
   std::atomic<bool> engine_stop_{false};
+  std::mutex admission_mutex_;  // held while a request checks the queue's room and joins it
   std::atomic<int64_t> live_jobs_{0};
   std::atomic<uint64_t> next_id_{1};
 
