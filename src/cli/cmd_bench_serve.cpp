@@ -752,17 +752,18 @@ void add_bench_serve_command(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--output", args->output, "md or json")->check(CLI::IsMember({"md", "json"}))->capture_default_str();
   cmd->footer(
-      "Prompts: random token ids turned into text by the server's /detokenize, tokenized back by /tokenize and\n"
-      "trimmed or topped up until the text is exactly --input-len tokens, less those the server adds (BOS, the\n"
-      "chat template), measured by a first untimed request. Each level gets prompts of its own; with\n"
-      "--shared-prefix F, the first F of the text is the same in all of a level's requests.\n"
+      "Prompts: random token ids turned into text by the server's /detokenize (less U+FFFD and control\n"
+      "characters), tokenized back by /tokenize and trimmed or topped up until the text is exactly --input-len\n"
+      "tokens, less those the server adds (BOS, the chat template), measured by a first untimed request. Each\n"
+      "level gets prompts of its own; with --shared-prefix F, the first F of the text is the same in all of a\n"
+      "level's requests.\n"
       "Output: max_tokens = --output-len, and logit_bias -100 on the end-of-generation tokens: those of </s>,\n"
       "<|endoftext|>, <|eot_id|>, <|im_end|>, <end_of_turn> and the like that are one special token in the\n"
       "server's vocabulary. Requests that still end early are counted as short.\n"
-      "Timing: TTFT from sending to the first chunk that carries a token; each later chunk of k tokens (counted\n"
-      "by its log-probabilities, which every request asks for) gives k inter-token latencies of its gap / k;\n"
-      "E2E to the end of the stream. Throughput is over the level's wall time; prompt, cached and output tokens\n"
-      "are the server's usage counts.");
+      "Timing: TTFT from sending to the first chunk that carries a token; each later chunk of k tokens gives k\n"
+      "inter-token latencies of its gap / k, counted by the chunk's log-probabilities (every request asks for\n"
+      "them, which costs the server a log-softmax per token); E2E to the end of the stream. Throughput is over\n"
+      "the level's wall time; prompt, cached and output tokens are the server's usage counts.");
   cmd->callback([args] { run_bench_serve(*args); });
 }
 
