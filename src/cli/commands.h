@@ -20,6 +20,7 @@ void add_logits_command(CLI::App& root);
 void add_quantize_command(CLI::App& root);
 void add_synth_command(CLI::App& root);
 void add_bench_command(CLI::App& root);
+void add_bench_serve_command(CLI::App& root);
 void add_hub_commands(CLI::App& root);  // pull, list, rm
 void add_template_command(CLI::App& root);
 void add_serve_command(CLI::App& root);

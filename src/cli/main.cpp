@@ -71,6 +71,7 @@ int run_command_line(int argc, char** argv) {
   tessera::cli::add_template_command(app);
   tessera::cli::add_serve_command(app);
   tessera::cli::add_chat_command(app);
+  tessera::cli::add_bench_serve_command(app);
 
   std::vector<std::string> args(argv + 1, argv + argc);
   const bool asks_root = !args.empty() && (args[0] == "-h" || args[0] == "--help" || args[0] == "--version");

@@ -98,12 +98,13 @@ export async function launchBrowser(options = {}) {
   };
 }
 
-// The server's Prometheus text as { name: value }, for the series without labels.
+// The server's Prometheus text as { series: value }, a series named with its labels as the text writes them:
+// tessera_requests_running, tessera_requests_total{status="stopped"}.
 export async function readMetrics(url) {
   const text = await (await fetch(`${url}/metrics`)).text();
   const values = {};
   for (const line of text.split('\n')) {
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*) (\S+)$/.exec(line);
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$/.exec(line);
     if (match) values[match[1]] = Number(match[2]);
   }
   return values;

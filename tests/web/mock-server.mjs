@@ -97,6 +97,9 @@ async function readBody(req) {
 async function startMockServer(options) {
   const scripted = [];
   const running = new Set(); // of functions that give a running request's tokens in the KV cache
+  // Requests by how they ended, as the server's tessera_requests_total counts them.
+  const ended = { ok: 0, stopped: 0, invalid: 0, rejected: 0, error: 0 };
+  let generatedTokens = 0;
   let previousPromptWords = [];
 
   async function chatCompletions(req, res) {
@@ -136,16 +139,18 @@ async function startMockServer(options) {
     let timer = null;
     const tokensHeld = () => promptWords.length + sent;
     running.add(tokensHeld);
-    const release = () => {
-      running.delete(tokensHeld);
+    const release = (status) => {
+      if (!running.delete(tokensHeld)) return;
       clearTimeout(timer);
+      ended[status]++;
+      generatedTokens += sent;
     };
-    res.on('close', release);
+    res.on('close', () => release('stopped'));
     send(chunk({ role: 'assistant', content: '' }, null));
     const step = () => {
       if (res.destroyed) return;
       if ((script.fault === 'cut' || script.fault === 'stream-error') && sent === (script.cut_after ?? 3)) {
-        release();
+        release('error');
         if (script.fault === 'cut') {
           res.socket.destroy();
           return;
@@ -165,7 +170,7 @@ async function startMockServer(options) {
           usage: { prompt_tokens: promptWords.length, completion_tokens: sent,
             total_tokens: promptWords.length + sent, prompt_tokens_details: { cached_tokens: cached } } });
       }
-      release();
+      release('ok');
       res.end('data: [DONE]\n\n');
     };
     timer = setTimeout(step, tokenDelayMs);
@@ -176,10 +181,14 @@ async function startMockServer(options) {
     for (const tokensHeld of running) used += Math.ceil(tokensHeld() / kvBlockTokens);
     res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4' });
     res.end([
+      '# TYPE tessera_requests_total counter',
+      ...Object.entries(ended).map(([status, n]) => `tessera_requests_total{status="${status}"} ${n}`),
       '# TYPE tessera_requests_running gauge', `tessera_requests_running ${running.size}`,
       '# TYPE tessera_requests_waiting gauge', 'tessera_requests_waiting 0',
       '# TYPE tessera_kv_blocks_used gauge', `tessera_kv_blocks_used ${used}`,
-      '# TYPE tessera_kv_blocks_total gauge', `tessera_kv_blocks_total ${kvBlocksTotal}`, ''].join('\n'));
+      '# TYPE tessera_kv_blocks_total gauge', `tessera_kv_blocks_total ${kvBlocksTotal}`,
+      '# TYPE tessera_generated_tokens_total counter', `tessera_generated_tokens_total ${generatedTokens}`,
+      ''].join('\n'));
   }
 
   async function staticFile(path, res) {
@@ -198,7 +207,8 @@ async function startMockServer(options) {
   const server = createServer(async (req, res) => {
     const path = new URL(req.url, 'http://localhost').pathname;
     if (path.startsWith('/v1/') && options.apiKey && req.headers.authorization !== `Bearer ${options.apiKey}`) {
-      return sendError(res, 401, 'invalid or missing API key', 'authentication_error');
+      return sendJson(res, 401, { error: { message: "a valid API key is needed: send it as 'Authorization: Bearer KEY'",
+        type: 'invalid_request_error', param: null, code: 'invalid_api_key' } });
     }
     if (req.method === 'GET' && path === '/health') return sendJson(res, 200, { status: 'ok' });
     if (req.method === 'GET' && path === '/metrics') return metrics(res);

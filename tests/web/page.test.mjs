@@ -33,6 +33,9 @@ test('a message gets a reply that streams in pieces, and the status line describ
   const server = await serverFor(t);
   const { page, record } = await pageFor(t, server);
   const model = (await (await fetch(`${server.url}/v1/models`)).json()).data[0];
+  // The fixture model seldom ends a story by itself: without a limit it writes until the context is full, which
+  // under the slow link below takes half a minute.
+  await changeSettings(page, { max_tokens: 120 });
 
   // The fixture model can finish a reply within a frame or two; a slow link (as from a phone) spreads the
   // stream out in time, so that the page has to show it in pieces if it renders as data arrives.
@@ -62,6 +65,7 @@ test('a message gets a reply that streams in pieces, and the status line describ
   assert.equal(body.model, model.id);
   assert.equal(body.stream, true);
   assert.deepEqual(body.stream_options, { include_usage: true });
+  assert.equal(body.max_tokens, 120);
 
   const stat = (name) => page.textContent(`[data-stat="${name}"]`);
   assert.equal(await stat('model'), model.id);
@@ -70,7 +74,7 @@ test('a message gets a reply that streams in pieces, and the status line describ
   assert.ok(prompt > 0 && cached <= prompt, `prompt ${prompt}, cached ${cached}`);
   const [, used, limit] = /^context (\d+) \/ (\d+)$/.exec(await stat('context')).map(Number);
   assert.equal(limit, model.context_length);
-  assert.ok(used > prompt && used <= limit, `context ${used} of ${limit}, prompt ${prompt}`);
+  assert.ok(used > prompt && used <= prompt + 120, `context ${used} of ${limit}, prompt ${prompt}`);
   assertHealthyPage(record);
 });
 
@@ -93,14 +97,22 @@ test('Stop ends a reply mid-way, the server frees the request, and the next mess
   assert.ok((await replyTexts(page))[0].length > 0, 'the text before the stop was kept');
   assert.equal(await page.textContent('#send'), 'Send');
 
+  // The server learns of the stop when the closed connection fails its next write; then it cancels the request
+  // and frees its sequence. Without the stop the fixture would write until its context is full.
+  const stopped = 'tessera_requests_total{status="stopped"}';
   const deadline = Date.now() + 5_000;
   let metrics = await readMetrics(server.url);
-  while (metrics.tessera_requests_running !== 0 && Date.now() < deadline) {
+  while ((metrics.tessera_requests_running !== 0 || metrics[stopped] !== 1) && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 100));
     metrics = await readMetrics(server.url);
   }
+  assert.equal(metrics[stopped], 1, 'the server did not count the request as stopped');
   assert.equal(metrics.tessera_requests_running, 0, 'the server still runs the stopped request');
   assert.equal(metrics.tessera_requests_waiting, 0);
+  assert.equal(metrics.tessera_kv_blocks_used, 0, 'the stopped request still holds KV cache blocks');
+  const model = (await (await fetch(`${server.url}/v1/models`)).json()).data[0];
+  assert.ok(metrics.tessera_generated_tokens_total < model.context_length / 2,
+    `${metrics.tessera_generated_tokens_total} tokens generated: the request ran on after the stop`);
 
   await sendMessage(page, 'The end');
   await waitForReplies(page, 2);
