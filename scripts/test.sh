@@ -7,6 +7,8 @@ scripts/install-deps.sh
 jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j"$jobs"
+# ctest includes test_robustness (tests/robustness): the binary under special-file outputs, a full disk, a closed
+# stdout, dead pipes, Ctrl-C, thread limits, directories and FIFOs as inputs, and broken models.
 ctest --test-dir build --output-on-failure -j"$jobs"
 
 # The test programs that read untrusted input, again under ASan + UBSan. Add a name here to cover another room;

@@ -25,9 +25,11 @@
 
 #include "cli/bench_parallel.h"
 #include "cli/commands.h"
+#include "cli/stdout_writer.h"
 #include "cli/engine_options.h"
 #include "cli/membw.h"
 #include "engine/engine.h"
+#include "engine/sampler.h"
 #include "gguf/gguf.h"
 #include "quant/interleaved.h"
 #include "quant/quant.h"
@@ -129,8 +131,9 @@ double run_prompt(engine::Engine& engine, std::mt19937& rng, int n) {
   const std::vector<int32_t> tokens = random_tokens(rng, n, engine.n_vocab());
   const int32_t seq = engine.new_sequence();
   const auto start = std::chrono::steady_clock::now();
-  engine.eval(seq, tokens);
+  const std::span<const float> logits = engine.eval(seq, tokens);
   const double s = seconds_since(start);
+  engine::require_finite_logits(logits);
   engine.free_sequence(seq);
   return n / s;
 }
@@ -140,8 +143,10 @@ double run_generation(engine::Engine& engine, std::mt19937& rng, int n) {
   const std::vector<int32_t> tokens = random_tokens(rng, n, engine.n_vocab());
   const int32_t seq = engine.new_sequence();
   const auto start = std::chrono::steady_clock::now();
-  for (int32_t token : tokens) engine.eval(seq, std::span<const int32_t>(&token, 1));
+  std::span<const float> logits;
+  for (int32_t token : tokens) logits = engine.eval(seq, std::span<const int32_t>(&token, 1));
   const double s = seconds_since(start);
+  engine::require_finite_logits(logits);
   engine.free_sequence(seq);
   return n / s;
 }
@@ -173,7 +178,7 @@ double adjacent_fraction(const ModelSummary& model, const TestResult& r) {
 }
 
 void print_membw_line(const MemoryBandwidth& bw) {
-  fmt::print("memory read bandwidth ({} thread{}, {} loads, {} x {}): best {:.1f} GB/s, median {:.1f} GB/s\n",
+  print_stdout("memory read bandwidth ({} thread{}, {} loads, {} x {}): best {:.1f} GB/s, median {:.1f} GB/s\n",
              bw.threads, bw.threads == 1 ? "" : "s", bw.method, human_bytes(bw.buffer_bytes), bw.repetitions,
              bw.best_gb_s, bw.median_gb_s);
 }
@@ -187,10 +192,10 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
       kernels = fmt::format("; CPU kernels: {}, weight prefetch {}", quant::simd_level_name(quant::active_simd_level()),
                             quant::weight_prefetch_name(quant::active_weight_prefetch()));
     }
-    fmt::print("device: {}{}\n\n", model->device, kernels);
-    fmt::print("| model | size | params | backend | threads | test | t/s | weights GB/s | of membw "
+    print_stdout("device: {}{}\n\n", model->device, kernels);
+    print_stdout("| model | size | params | backend | threads | test | t/s | weights GB/s | of membw "
                "| of adjacent membw |\n");
-    fmt::print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    print_stdout("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (const TestResult& r : results) {
       std::string gbs, fraction, adjacent;
       if (r.n_gen > 0) {
@@ -198,7 +203,7 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
         if (bw) fraction = fmt::format("{:.0f}%", 100 * weights_gb_per_s(*model, r) / bw->best_gb_s);
         if (!r.adjacent_gb_s.empty()) adjacent = fmt::format("{:.0f}%", 100 * adjacent_fraction(*model, r));
       }
-      fmt::print("| {} | {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} | {} |\n", label,
+      print_stdout("| {} | {} | {} | {} | {} | {} | {:.2f} ± {:.2f} | {} | {} | {} |\n", label,
                  human_bytes(model->weight_bytes), human_params(model->n_params), args.engine.backend, threads, r.name,
                  r.mean, r.stddev, gbs, fraction, adjacent);
     }
@@ -207,7 +212,7 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
   for (const TestResult& r : results) {
     if (r.adjacent_gb_s.empty()) continue;
     const char* source = r.adjacent_probe_reads_weights ? "the loaded weights," : "a buffer of";
-    fmt::print("{} adjacent probes ({} {} x {}, before and after each repetition): {:.1f} GB/s\n", r.name, source,
+    print_stdout("{} adjacent probes ({} {} x {}, before and after each repetition): {:.1f} GB/s\n", r.name, source,
                human_bytes(r.adjacent_probe_bytes), kAdjacentProbeRepetitions, fmt::join(r.adjacent_gb_s, ", "));
   }
 }
@@ -259,7 +264,7 @@ void print_json(const std::optional<ModelSummary>& model, const std::vector<Test
     add_membw(o);
     out.push_back(std::move(o));
   }
-  fmt::print("{}\n", out.dump(2));
+  print_stdout("{}\n", out.dump(2));
 }
 
 struct ParallelResult {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/stdout_writer.h"
 #include "gguf/gguf.h"
 
 namespace tessera::cli {
@@ -87,47 +88,47 @@ void print_json(const gguf::File& file) {
   }
   doc["tensors"] = std::move(tensors);
   // Vocabularies may hold byte tokens that are not valid UTF-8 on their own; they are shown as U+FFFD.
-  std::puts(doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  write_stdout(doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 void print_text(const std::string& path, const gguf::File& file) {
-  fmt::print("{}: GGUF v{}, alignment {}, data section at offset {}, {} bytes\n", path, file.version(),
+  print_stdout("{}: GGUF v{}, alignment {}, data section at offset {}, {} bytes\n", path, file.version(),
              file.alignment(), file.data_offset(), file.bytes().size());
-  fmt::print("\nmetadata ({} keys):\n", file.metadata().size());
+  print_stdout("\nmetadata ({} keys):\n", file.metadata().size());
   for (const auto& [key, value] : file.metadata()) {
     const std::string type = value.is_array() ? fmt::format("array<{}>", gguf::value_type_name(value.element_type()))
                                               : std::string(gguf::value_type_name(value.type()));
-    fmt::print("  {:<44} {:<14} {}\n", key, type, value_text(value));
+    print_stdout("  {:<44} {:<14} {}\n", key, type, value_text(value));
   }
-  fmt::print("\ntensors ({}):\n", file.tensors().size());
+  print_stdout("\ntensors ({}):\n", file.tensors().size());
   size_t name_width = 4;
   for (const gguf::TensorInfo& t : file.tensors()) name_width = std::max(name_width, t.name.size());
-  fmt::print("  {:<{}} {:<7} {:<24} {:>12} {:>12}\n", "name", name_width, "type", "shape", "bytes", "offset");
+  print_stdout("  {:<{}} {:<7} {:<24} {:>12} {:>12}\n", "name", name_width, "type", "shape", "bytes", "offset");
   uint64_t n_params = 0;
   std::map<std::string_view, std::pair<uint64_t, uint64_t>> by_type;  // name -> tensors, bytes
   for (const gguf::TensorInfo& t : file.tensors()) {
-    fmt::print("  {:<{}} {:<7} {:<24} {:>12} {:>12}\n", t.name, name_width, ggml_type_name(t.type),
+    print_stdout("  {:<{}} {:<7} {:<24} {:>12} {:>12}\n", t.name, name_width, ggml_type_name(t.type),
                shape_text(t.shape), t.n_bytes, t.offset);
     n_params += t.n_elements;
     auto& [count, bytes] = by_type[ggml_type_name(t.type)];
     ++count;
     bytes += t.n_bytes;
   }
-  fmt::print("\nsummary:\n");
-  fmt::print("  tensors:    {}\n", file.tensors().size());
-  fmt::print("  parameters: {}\n", n_params);
+  print_stdout("\nsummary:\n");
+  print_stdout("  tensors:    {}\n", file.tensors().size());
+  print_stdout("  parameters: {}\n", n_params);
   for (const auto& [type, count_bytes] : by_type)
-    fmt::print("  {:<11} {} tensors, {} bytes\n", fmt::format("{}:", type), count_bytes.first, count_bytes.second);
+    print_stdout("  {:<11} {} tensors, {} bytes\n", fmt::format("{}:", type), count_bytes.first, count_bytes.second);
   if (const std::optional<uint64_t> file_type = file.get_uint("general.file_type"))
-    fmt::print("  file type:  {} ({})\n", file_type_name(*file_type), *file_type);
+    print_stdout("  file type:  {} ({})\n", file_type_name(*file_type), *file_type);
   else
-    fmt::print("  file type:  not stated (no general.file_type key)\n");
+    print_stdout("  file type:  not stated (no general.file_type key)\n");
   const std::string arch = file.architecture();
   if (!arch.empty()) {
-    fmt::print("  architecture: {}\n", arch);
+    print_stdout("  architecture: {}\n", arch);
     const std::string prefix = arch + ".";
     for (const auto& [key, value] : file.metadata())
-      if (key.starts_with(prefix)) fmt::print("    {:<40} {}\n", key.substr(prefix.size()), value_text(value));
+      if (key.starts_with(prefix)) print_stdout("    {:<40} {}\n", key.substr(prefix.size()), value_text(value));
   }
 }
 

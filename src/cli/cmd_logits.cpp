@@ -1,11 +1,11 @@
 // tessera logits: evaluate a prompt in one batch and write the logits of every position as float32,
 // row-major [n_tokens][n_vocab] (the layout of the fixtures' .logits.f32 files).
 #include <cstdio>
-#include <fstream>
 #include <memory>
 
 #include "cli/commands.h"
 #include "cli/engine_options.h"
+#include "io/output_file.h"
 #include "tokenizer/tokenizer.h"
 
 namespace tessera::cli {
@@ -20,8 +20,9 @@ struct LogitsOptions {
 };
 
 int run(const LogitsOptions& o) {
+  io::check_output_path(o.out);
   LoadedModel loaded = load_model(o.engine, true);
-  const tokenizer::Tokenizer tok = tokenizer::Tokenizer::from_gguf(*loaded.file);
+  const tokenizer::Tokenizer tok = load_tokenizer(*loaded.file);
   const std::vector<int32_t> tokens = tok.encode(o.prompt, !o.no_bos, o.parse_special);
   if (tokens.empty()) throw UsageError("the prompt gives no tokens");
   if (static_cast<int64_t>(tokens.size()) > loaded.engine->n_ctx()) {
@@ -31,14 +32,9 @@ int run(const LogitsOptions& o) {
   const int32_t seq = loaded.engine->new_sequence();
   const std::span<const float> logits = loaded.engine->eval(seq, tokens, true);
 
-  const std::string tmp = o.out + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw std::runtime_error("cannot write '" + tmp + "'");
-    f.write(reinterpret_cast<const char*>(logits.data()), static_cast<std::streamsize>(logits.size_bytes()));
-    if (!f) throw std::runtime_error("failed writing '" + tmp + "'");
-  }
-  if (std::rename(tmp.c_str(), o.out.c_str()) != 0) throw std::runtime_error("cannot rename to '" + o.out + "'");
+  io::OutputFile out(o.out);
+  out.write(logits.data(), logits.size_bytes());
+  out.commit();
   std::fprintf(stderr, "wrote %zu x %d logits to %s\n", tokens.size(), loaded.engine->n_vocab(), o.out.c_str());
   return 0;
 }

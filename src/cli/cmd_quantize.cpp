@@ -8,6 +8,8 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/engine_options.h"
+#include "io/output_file.h"
 #include "quant/quantize_model.h"
 
 namespace tessera::cli {
@@ -44,10 +46,11 @@ void run_quantize(const QuantizeArgs& args) {
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
-  if (args.threads < 0) throw UsageError(fmt::format("--threads must not be negative (got {})", args.threads));
+  const int threads = capped_thread_count(args.threads, "--threads");
   if (!std::filesystem::exists(args.input)) throw std::runtime_error("input file '" + args.input + "' not found");
+  const std::string target = io::check_output_path(args.output);
   std::error_code ec;
-  if (std::filesystem::equivalent(args.input, args.output, ec)) {
+  if (std::filesystem::equivalent(args.input, target, ec)) {
     throw UsageError("the output file must differ from the input file");
   }
 
@@ -58,7 +61,7 @@ void run_quantize(const QuantizeArgs& args) {
   };
   fmt::print(stderr, "quantize: {} -> {} as {}\n", args.input, args.output, quant::model_quant_type_name(type));
   const quant::QuantizeResult result = quant::quantize_model(
-      args.input, args.output, type, args.threads, args.allow_requantize,
+      args.input, args.output, type, threads, args.allow_requantize,
       [&](const quant::QuantizeProgress& p) { print_progress(p, elapsed(), terminal); });
   for (const std::string& note : result.notes) fmt::print(stderr, "quantize: fallback: {}\n", note);
   fmt::print(stderr, "quantize: tensor data {:.2f} MiB -> {:.2f} MiB in {:.1f} s\n",

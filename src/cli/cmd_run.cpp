@@ -3,16 +3,20 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
+#include <limits>
 #include <memory>
-#include <sstream>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/engine_options.h"
+#include "cli/signals.h"
+#include "cli/stdout_writer.h"
 #include "engine/request.h"
 #include "engine/scheduler.h"
+#include "io/input_file.h"
 #include "tokenizer/tokenizer.h"
 
 namespace tessera::cli {
@@ -22,65 +26,87 @@ struct RunOptions {
   EngineCliOptions engine;
   std::string prompt;
   std::string prompt_file;
+  bool prompt_given = false;  // -p "" is an empty prompt, not a missing one
+  bool prompt_file_given = false;
   int max_tokens = 128;
   engine::SamplerParams sampling;
-  int64_t seed = -1;
+  std::string seed;  // as given; see parse_seed
   bool ignore_eos = false;
   bool no_bos = false;
   bool parse_special = false;
   std::string output = "text";
 };
 
+// --seed: any unsigned 64-bit value; -1 (llama.cpp's spelling) or no --seed for a random one.
+uint64_t parse_seed(const std::string& text) {
+  if (text.empty() || text == "-1") {
+    return static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  }
+  uint64_t seed = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), seed);
+  if (error != std::errc() || end != text.data() + text.size()) {
+    throw UsageError(fmt::format("--seed must be an integer from 0 to {}, or -1 for a random seed (got '{}')",
+                                 std::numeric_limits<uint64_t>::max(), text));
+  }
+  return seed;
+}
+
 int run(const RunOptions& o) {
   if (o.max_tokens <= 0) throw UsageError("--max-tokens must be at least 1");
   if (o.output != "text" && o.output != "json") throw UsageError("--output must be text or json");
-  if (o.prompt.empty() == o.prompt_file.empty()) throw UsageError("give exactly one of --prompt and --file");
+  if (o.prompt_given == o.prompt_file_given) throw UsageError("give exactly one of --prompt and --file");
   engine::SamplerParams sampling = o.sampling;
-  sampling.seed = o.seed >= 0 ? static_cast<uint64_t>(o.seed)
-                              : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  sampling.seed = parse_seed(o.seed);
   try {
     sampling.validate();
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
-  std::string prompt = o.prompt;
-  if (!o.prompt_file.empty()) {
-    std::ifstream in(o.prompt_file, std::ios::binary);
-    if (!in) throw std::runtime_error("cannot read prompt file '" + o.prompt_file + "'");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    prompt = ss.str();
-  }
+  const std::string prompt = o.prompt_given ? o.prompt : io::read_text_input(o.prompt_file, "prompt file");
 
   const bool json = o.output == "json";
+  // From here on the first Ctrl-C stops generation at the current token and the result so far is reported.
+  const InterruptScope interrupt_scope;
   LoadedModel loaded = load_model(o.engine, json);
-  const tokenizer::Tokenizer tok = tokenizer::Tokenizer::from_gguf(*loaded.file);
+  const tokenizer::Tokenizer tok = load_tokenizer(*loaded.file);
 
   engine::RequestOptions request_options;
   request_options.prompt = tok.encode(prompt, !o.no_bos, o.parse_special);
+  if (request_options.prompt.empty()) {
+    throw UsageError("the prompt gives no tokens (it is empty and no BOS token is added)");
+  }
   request_options.max_tokens = o.max_tokens;
   request_options.sampling = sampling;
   request_options.ignore_eos = o.ignore_eos;
   const std::vector<int32_t> prompt_tokens = request_options.prompt;
+  // A write that fails stops generation: nothing is produced that cannot be delivered.
+  std::optional<OutputError> write_error;
   auto request = std::make_shared<engine::Request>(
-      std::move(request_options), tok, [&](const engine::Request&, std::string_view piece, auto) {
-        if (!json) {
-          std::fwrite(piece.data(), 1, piece.size(), stdout);
-          std::fflush(stdout);
+      std::move(request_options), tok, [&](const engine::Request& r, std::string_view piece, auto) {
+        if (json || write_error) return;
+        try {
+          write_stdout(piece);
+          flush_stdout();
+        } catch (const OutputError& e) {
+          write_error = e;
+          const_cast<engine::Request&>(r).cancel();
         }
       });
   engine::Scheduler scheduler(*loaded.engine, {1, loaded.engine->n_batch()});
   scheduler.add(request);
   while (scheduler.step()) {
+    if (interrupt_flag()) request->cancel();
   }
+  if (write_error) throw *write_error;
   if (request->finish_reason() == engine::FinishReason::Error) throw std::runtime_error(request->error());
+  const bool interrupted = request->finish_reason() == engine::FinishReason::Cancelled;
   const engine::RequestTimings& timings = request->timings();
 
   const std::vector<int32_t>& generated = request->generated();
   // The first token is sampled from the prompt's logits, so generation speed counts the tokens after it.
   const double prompt_tps = prompt_tokens.size() / std::max(timings.prompt_seconds, 1e-9);
   const double gen_tps = (generated.size() > 1 ? generated.size() - 1 : 0) / std::max(timings.generation_seconds, 1e-9);
-  const std::string_view stop = engine::finish_reason_name(request->finish_reason());
+  const std::string_view stop = interrupted ? "interrupted" : engine::finish_reason_name(request->finish_reason());
   if (json) {
     nlohmann::json doc;
     doc["prompt_tokens"] = prompt_tokens;
@@ -95,9 +121,11 @@ int run(const RunOptions& o) {
                       {"generation_seconds", timings.generation_seconds},
                       {"generation_tokens_per_s", gen_tps},
                       {"time_to_first_token_s", timings.first_token_seconds}};
-    std::printf("%s\n", doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    write_stdout(doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    flush_stdout();
   } else {
-    std::printf("\n");
+    write_stdout("\n");
+    flush_stdout();
     if (request->finish_reason() == engine::FinishReason::ContextFull) {
       std::fprintf(stderr, "stopped: the context (%d tokens) is full\n", loaded.engine->n_ctx());
     }
@@ -108,7 +136,7 @@ int run(const RunOptions& o) {
                              timings.first_token_seconds * 1000, stop)
                      .c_str());
   }
-  return 0;
+  return interrupted ? 130 : 0;
 }
 
 }  // namespace
@@ -118,8 +146,11 @@ void add_run_command(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand(
       "run", "Generate text from a prompt (the default command: `tessera -m M.gguf -p TEXT` runs it)");
   o->engine.add_to(cmd);
-  cmd->add_option("-p,--prompt", o->prompt, "Prompt text");
-  cmd->add_option("-f,--file", o->prompt_file, "Read the prompt from a file");
+  const CLI::Option* prompt = cmd->add_option("-p,--prompt", o->prompt, "Prompt text");
+  const CLI::Option* prompt_file = cmd->add_option(
+      "-f,--file", o->prompt_file,
+      fmt::format("Read the prompt from a file (at most {} MiB; - or a pipe: standard input, at most {} MiB)",
+                  io::kMaxTextFileBytes >> 20, io::kMaxTextStreamBytes >> 20));
   cmd->add_option("-n,--max-tokens", o->max_tokens, "Most tokens to generate")->capture_default_str();
   cmd->add_option("--temp", o->sampling.temperature, "Temperature; 0 = greedy")->capture_default_str();
   cmd->add_option("--top-k", o->sampling.top_k, "Keep the k most likely tokens; 0 = off")->capture_default_str();
@@ -135,12 +166,15 @@ void add_run_command(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--presence-penalty", o->sampling.presence_penalty, "Subtract this from seen tokens' logits")
       ->capture_default_str();
-  cmd->add_option("-s,--seed", o->seed, "Random seed (default: random); the same seed gives the same output");
+  cmd->add_option("-s,--seed", o->seed,
+                  "Random seed from 0 to 2^64-1; -1 or none: random. The same seed gives the same output");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating past end-of-generation tokens");
   cmd->add_flag("--no-bos", o->no_bos, "Do not add the BOS token to the prompt");
   cmd->add_flag("--parse-special", o->parse_special, "Read special-token text such as <s> in the prompt as tokens");
   cmd->add_option("--output", o->output, "text (streamed) or json (one document at the end)")->capture_default_str();
-  cmd->callback([o] {
+  cmd->callback([o, prompt, prompt_file] {
+    o->prompt_given = prompt->count() > 0;
+    o->prompt_file_given = prompt_file->count() > 0;
     if (const int rc = run(*o); rc != 0) throw CLI::RuntimeError(rc);
   });
 }

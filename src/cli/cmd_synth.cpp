@@ -7,6 +7,8 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/engine_options.h"
+#include "io/output_file.h"
 #include "model/synth.h"
 #include "quant/quantize_model.h"
 
@@ -34,14 +36,15 @@ void run_synth(const SynthArgs& args) {
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
-  if (args.threads < 0) throw UsageError(fmt::format("-t must not be negative (got {})", args.threads));
+  const int threads = capped_thread_count(args.threads, "--threads");
   if (!args.vocab_from.empty() && !std::filesystem::exists(args.vocab_from)) {
     throw std::runtime_error("vocabulary file '" + args.vocab_from + "' not found");
   }
+  io::check_output_path(args.output);
   options.type = args.type;
   options.seed = args.seed;
   options.vocab_from = args.vocab_from;
-  options.n_threads = args.threads;
+  options.n_threads = threads;
 
   const auto start = std::chrono::steady_clock::now();
   options.on_progress = [start](const model::SynthProgress& p) {

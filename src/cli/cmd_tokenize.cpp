@@ -2,15 +2,16 @@
 #include <fmt/format.h>
 
 #include <cstdio>
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/engine_options.h"
+#include "cli/stdout_writer.h"
 #include "gguf/gguf.h"
+#include "io/input_file.h"
 #include "tokenizer/tokenizer.h"
 
 namespace tessera::cli {
@@ -21,6 +22,7 @@ struct TokenizeArgs {
   std::string model;
   std::string text;
   std::string text_file;
+  bool text_file_given = false;
   bool no_bos = false;
   bool parse_special = false;
   bool json = false;
@@ -31,12 +33,6 @@ struct DetokenizeArgs {
   std::vector<int64_t> ids;
   bool no_special = false;
 };
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(fmt::format("cannot read text file '{}'", path));
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 bool is_valid_utf8(const std::string& s) {
   for (size_t i = 0; i < s.size();) {
@@ -67,20 +63,20 @@ std::string printable_piece(const std::string& piece) {
 }
 
 void run_tokenize(const TokenizeArgs& args) {
-  const std::string text = args.text_file.empty() ? args.text : read_text_file(args.text_file);
+  const std::string text = args.text_file_given ? io::read_text_input(args.text_file, "text file") : args.text;
   const gguf::File file = gguf::File::open(args.model);
-  const tokenizer::Tokenizer tok = tokenizer::Tokenizer::from_gguf(file);
+  const tokenizer::Tokenizer tok = load_tokenizer(file);
   const std::vector<int32_t> ids = tok.encode(text, !args.no_bos, args.parse_special);
   if (args.json) {
-    std::fputs((nlohmann::json(ids).dump() + "\n").c_str(), stdout);
+    write_stdout(nlohmann::json(ids).dump() + "\n");
     return;
   }
-  for (int32_t id : ids) fmt::print("{:>6} -> '{}'\n", id, printable_piece(tok.token_to_piece(id)));
+  for (int32_t id : ids) print_stdout("{:>6} -> '{}'\n", id, printable_piece(tok.token_to_piece(id)));
 }
 
 void run_detokenize(const DetokenizeArgs& args) {
   const gguf::File file = gguf::File::open(args.model);
-  const tokenizer::Tokenizer tok = tokenizer::Tokenizer::from_gguf(file);
+  const tokenizer::Tokenizer tok = load_tokenizer(file);
   std::vector<int32_t> ids;
   ids.reserve(args.ids.size());
   for (int64_t id : args.ids) {
@@ -89,8 +85,7 @@ void run_detokenize(const DetokenizeArgs& args) {
     ids.push_back(static_cast<int32_t>(id));
   }
   const std::string text = tok.decode(ids, {.remove_special = false, .unparse_special = !args.no_special});
-  std::fwrite(text.data(), 1, text.size(), stdout);
-  std::fputc('\n', stdout);
+  write_stdout(text + "\n");
 }
 
 }  // namespace
@@ -100,7 +95,10 @@ void add_tokenize_commands(CLI::App& root) {
   CLI::App* tokenize = root.add_subcommand("tokenize", "Print the token ids of a text with a model's tokenizer");
   tokenize->add_option("-m,--model", tokenize_args->model, "GGUF file whose tokenizer to use")->required();
   auto* text = tokenize->add_option("-p,--text", tokenize_args->text, "The text to tokenize");
-  auto* text_file = tokenize->add_option("-f,--text-file", tokenize_args->text_file, "Read the text from this file");
+  auto* text_file = tokenize->add_option(
+      "-f,--text-file", tokenize_args->text_file,
+      fmt::format("Read the text from this file (at most {} MiB; - or a pipe: standard input, at most {} MiB)",
+                  io::kMaxTextFileBytes >> 20, io::kMaxTextStreamBytes >> 20));
   text->excludes(text_file);
   tokenize->add_flag("--no-bos", tokenize_args->no_bos, "Add no special tokens (BOS, EOS) automatically");
   tokenize->add_flag("--parse-special", tokenize_args->parse_special,
@@ -108,6 +106,7 @@ void add_tokenize_commands(CLI::App& root) {
   tokenize->add_flag("--json", tokenize_args->json, "Print only a JSON array of the ids");
   tokenize->callback([tokenize_args, text, text_file] {
     if (text->count() == 0 && text_file->count() == 0) throw UsageError("tokenize needs --text or --text-file");
+    tokenize_args->text_file_given = text_file->count() > 0;
     run_tokenize(*tokenize_args);
   });
 

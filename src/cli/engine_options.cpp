@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "cli/commands.h"
 
@@ -22,7 +24,20 @@ void EngineCliOptions::add_to(CLI::App* app, Fields fields) {
     app->add_option("-b,--batch-size", batch_size, "Most prompt tokens in one forward call")->capture_default_str();
   }
   app->add_option("--cache-type", cache_type, "KV cache element type: f16 or f32")->capture_default_str();
-  app->add_option("--gpu-layers", gpu_layers, "With --backend hybrid: layers to put on the GPU (default: all)");
+  gpu_layers_option_ = app->add_option("--gpu-layers", gpu_layers,
+                                       "With --backend hybrid only: layers to put on the GPU (default: all)");
+}
+
+int capped_thread_count(int requested, std::string_view option) {
+  if (requested < 0) throw UsageError(fmt::format("{} must not be negative (got {})", option, requested));
+  const int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int most = kMaxThreadsPerCpu * cpus;
+  if (requested <= most) return requested;
+  std::fprintf(stderr, "%s",
+               fmt::format("warning: {} {} is more than {} x the {} logical CPUs; using {}\n", option, requested,
+                           kMaxThreadsPerCpu, cpus, most)
+                   .c_str());
+  return most;
 }
 
 engine::EngineOptions EngineCliOptions::to_engine_options() const {
@@ -32,7 +47,6 @@ engine::EngineOptions EngineCliOptions::to_engine_options() const {
   } catch (const std::invalid_argument& e) {
     throw UsageError(e.what());
   }
-  if (threads < 0) throw UsageError("--threads must be positive");
   if (ctx_size < 0) throw UsageError("--ctx-size must be positive");
   if (batch_size <= 0) throw UsageError("--batch-size must be positive");
   if (cache_type == "f16") {
@@ -42,7 +56,14 @@ engine::EngineOptions EngineCliOptions::to_engine_options() const {
   } else {
     throw UsageError("--cache-type must be f16 or f32, not '" + cache_type + "'");
   }
-  o.n_threads = threads;
+  if (gpu_layers_option_ && gpu_layers_option_->count() > 0) {
+    if (o.backend != "hybrid") {
+      throw UsageError("--gpu-layers applies to --backend hybrid only (cpu runs every layer on the CPU, cuda every "
+                       "layer on the GPU)");
+    }
+    if (gpu_layers < 0) throw UsageError(fmt::format("--gpu-layers must not be negative (got {})", gpu_layers));
+  }
+  o.n_threads = capped_thread_count(threads, "--threads");
   o.n_ctx = ctx_size;
   o.n_batch = batch_size;
   o.gpu_layers = gpu_layers;
@@ -84,6 +105,13 @@ LoadedModel load_model(const EngineCliOptions& options, bool quiet) {
   read_in_with_progress(*loaded.file, quiet);
   loaded.engine = std::make_unique<engine::Engine>(*loaded.file, eo);
   for (const std::string& notice : loaded.engine->notices()) std::fprintf(stderr, "%s\n", notice.c_str());
+  if (const int n_ctx_train = loaded.engine->model().config.n_ctx_train; eo.n_ctx > n_ctx_train) {
+    std::fprintf(stderr, "%s",
+                 fmt::format("warning: --ctx-size {} is more than the {} tokens the model was trained on; text "
+                             "beyond them is likely to degrade\n",
+                             eo.n_ctx, n_ctx_train)
+                     .c_str());
+  }
   if (!quiet) {
     const auto& c = loaded.engine->model().config;
     std::fprintf(stderr, "%s", fmt::format("model: {} layers, {} embd, {} heads ({} KV), vocab {}, {:.1f} MiB of weights; "
@@ -95,6 +123,12 @@ LoadedModel load_model(const EngineCliOptions& options, bool quiet) {
                                   .c_str());
   }
   return loaded;
+}
+
+tokenizer::Tokenizer load_tokenizer(const gguf::File& file) {
+  tokenizer::Tokenizer tok = tokenizer::Tokenizer::from_gguf(file);
+  for (const std::string& warning : tok.warnings()) std::fprintf(stderr, "warning: %s\n", warning.c_str());
+  return tok;
 }
 
 }  // namespace tessera::cli

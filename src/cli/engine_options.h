@@ -4,9 +4,11 @@
 #include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "engine/engine.h"
 #include "gguf/gguf.h"
+#include "tokenizer/tokenizer.h"
 
 namespace tessera::cli {
 
@@ -27,8 +29,17 @@ struct EngineCliOptions {
   };
   void add_to(CLI::App* app, Fields fields);
   void add_to(CLI::App* app) { add_to(app, Fields{}); }
-  engine::EngineOptions to_engine_options() const;  // throws UsageError on bad values
+  // Throws UsageError on bad values; warns on stderr when --threads is capped.
+  engine::EngineOptions to_engine_options() const;
+
+ private:
+  const CLI::Option* gpu_layers_option_ = nullptr;
 };
+
+// `requested` threads (0: the default), at most kMaxThreadsPerCpu x the logical CPUs; a request above that is
+// capped with a warning on stderr naming `option`. Negative is a UsageError.
+inline constexpr int kMaxThreadsPerCpu = 4;
+int capped_thread_count(int requested, std::string_view option);
 
 // A model file mapped and its pages read in with a progress bar on stderr, then an engine over it. The file
 // outlives the engine (the engine's weights point into it).
@@ -36,6 +47,11 @@ struct LoadedModel {
   std::unique_ptr<gguf::File> file;
   std::unique_ptr<engine::Engine> engine;
 };
+// `quiet` leaves out the progress bar and the model line; warnings (a context longer than the model was trained
+// for) are printed either way.
 LoadedModel load_model(const EngineCliOptions& options, bool quiet = false);
+
+// The file's tokenizer, with its warnings (special token ids it had to ignore) printed on stderr.
+tokenizer::Tokenizer load_tokenizer(const gguf::File& file);
 
 }  // namespace tessera::cli

@@ -1,14 +1,17 @@
 #include "cli/membw.h"
 
+#include <fmt/format.h>
 #include <immintrin.h>
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -116,8 +119,25 @@ MemoryBandwidth time_reads(int threads, const uint8_t* base, size_t share, int r
     }
   };
   {
+    // Every thread must exist before any waits at the barrier: one that cannot be started would leave the others
+    // waiting for it forever.
+    std::atomic<int> gate{0};  // 0: wait, 1: run, -1: leave
+    auto gated = [&](int t) {
+      gate.wait(0);
+      if (gate.load() == 1) worker(t);
+    };
     std::vector<std::jthread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(worker, t);
+    try {
+      for (int t = 1; t < threads; ++t) pool.emplace_back(gated, t);
+    } catch (const std::system_error& e) {
+      gate.store(-1);
+      gate.notify_all();
+      throw std::runtime_error(fmt::format("cannot start thread {} of {} for the bandwidth probe: {}; use fewer "
+                                           "--threads or raise the process limit", pool.size() + 2, threads,
+                                           e.code().message()));
+    }
+    gate.store(1);
+    gate.notify_all();
     worker(0);
   }
   // Keep the folded values observable so the reads stay in the program.

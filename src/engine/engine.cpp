@@ -1,7 +1,12 @@
 #include "engine/engine.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <fstream>
+#include <limits>
 #include <set>
+#include <string>
 
 #include "util/cpu_info.h"
 
@@ -14,7 +19,37 @@ int round_up_to_block(int n) { return (n + kKvBlockSize - 1) / kKvBlockSize * kK
 
 int choose_context(const model::LlamaModel& model, int requested) {
   if (requested < 0) throw std::invalid_argument("--ctx-size must not be negative");
-  return round_up_to_block(requested > 0 ? requested : std::min(model.config.n_ctx_train, kDefaultMaxContext));
+  const int64_t n = requested > 0 ? requested : std::min(model.config.n_ctx_train, kDefaultMaxContext);
+  if (n > std::numeric_limits<int32_t>::max() - kKvBlockSize) {
+    throw std::invalid_argument(fmt::format("--ctx-size {} is more tokens than a KV cache can index", n));
+  }
+  return round_up_to_block(static_cast<int>(n));
+}
+
+// MemAvailable from /proc/meminfo in bytes; 0 where it cannot be read.
+uint64_t available_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  for (std::string key; meminfo >> key;) {
+    uint64_t kib = 0;
+    if (key == "MemAvailable:" && meminfo >> kib) return kib * 1024;
+    meminfo.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return 0;
+}
+
+// A CPU KV cache larger than the memory available is refused before anything is allocated for it.
+void check_host_kv_memory(const model::LlamaModel& model, int64_t n_slots, KvFormat format) {
+  const uint64_t element_bytes = format == KvFormat::F16 ? 2 : 4;
+  const uint64_t bytes_per_token =
+      2 * static_cast<uint64_t>(model.config.n_layer) * static_cast<uint64_t>(model.config.kv_dim()) * element_bytes;
+  const uint64_t needed = static_cast<uint64_t>(n_slots) * bytes_per_token;
+  const uint64_t available = available_memory_bytes();
+  if (available > 0 && needed > available) {
+    throw std::runtime_error(fmt::format(
+        "a KV cache of {} tokens needs {:.1f} GiB ({} bytes per token) but {:.1f} GiB of memory is available; "
+        "lower --ctx-size",
+        n_slots, static_cast<double>(needed) / (1 << 30), bytes_per_token, static_cast<double>(available) / (1 << 30)));
+  }
 }
 
 }  // namespace
@@ -25,13 +60,44 @@ std::string canonical_backend_name(const std::string& name) {
   throw std::invalid_argument("unknown backend '" + name + "' (expected cpu, cuda or hybrid)");
 }
 
+namespace {
+
+// The backend to create: hybrid means "use the GPU where there is one"; without one it runs on the CPU with a
+// notice, as llama.cpp does with -ngl.
+const BackendEntry& resolve_backend(const std::string& option, std::vector<std::string>& notices) {
+  const std::string name = canonical_backend_name(option);
+  const BackendRegistry& registry = BackendRegistry::instance();
+  const BackendEntry* entry = registry.find(name);
+  if (name == "hybrid") {
+    const std::string reason = entry ? entry->unavailable_reason() : "this tessera was built without CUDA";
+    if (!reason.empty()) {
+      notices.push_back("warning: --backend hybrid runs on the CPU: " + reason);
+      entry = registry.find("cpu");
+    }
+  }
+  if (!entry) throw std::runtime_error("this tessera was built without CUDA, so --backend " + name + " is unavailable");
+  return *entry;
+}
+
+// The KV cache's slots for all sequences together, whole blocks, checked against host memory before anything is
+// allocated for it where the CPU holds it.
+int32_t kv_slot_count(const model::LlamaModel& model, const EngineOptions& options, int n_ctx,
+                      const BackendEntry& backend) {
+  if (options.n_kv_tokens < 0) throw std::invalid_argument("the KV cache size must not be negative");
+  const int n = round_up_to_block(options.n_kv_tokens > 0 ? options.n_kv_tokens : n_ctx);
+  if (backend.name == "cpu") check_host_kv_memory(model, n, options.kv_format);
+  return n;
+}
+
+}  // namespace
+
 Engine::Engine(const gguf::File& file, const EngineOptions& options)
     : model_(model::LlamaModel::load(file)),
+      backend_entry_(resolve_backend(options.backend, notices_)),
       n_ctx_(choose_context(model_, options.n_ctx)),
       n_batch_(std::max(1, options.n_batch)),
-      kv_(round_up_to_block(options.n_kv_tokens > 0 ? options.n_kv_tokens : n_ctx_), kKvBlockSize),
+      kv_(kv_slot_count(model_, options, n_ctx_, backend_entry_), kKvBlockSize),
       plan_(model_.config.n_vocab, kKvBlockSize, kv_.n_slots()) {
-  if (options.n_kv_tokens < 0) throw std::invalid_argument("the KV cache size must not be negative");
   kv_.set_prefix_caching(options.prefix_caching);
   BackendOptions bo;
   bo.n_threads = options.n_threads > 0 ? options.n_threads : util::physical_core_count();
@@ -39,20 +105,7 @@ Engine::Engine(const gguf::File& file, const EngineOptions& options)
   bo.kv_block_size = kKvBlockSize;
   bo.kv_format = options.kv_format;
   bo.gpu_layers = options.gpu_layers;
-
-  std::string name = canonical_backend_name(options.backend);
-  const BackendRegistry& registry = BackendRegistry::instance();
-  const BackendEntry* entry = registry.find(name);
-  // Hybrid means "use the GPU where there is one": without one it runs on the CPU, as llama.cpp does with -ngl.
-  if (name == "hybrid") {
-    const std::string reason = entry ? entry->unavailable_reason() : "this tessera was built without CUDA";
-    if (!reason.empty()) {
-      notices_.push_back("warning: --backend hybrid runs on the CPU: " + reason);
-      entry = registry.find("cpu");
-    }
-  }
-  if (!entry) throw std::runtime_error("this tessera was built without CUDA, so --backend " + name + " is unavailable");
-  backend_ = entry->create(model_, bo);
+  backend_ = backend_entry_.create(model_, bo);
 }
 
 int32_t Engine::attach_prefix(int32_t seq, std::span<const int32_t> tokens, int32_t max_tokens) {

@@ -76,12 +76,13 @@ class Engine {
 
  private:
   model::LlamaModel model_;
-  std::unique_ptr<Backend> backend_;
   std::vector<std::string> notices_;
+  const BackendEntry& backend_entry_;
   int n_ctx_;
   int n_batch_;
   KvBlocks kv_;
   StepPlanBuilder plan_;
+  std::unique_ptr<Backend> backend_;
   std::vector<KvBlockCopy> pending_copies_;  // made by the next forward call, before it writes
   std::vector<float> logits_;
 };

@@ -20,6 +20,15 @@ void SamplerParams::validate() const {
   if (penalty_last_n < 0) fail("--repeat-last-n must be >= 0");
 }
 
+void require_finite_logits(std::span<const float> logits) {
+  for (size_t i = 0; i < logits.size(); ++i) {
+    if (!std::isfinite(logits[i])) {
+      throw std::runtime_error("the model computed a non-finite logit (" + std::to_string(logits[i]) + " for token " +
+                               std::to_string(i) + "); its weights or hyper-parameters are broken");
+    }
+  }
+}
+
 int32_t argmax(std::span<const float> logits) {
   int32_t best = 0;
   for (size_t i = 1; i < logits.size(); ++i) {
@@ -48,6 +57,7 @@ TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int top
 Sampler::Sampler(const SamplerParams& params) : params_(params), rng_(params.seed) { params_.validate(); }
 
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
+  require_finite_logits(logits);
   candidates_.resize(logits.size());
   for (size_t i = 0; i < logits.size(); ++i) candidates_[i] = {logits[i], static_cast<int32_t>(i)};
 

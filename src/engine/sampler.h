@@ -27,7 +27,8 @@ struct SamplerParams {
 class Sampler {
  public:
   explicit Sampler(const SamplerParams& params);
-  // Picks the next token from one logits row; `history` is every token so far (prompt and generated).
+  // Picks the next token from one logits row; `history` is every token so far (prompt and generated). Throws
+  // std::runtime_error for a row with a NaN or infinity (require_finite_logits).
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history);
 
  private:
@@ -46,5 +47,9 @@ struct TokenLogprob {
   std::vector<std::pair<int32_t, float>> top;
 };
 TokenLogprob token_logprob(std::span<const float> logits, int32_t token, int top_n);
+
+// Throws std::runtime_error naming the first NaN or infinite logit: a model whose weights or hyper-parameters
+// make them must stop with a reason instead of sampling garbage.
+void require_finite_logits(std::span<const float> logits);
 
 }  // namespace tessera::engine

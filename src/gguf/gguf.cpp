@@ -17,6 +17,7 @@
 #include <unordered_set>
 
 #include "gguf/known_keys.h"
+#include "io/file_type.h"
 
 namespace tessera::gguf {
 
@@ -417,12 +418,18 @@ File File::parse(std::span<const uint8_t> bytes) {
 }
 
 File File::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below like every other special file.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw std::runtime_error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
   struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
     ::close(fd);
-    throw std::runtime_error(fmt::format("'{}' is not a regular file", path));
+    throw std::runtime_error(fmt::format("cannot open '{}': {}", path, std::strerror(err)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw std::runtime_error(fmt::format("'{}' is {}, not a regular file", path, io::file_type_name(st.st_mode)));
   }
   auto mapping = std::make_unique<Mapping>();
   if (st.st_size > 0) {

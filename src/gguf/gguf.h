@@ -156,7 +156,8 @@ class Writer {
   // Copies from `data`, which must stay alive until write() returns.
   void add_tensor(std::string name, GgmlType type, std::vector<uint64_t> shape, std::span<const uint8_t> data);
 
-  // Writes to `path` through a temporary file renamed at the end, so a failure never leaves a partial file.
+  // Writes to `path` through io::OutputFile: only a regular file is replaced, and a failure leaves the old file
+  // and no partial one.
   void write(const std::string& path) const;
   // The whole file in memory (tests, small files).
   std::vector<uint8_t> to_bytes() const;

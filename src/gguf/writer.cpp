@@ -3,12 +3,10 @@
 #include <fmt/format.h>
 
 #include <bit>
-#include <cstdio>
 #include <cstring>
-#include <filesystem>
-#include <unistd.h>
 
 #include "gguf/gguf.h"
+#include "io/output_file.h"
 
 namespace tessera::gguf {
 namespace {
@@ -181,32 +179,15 @@ std::vector<uint8_t> Writer::to_bytes() const {
 }
 
 void Writer::write(const std::string& path) const {
-  const std::string temp = fmt::format("{}.tmp.{}", path, ::getpid());
-  std::FILE* f = std::fopen(temp.c_str(), "wb");
-  if (!f) throw std::runtime_error(fmt::format("cannot create '{}': {}", temp, std::strerror(errno)));
-  try {
-    const Sink sink = [&](const void* data, size_t size) {
-      if (size > 0 && std::fwrite(data, 1, size, f) != size)
-        throw std::runtime_error(fmt::format("cannot write '{}': {}", temp, std::strerror(errno)));
-    };
-    std::vector<uint8_t> buffer;
-    encode(sink, alignment_, metadata_, tensors_, [&](size_t i) {
-      buffer.assign(tensors_[i].n_bytes, 0);
-      tensors_[i].produce(buffer);
-      sink(buffer.data(), buffer.size());
-    });
-    if (std::fclose(f) != 0) {
-      f = nullptr;
-      throw std::runtime_error(fmt::format("cannot write '{}': {}", temp, std::strerror(errno)));
-    }
-    f = nullptr;
-    std::filesystem::rename(temp, path);
-  } catch (...) {
-    if (f) std::fclose(f);
-    std::error_code ignored;
-    std::filesystem::remove(temp, ignored);
-    throw;
-  }
+  io::OutputFile out(path);
+  const Sink sink = [&](const void* data, size_t size) { out.write(data, size); };
+  std::vector<uint8_t> buffer;
+  encode(sink, alignment_, metadata_, tensors_, [&](size_t i) {
+    buffer.assign(tensors_[i].n_bytes, 0);
+    tensors_[i].produce(buffer);
+    sink(buffer.data(), buffer.size());
+  });
+  out.commit();
 }
 
 }  // namespace tessera::gguf

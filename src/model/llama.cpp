@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <string>
@@ -79,6 +80,25 @@ MatrixView matrix(const gguf::File& file, const std::string& name, int64_t n_col
   return m;
 }
 
+// A float hyper-parameter that must be a positive finite number (an infinite epsilon or RoPE base makes every
+// output NaN without a word).
+float positive_finite(const gguf::File& file, const std::string& key, double fallback) {
+  const double v = file.get_float(key).value_or(fallback);
+  const float f = static_cast<float>(v);
+  if (!(f > 0) || !std::isfinite(f)) {
+    throw FormatError(fmt::format("metadata key '{}' has value {}; it must be a positive finite number", key, v));
+  }
+  return f;
+}
+
+void check_finite(const float* values, int64_t n, const std::string& name) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(values[i])) {
+      throw FormatError(fmt::format("tensor '{}' holds {} at index {}", name, values[i], i));
+    }
+  }
+}
+
 const float* norm_vector(const gguf::File& file, const std::string& name, int64_t n) {
   const gguf::TensorInfo& t = find_tensor(file, name);
   if (t.shape.size() != 1 || static_cast<int64_t>(t.shape[0]) != n) {
@@ -87,7 +107,9 @@ const float* norm_vector(const gguf::File& file, const std::string& name, int64_
   if (t.type != GgmlType::F32) {
     throw FormatError(fmt::format("tensor '{}' has type {}; norm weights must be F32", name, ggml_type_name(t.type)));
   }
-  return reinterpret_cast<const float*>(t.data);
+  const float* values = reinterpret_cast<const float*>(t.data);
+  check_finite(values, n, name);
+  return values;
 }
 
 }  // namespace
@@ -110,8 +132,14 @@ LlamaModel LlamaModel::load(const gguf::File& file) {
   if (!n_ff) throw FormatError("missing metadata key 'llama.feed_forward_length'");
   c.n_ff = *n_ff;
   c.n_ctx_train = required_int(file, "llama.context_length", 1);
-  c.rms_eps = static_cast<float>(file.get_float("llama.attention.layer_norm_rms_epsilon").value_or(1e-5));
-  if (!(c.rms_eps > 0)) throw FormatError("metadata key 'llama.attention.layer_norm_rms_epsilon' must be positive");
+  c.rms_eps = positive_finite(file, "llama.attention.layer_norm_rms_epsilon", 1e-5);
+  // The embedding length decides the head dimension below: a wrong one must be named here, not as a RoPE mismatch.
+  if (const gguf::TensorInfo* embd = file.find_tensor("token_embd.weight");
+      embd && !embd->shape.empty() && embd->shape[0] != static_cast<uint64_t>(c.n_embd)) {
+    throw FormatError(fmt::format("metadata key 'llama.embedding_length' is {} but the rows of tensor "
+                                  "'token_embd.weight' have {} values",
+                                  c.n_embd, embd->shape[0]));
+  }
   if (c.n_embd % c.n_head != 0) {
     throw FormatError(fmt::format("embedding length {} is not a multiple of head count {}", c.n_embd, c.n_head));
   }
@@ -128,15 +156,17 @@ LlamaModel LlamaModel::load(const gguf::File& file) {
   rope.n_dims = file.get_int("llama.rope.dimension_count") ? required_int(file, "llama.rope.dimension_count", 2)
                                                           : c.head_dim;
   if (rope.n_dims > c.head_dim || rope.n_dims % 2 != 0) {
-    throw FormatError(fmt::format("RoPE dimension count {} does not fit head dimension {}", rope.n_dims, c.head_dim));
+    const std::string head_dim_source =
+        file.get_int("llama.attention.key_length")
+            ? "llama.attention.key_length"
+            : fmt::format("embedding length {} / head count {}", c.n_embd, c.n_head);
+    throw FormatError(fmt::format("RoPE dimension count {} does not fit head dimension {} ({})", rope.n_dims,
+                                  c.head_dim, head_dim_source));
   }
-  rope.freq_base = static_cast<float>(file.get_float("llama.rope.freq_base").value_or(10000.0));
-  if (!(rope.freq_base > 0)) throw FormatError("metadata key 'llama.rope.freq_base' must be positive");
+  rope.freq_base = positive_finite(file, "llama.rope.freq_base", 10000.0);
   const std::string scaling = file.get_string("llama.rope.scaling.type").value_or("none");
   if (scaling == "linear") {
-    const double factor = file.get_float("llama.rope.scaling.factor").value_or(1.0);
-    if (!(factor > 0)) throw FormatError("metadata key 'llama.rope.scaling.factor' must be positive");
-    rope.freq_scale = static_cast<float>(1.0 / factor);
+    rope.freq_scale = 1.0f / positive_finite(file, "llama.rope.scaling.factor", 1.0);
   } else if (scaling != "none" && scaling != "llama3") {
     throw FormatError(fmt::format("RoPE scaling type '{}' is not supported", scaling));
   }
@@ -145,6 +175,7 @@ LlamaModel LlamaModel::load(const gguf::File& file) {
       throw FormatError(fmt::format("tensor 'rope_freqs.weight' should be {} F32 values", rope.n_dims / 2));
     }
     const float* f = reinterpret_cast<const float*>(freqs->data);
+    check_finite(f, rope.n_dims / 2, "rope_freqs.weight");
     rope.freq_factors.assign(f, f + rope.n_dims / 2);
   }
 
@@ -154,6 +185,14 @@ LlamaModel LlamaModel::load(const gguf::File& file) {
     throw FormatError("tensor 'token_embd.weight' has too many rows");
   }
   c.n_vocab = static_cast<int>(embd.shape[1]);
+  // Every token id the tokenizer gives must have an embedding row and every logit a token: a mismatch would
+  // otherwise show only when generation reaches such an id.
+  if (const std::vector<std::string>* tokens = file.get_string_array("tokenizer.ggml.tokens");
+      tokens && tokens->size() != static_cast<size_t>(c.n_vocab)) {
+    throw FormatError(fmt::format("the vocabulary (tokenizer.ggml.tokens) has {} tokens but tensor "
+                                  "'token_embd.weight' has {} rows, one per token",
+                                  tokens->size(), c.n_vocab));
+  }
   m.token_embd = matrix(file, "token_embd.weight", c.n_embd, c.n_vocab);
   m.output_norm = norm_vector(file, "output_norm.weight", c.n_embd);
   m.tied_embeddings = file.find_tensor("output.weight") == nullptr;

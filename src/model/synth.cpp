@@ -7,6 +7,7 @@
 #include <exception>
 #include <mutex>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 
 #include "quant/quant.h"
@@ -140,7 +141,13 @@ void produce_tensor(const TensorPlan& t, uint64_t seed, uint64_t tensor_index, i
   const int n_workers = static_cast<int>(std::min<int64_t>(n_threads, (t.n_rows + kRowsPerTask - 1) / kRowsPerTask));
   {
     std::vector<std::jthread> helpers;
-    for (int i = 1; i < n_workers; ++i) helpers.emplace_back(work);
+    try {
+      for (int i = 1; i < n_workers; ++i) helpers.emplace_back(work);
+    } catch (const std::system_error& e) {
+      next_row = t.n_rows;  // the started helpers stop at their next task
+      throw std::runtime_error(fmt::format("cannot start thread {} of {}: {}; use fewer --threads or raise the "
+                                           "process limit", helpers.size() + 2, n_workers, e.code().message()));
+    }
     work();
   }
   if (failure) std::rethrow_exception(failure);

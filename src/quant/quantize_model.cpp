@@ -6,6 +6,7 @@
 #include <array>
 #include <memory>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -257,10 +258,14 @@ QuantizeResult quantize_model(const std::string& input, const std::string& outpu
             quantize_row(to, row.data(), out.data() + r * out_row, n_cols);
           }
         };
-        std::vector<std::thread> threads;
-        for (int k = 1; k < workers; ++k) threads.emplace_back(work, k);
+        std::vector<std::jthread> threads;  // joined on the way out, also when one cannot be started
+        try {
+          for (int k = 1; k < workers; ++k) threads.emplace_back(work, k);
+        } catch (const std::system_error& e) {
+          throw std::runtime_error(fmt::format("cannot start thread {} of {}: {}; use fewer --threads or raise the "
+                                               "process limit", threads.size() + 2, workers, e.code().message()));
+        }
         work(0);
-        for (std::thread& th : threads) th.join();
       }
       *done += out.size();
       if (on_progress) on_progress({i, n_tensors, src.name, src.type, to, *done, total});

@@ -1,6 +1,7 @@
 // Tokenizer::from_gguf: the tokenizer.ggml.* keys -> Vocabulary, with llama.cpp's defaults and overrides.
 #include <fmt/format.h>
 
+#include <cstdint>
 #include <stdexcept>
 
 #include "gguf/gguf.h"
@@ -37,7 +38,7 @@ Tokenizer Tokenizer::from_gguf(const gguf::File& file) {
   }
   if (auto prefix = file.get_bool("tokenizer.ggml.add_space_prefix")) v.add_space_prefix = *prefix;
 
-  // An id outside the vocabulary (e.g. 4294967295 for "none") keeps the default, as llama.cpp does.
+  // An id outside the vocabulary (e.g. 4294967295 for "none") keeps the default, as llama.cpp does, and says so.
   const auto n_tokens = static_cast<int64_t>(v.tokens.size());
   const std::pair<const char*, int32_t*> ids[] = {
       {"tokenizer.ggml.bos_token_id", &v.bos_id},        {"tokenizer.ggml.eos_token_id", &v.eos_id},
@@ -47,7 +48,16 @@ Tokenizer Tokenizer::from_gguf(const gguf::File& file) {
   };
   for (auto [key, id] : ids) {
     std::optional<int64_t> value = file.get_int(key);
-    if (value && *value >= 0 && *value < n_tokens) *id = static_cast<int32_t>(*value);
+    if (!value) continue;
+    if (*value >= 0 && *value < n_tokens) {
+      *id = static_cast<int32_t>(*value);
+      continue;
+    }
+    const bool default_exists = *id >= 0 && *id < n_tokens;
+    const bool says_none = *value == -1 || *value == UINT32_MAX;  // how converters write "no such token"
+    if (says_none && !default_exists) continue;
+    v.warnings.push_back(fmt::format("{} = {} is outside the vocabulary of {} tokens; {}", key, *value, n_tokens,
+                                     default_exists ? fmt::format("using the default {}", *id) : "ignored"));
   }
   if (auto add_bos = file.get_bool("tokenizer.ggml.add_bos_token")) v.add_bos = *add_bos;
   if (auto add_eos = file.get_bool("tokenizer.ggml.add_eos_token")) v.add_eos = *add_eos;

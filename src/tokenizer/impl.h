@@ -66,6 +66,7 @@ struct Tokenizer::Impl {
   std::vector<int32_t> end_of_generation;  // sorted
 
   int32_t bos = -1, eos = -1, eot = -1, eom = -1, unk = -1, sep = -1, pad = -1;
+  std::vector<std::string> warnings;
   bool add_bos = false, add_eos = false, add_space_prefix = false;
   bool clean_spaces = false;   // decode drops the space before ?!., and some apostrophes (BPE, WordPiece)
   bool ignore_merges = false;  // BPE: a pre-token that is already a token is taken whole (Llama 3)

@@ -167,6 +167,7 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
   m.add_bos = vocab.add_bos;
   m.add_eos = vocab.add_eos;
   m.add_space_prefix = vocab.add_space_prefix;
+  m.warnings = std::move(vocab.warnings);
   m.clean_spaces = vocab.kind == ModelKind::WordPiece;
   if (vocab.kind == ModelKind::BytePairEncoding) {
     m.pre = std::make_shared<const PreTokenizer>(vocab.pre);
@@ -403,6 +404,7 @@ bool Tokenizer::add_space_prefix() const { return impl_->add_space_prefix; }
 bool Tokenizer::is_end_of_generation(int32_t id) const {
   return std::ranges::binary_search(impl_->end_of_generation, id);
 }
+const std::vector<std::string>& Tokenizer::warnings() const { return impl_->warnings; }
 bool Tokenizer::is_control(int32_t id) const {
   return id >= 0 && id < n_vocab() && (impl_->attr[id] & kAttrControl) != 0;
 }

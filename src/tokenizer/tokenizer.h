@@ -55,6 +55,7 @@ struct Vocabulary {
   bool add_bos = false;
   bool add_eos = false;
   bool add_space_prefix = false;
+  std::vector<std::string> warnings;  // what from_gguf ignored in the file, one line each
 
   // A vocabulary with llama.cpp's defaults for `kind`: SentencePiece BOS 1, EOS 2, UNK 0, adds BOS and a space
   // prefix; byte-level BPE BOS = EOS = 11; WordPiece CLS 101 as BOS, UNK 100, SEP 102, PAD 0, adds BOS.
@@ -103,6 +104,9 @@ class Tokenizer {
   // EOS, EOT, EOM and the other end-of-turn tokens llama.cpp recognises by text.
   bool is_end_of_generation(int32_t id) const;
   bool is_control(int32_t id) const;
+  // What was wrong in the file but worked around as llama.cpp does (e.g. a BOS id outside the vocabulary, replaced
+  // by the default); a frontend shows them.
+  const std::vector<std::string>& warnings() const;
 
   struct Impl;
 

@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <utility>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -25,10 +27,21 @@ constexpr uint64_t kClosed = 0xffffffffu;
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
-  for (int t = 1; t < n_threads_; ++t) workers_.emplace_back([this, t] { worker(t); });
+  workers_.reserve(static_cast<size_t>(n_threads_ - 1));
+  for (int t = 1; t < n_threads_; ++t) {
+    try {
+      workers_.emplace_back([this, t] { worker(t); });
+    } catch (const std::system_error& e) {
+      stop_workers();
+      throw std::runtime_error("cannot start thread " + std::to_string(t + 1) + " of " + std::to_string(n_threads_) +
+                               ": " + e.code().message() + "; use fewer threads (--threads) or raise the process limit");
+    }
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
   stop_.store(true);
   epoch_.fetch_add(1);  // no job under this epoch: woken workers see stop_ and leave
   epoch_.notify_all();

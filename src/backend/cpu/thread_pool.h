@@ -13,7 +13,9 @@ namespace tessera::cpu {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int n_threads);  // n_threads includes the calling thread
+  // n_threads includes the calling thread. Throws std::runtime_error naming the count when the system refuses to
+  // start one (process limit, memory).
+  explicit ThreadPool(int n_threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -26,6 +28,7 @@ class ThreadPool {
 
  private:
   void worker(int thread);
+  void stop_workers();
   void run_tasks(uint32_t epoch, int thread);
 
   int n_threads_;

@@ -41,4 +41,16 @@ __device__ __forceinline__ void wait_async_copies() {
 #endif
 }
 
+// The same for a pipeline whose depth is chosen at run time: at most `pending` (0, 1 or 2; more counts as 2) groups
+// left in flight.
+__device__ __forceinline__ void wait_async_copies_at_most(int pending) {
+  if (pending >= 2) {
+    wait_async_copies<2>();
+  } else if (pending == 1) {
+    wait_async_copies<1>();
+  } else {
+    wait_async_copies<0>();
+  }
+}
+
 }  // namespace tessera::cuda

@@ -1,0 +1,9 @@
+// The batched matmul kernels for Q4_0 weights (matmul_batch_kernel.cuh), in a translation unit of their own.
+#include "backend/cuda/matmul_batch_kernel.cuh"
+
+namespace tessera::cuda {
+
+template void prepare_matmul_batch_kernels<GgmlType::Q4_0>();
+template void launch_matmul_batch_kernel<GgmlType::Q4_0>(const MatmulBatchArgs&, const MatmulBatchPlan&, cudaStream_t);
+
+}  // namespace tessera::cuda
