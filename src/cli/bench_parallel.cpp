@@ -4,6 +4,8 @@
 #include <chrono>
 #include <vector>
 
+#include "engine/sampler.h"
+
 namespace tessera::cli {
 namespace {
 
@@ -19,10 +21,11 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }
 
 // The prompts of `seqs` (prompts[i] for seqs[i]) in steps of at most n_batch tokens: each step takes what is left
-// of one prompt after another, so a prompt may be split between two steps.
-void evaluate_prompts(engine::Engine& engine, std::span<const int32_t> seqs,
-                      const std::vector<std::vector<int32_t>>& prompts) {
+// of one prompt after another, so a prompt may be split between two steps. Returns the last step's logits.
+std::span<const float> evaluate_prompts(engine::Engine& engine, std::span<const int32_t> seqs,
+                                        const std::vector<std::vector<int32_t>>& prompts) {
   std::vector<engine::Engine::Chunk> chunks;
+  std::span<const float> logits;
   size_t seq = 0, done = 0;  // the next prompt and how many of its tokens earlier steps took
   while (seq < seqs.size()) {
     chunks.clear();
@@ -39,8 +42,9 @@ void evaluate_prompts(engine::Engine& engine, std::span<const int32_t> seqs,
         done = 0;
       }
     }
-    engine.step(chunks);
+    logits = engine.step(chunks);
   }
+  return logits;
 }
 
 }  // namespace
@@ -69,9 +73,11 @@ ParallelSample run_parallel(engine::Engine& engine, std::mt19937& rng, const Par
   for (int i = 0; i < n_prompts; ++i) seqs.push_back(engine.new_sequence());
   ParallelSample sample;
   auto start = std::chrono::steady_clock::now();
-  if (test.n_prompt > 0) evaluate_prompts(engine, seqs, prompts);
+  std::span<const float> logits;
+  if (test.n_prompt > 0) logits = evaluate_prompts(engine, seqs, prompts);
   while (static_cast<int>(seqs.size()) < test.n_sequences) seqs.push_back(engine.fork(seqs[0]));
   sample.pp_seconds = seconds_since(start);
+  engine::require_finite_logits(logits);
 
   // Step s gives sequence i the token generated[s * N + i], as if each had sampled one from its logits.
   std::vector<engine::Engine::Chunk> chunks(seqs.size());
@@ -81,9 +87,10 @@ ParallelSample run_parallel(engine::Engine& engine, std::mt19937& rng, const Par
       chunks[i] = {seqs[i], std::span(generated).subspan(static_cast<size_t>(s) * seqs.size() + i, 1),
                    LogitsWanted::Last};
     }
-    engine.step(chunks);
+    logits = engine.step(chunks);
   }
   sample.tg_seconds = seconds_since(start);
+  engine::require_finite_logits(logits);
   for (int32_t seq : seqs) engine.free_sequence(seq);
   return sample;
 }

@@ -296,14 +296,14 @@ std::string parallel_test_name(const ParallelTest& t) { return fmt::format("pp{}
 
 void print_parallel_markdown(const ModelSummary& model, const std::vector<ParallelResult>& results,
                              const BenchArgs& args, int threads) {
-  fmt::print("device: {}\n", model.device);
-  fmt::print("model: llama {} {}, {}; backend {}, {} thread{}; batch {}{}\n\n", human_params(model.n_params), model.type,
+  print_stdout("device: {}\n", model.device);
+  print_stdout("model: llama {} {}, {}; backend {}, {} thread{}; batch {}{}\n\n", human_params(model.n_params), model.type,
              human_bytes(model.weight_bytes), args.engine.backend, threads, threads == 1 ? "" : "s", args.batch_size,
              args.shared_prompt ? "; prompt shared" : "");
-  fmt::print("| PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |\n");
-  fmt::print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  print_stdout("| PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |\n");
+  print_stdout("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   for (const ParallelResult& r : results) {
-    fmt::print("| {} | {} | {} | {} | {:.3f} | {:.2f} | {:.3f} | {:.2f} | {:.3f} | {:.2f} |\n", r.test.n_prompt,
+    print_stdout("| {} | {} | {} | {} | {:.3f} | {:.2f} | {:.3f} | {:.2f} | {:.3f} | {:.2f} |\n", r.test.n_prompt,
                r.test.n_gen, r.test.n_sequences, parallel_kv_tokens(r.test), r.pp_seconds, r.pp_tokens_per_s(),
                r.tg_seconds, r.tg_tokens_per_s(), r.pp_seconds + r.tg_seconds, r.total_tokens_per_s());
   }
@@ -342,7 +342,7 @@ void print_parallel_json(const ModelSummary& model, const std::vector<ParallelRe
     o["model_bytes"] = model.weight_bytes;
     out.push_back(std::move(o));
   }
-  fmt::print("{}\n", out.dump(2));
+  print_stdout("{}\n", out.dump(2));
 }
 
 void validate(const BenchArgs& a, bool has_model) {
