@@ -68,15 +68,10 @@ inline void prefetch_ahead(const Tile* tile, int step) {
 
 // acc + vpdpwssd(w, the int16 pair at x in every lane), the pair read by the instruction as a {1to16} broadcast
 // operand, as in dpbusd_broadcast.
-inline __m512i dpwssd_broadcast(__m512i acc, __m512i w, const void* x) {
-  asm("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const char(*)[4]>(x)));
+inline __m512i dpwssd_broadcast(__m512i acc, __m512i w, const int16_t* x) {
+  asm("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int16_t(*)[2]>(x)));
   return acc;
 }
-
-// Passes of at least this many tokens read the sums of their activations' sub-blocks, which the K-quants' mins
-// multiply, from a table made once per call (sub_block_sum_pairs); shorter passes add them up themselves, as the
-// table's own pass cost them more than it saved (docs/notes/2026-12-05-cpu-batched-decode.md).
-constexpr int kPairsMinTokens = 4;
 
 inline const BlockQ8_K* activation_block(const uint8_t* x, size_t x_stride, int t, int64_t i) {
   return reinterpret_cast<const BlockQ8_K*>(x + t * x_stride) + i;
@@ -89,11 +84,9 @@ inline __m512i fifth_bit(__m512i qh, int q) {
 }
 
 // One 16-row group (its n_blocks tiles) times NT activation rows: y[t * ldy + r] for r < 16. Q4_K and Q5_K
-// (TileQ5_K's sub-blocks add the fifth bits of the levels). From kPairsMinTokens tokens on, pairs[(t * n_blocks +
-// i) * 4 + j] holds the sums of sub-blocks 2j and 2j + 1 of token t's block i as two int16 (sub_block_sum_pairs).
+// (TileQ5_K's sub-blocks add the fifth bits of the levels).
 template <class Tile, WeightPrefetch P, int NT>
-void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, const int32_t* pairs,
-                 float* y, int64_t ldy) {
+void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x_stride, float* y, int64_t ldy) {
   constexpr bool kFifthBit = std::is_same_v<Tile, TileQ5_K>;
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   __m512 acc[NT];
@@ -144,21 +137,14 @@ void q45_k_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t x
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const BlockQ8_K* xb = activation_block(x, x_stride, t, i);
-      __m512i mins;
-      if constexpr (NT >= kPairsMinTokens) {
-        const int32_t* pair = pairs + (t * n_blocks + i) * 4;
-        mins = dpwssd_broadcast(_mm512_setzero_si512(), min_pairs[0], pair);
-        for (int j = 1; j < 4; ++j) mins = dpwssd_broadcast(mins, min_pairs[j], pair + j);
-      } else {
-        // Adjacent bsums added: int16 sums of sub-blocks (0,1), (2,3) in 32-bit lanes 0, 1 and (4,5), (6,7) in 4, 5.
-        const __m256i bsums = load256(xb->bsums);
-        alignas(32) int32_t sums[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(sums), _mm256_hadd_epi16(bsums, bsums));
-        mins = _mm512_dpwssd_epi32(_mm512_setzero_si512(), min_pairs[0], _mm512_set1_epi32(sums[0]));
-        mins = _mm512_dpwssd_epi32(mins, min_pairs[1], _mm512_set1_epi32(sums[1]));
-        mins = _mm512_dpwssd_epi32(mins, min_pairs[2], _mm512_set1_epi32(sums[4]));
-        mins = _mm512_dpwssd_epi32(mins, min_pairs[3], _mm512_set1_epi32(sums[5]));
-      }
+      // Adjacent bsums added: int16 sums of sub-blocks (0,1), (2,3) in 32-bit lanes 0, 1 and (4,5), (6,7) in 4, 5.
+      const __m256i bsums = load256(xb->bsums);
+      alignas(32) int32_t pairs[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(pairs), _mm256_hadd_epi16(bsums, bsums));
+      __m512i mins = _mm512_dpwssd_epi32(_mm512_setzero_si512(), min_pairs[0], _mm512_set1_epi32(pairs[0]));
+      mins = _mm512_dpwssd_epi32(mins, min_pairs[1], _mm512_set1_epi32(pairs[1]));
+      mins = _mm512_dpwssd_epi32(mins, min_pairs[2], _mm512_set1_epi32(pairs[4]));
+      mins = _mm512_dpwssd_epi32(mins, min_pairs[3], _mm512_set1_epi32(pairs[5]));
       const __m512 xd = _mm512_set1_ps(xb->d);
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t]), _mm512_mul_ps(d, xd), acc[t]);
       acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, xd), acc[t]);
@@ -289,54 +275,26 @@ void activation_offsets(const uint8_t* x, size_t x_stride, int64_t n_tokens, int
   }
 }
 
-// For n_tokens rows of n_blocks Q8_K blocks: the sums of sub-blocks 2j and 2j + 1 (32 values each) as one pair of
-// int16, the operand of vpdpwssd, at out[(t * n_blocks + i) * 4 + j].
-void sub_block_sum_pairs(const uint8_t* x, size_t x_stride, int64_t n_tokens, int64_t n_blocks, int32_t* out) {
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    for (int64_t i = 0; i < n_blocks; ++i) {
-      const __m256i bsums = load256(activation_block(x, x_stride, static_cast<int>(t), i)->bsums);
-      // Adjacent bsums added: sub-blocks (0,1), (2,3) in 32-bit lanes 0, 1 and (4,5), (6,7) in lanes 4, 5.
-      const __m256i sums = _mm256_hadd_epi16(bsums, bsums);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (t * n_blocks + i) * 4),
-                       _mm_unpacklo_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1)));
-    }
-  }
-}
-
-// What gemm_groups makes from the activations once per call for its kernels: nothing (Q6_K); offset x the sum of
-// each 32-value block (Q4_0, Q8_0, whose levels are unsigned; kOffset is the offset); the sub-blocks' sums in pairs
-// (Q4_K, Q5_K, for passes of kPairsMinTokens tokens or more).
-enum class ActivationSums { None, BlockOffsets, SubBlockPairs };
-
-// Row groups outermost, so a group's tiles stay in cache while every token tile passes over them.
-template <class Tile, template <WeightPrefetch, int> class Group, WeightPrefetch P, int kColumns,
-          ActivationSums kSums, int kOffset = 0>
+// Row groups outermost, so a group's tiles stay in cache while every token tile passes over them. kOffset is the
+// unsigned levels' offset of the 32-column formats (0 for the K-quants, which carry it in their scales and mins).
+template <class Tile, template <WeightPrefetch, int> class Group, WeightPrefetch P, int kColumns, int kOffset = 0>
 void gemm_groups(const void* interleaved, int64_t n_cols, int64_t row_begin, int64_t row_end, const void* xq,
                  size_t xq_row_bytes, int64_t n_tokens, float* y, int64_t ldy) {
   const int64_t n_blocks = n_cols / kColumns;
   const auto* x = static_cast<const uint8_t*>(xq);
-  thread_local std::vector<int32_t> sum_storage;
-  const int32_t* sums = nullptr;  // [n_tokens][sums_per_token]
-  int64_t sums_per_token = 0;
-  if constexpr (kSums == ActivationSums::BlockOffsets) {
-    sums_per_token = n_blocks;
-    sum_storage.resize(static_cast<size_t>(n_tokens * sums_per_token));
-    activation_offsets(x, xq_row_bytes, n_tokens, n_blocks, kOffset, sum_storage.data());
-    sums = sum_storage.data();
-  } else if constexpr (kSums == ActivationSums::SubBlockPairs) {
-    if (n_tokens >= kPairsMinTokens) {
-      sums_per_token = 4 * n_blocks;
-      sum_storage.resize(static_cast<size_t>(n_tokens * sums_per_token));
-      sub_block_sum_pairs(x, xq_row_bytes, n_tokens, n_blocks, sum_storage.data());
-      sums = sum_storage.data();
-    }
+  thread_local std::vector<int32_t> offset_storage;
+  const int32_t* offsets = nullptr;
+  if constexpr (kOffset != 0) {
+    offset_storage.resize(static_cast<size_t>(n_tokens * n_blocks));
+    activation_offsets(x, xq_row_bytes, n_tokens, n_blocks, kOffset, offset_storage.data());
+    offsets = offset_storage.data();
   }
   for (int64_t g = row_begin / 16; g < row_end / 16; ++g) {
     const Tile* tiles = static_cast<const Tile*>(interleaved) + g * n_blocks;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokens) {
       const int nt = static_cast<int>(std::min<int64_t>(kTokens, n_tokens - t0));
       const uint8_t* xt = x + t0 * xq_row_bytes;
-      const int32_t* ot = sums ? sums + t0 * sums_per_token : nullptr;
+      const int32_t* ot = offsets ? offsets + t0 * n_blocks : nullptr;
       float* yt = y + t0 * ldy + 16 * g;
       switch (nt) {
         case 1: Group<P, 1>::run(tiles, n_blocks, xt, xq_row_bytes, ot, yt, ldy); break;
@@ -368,16 +326,16 @@ struct Q8_0Group {
 };
 template <WeightPrefetch P, int NT>
 struct Q4_KGroup {
-  static void run(const TileQ4_K* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t* pairs, float* y,
+  static void run(const TileQ4_K* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t*, float* y,
                   int64_t ldy) {
-    q45_k_group<TileQ4_K, P, NT>(tiles, nb, x, stride, pairs, y, ldy);
+    q45_k_group<TileQ4_K, P, NT>(tiles, nb, x, stride, y, ldy);
   }
 };
 template <WeightPrefetch P, int NT>
 struct Q5_KGroup {
-  static void run(const TileQ5_K* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t* pairs, float* y,
+  static void run(const TileQ5_K* tiles, int64_t nb, const uint8_t* x, size_t stride, const int32_t*, float* y,
                   int64_t ldy) {
-    q45_k_group<TileQ5_K, P, NT>(tiles, nb, x, stride, pairs, y, ldy);
+    q45_k_group<TileQ5_K, P, NT>(tiles, nb, x, stride, y, ldy);
   }
 };
 template <WeightPrefetch P, int NT>
@@ -391,11 +349,11 @@ struct Q6_KGroup {
 template <WeightPrefetch P>
 InterleavedGemmKernel kernel_for(GgmlType weight_type) {
   switch (weight_type) {
-    case GgmlType::Q4_0: return gemm_groups<TileQ4_0, Q4_0Group, P, kQK, ActivationSums::BlockOffsets, 8>;
-    case GgmlType::Q8_0: return gemm_groups<TileQ8_0, Q8_0Group, P, kQK, ActivationSums::BlockOffsets, 128>;
-    case GgmlType::Q4_K: return gemm_groups<TileQ4_K, Q4_KGroup, P, kQK_K, ActivationSums::SubBlockPairs>;
-    case GgmlType::Q5_K: return gemm_groups<TileQ5_K, Q5_KGroup, P, kQK_K, ActivationSums::SubBlockPairs>;
-    case GgmlType::Q6_K: return gemm_groups<TileQ6_K, Q6_KGroup, P, kQK_K, ActivationSums::None>;
+    case GgmlType::Q4_0: return gemm_groups<TileQ4_0, Q4_0Group, P, kQK, 8>;
+    case GgmlType::Q8_0: return gemm_groups<TileQ8_0, Q8_0Group, P, kQK, 128>;
+    case GgmlType::Q4_K: return gemm_groups<TileQ4_K, Q4_KGroup, P, kQK_K>;
+    case GgmlType::Q5_K: return gemm_groups<TileQ5_K, Q5_KGroup, P, kQK_K>;
+    case GgmlType::Q6_K: return gemm_groups<TileQ6_K, Q6_KGroup, P, kQK_K>;
     default: return nullptr;
   }
 }
