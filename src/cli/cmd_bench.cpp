@@ -386,19 +386,20 @@ void run_parallel_bench(const BenchArgs& args, engine::EngineOptions options) {
   std::mt19937 rng(1234);
   // Untimed: pages the weights in.
   run_parallel(engine, rng, {1, args.n_prompt, std::min(args.n_gen, 16), false});
+  // Repetition i of every count before repetition i + 1 of any: a shared host's slow minutes then fall on all the
+  // counts alike, and their ratios hold better than their rates.
   std::vector<ParallelResult> results;
-  for (const ParallelTest& test : tests) {
-    ParallelResult r{test, {}, 0, 0, {}, 0};
-    for (int i = 0; i < args.repetitions; ++i) {
-      r.samples.push_back(run_parallel(engine, rng, test));
-      const ParallelSample& s = r.samples.back();
-      fmt::print(stderr, "bench: {} x{} run {}/{}: pp {:.2f} t/s, tg {:.2f} t/s\n", parallel_test_name(test),
-                 test.n_sequences, i + 1, args.repetitions, s.pp_seconds > 0 ? parallel_pp_tokens(test) / s.pp_seconds : 0,
-                 s.tg_seconds > 0 ? parallel_tg_tokens(test) / s.tg_seconds : 0);
+  for (const ParallelTest& test : tests) results.push_back({test, {}, 0, 0, {}, 0});
+  for (int i = 0; i < args.repetitions; ++i) {
+    for (ParallelResult& r : results) {
+      const ParallelSample& s = r.samples.emplace_back(run_parallel(engine, rng, r.test));
+      fmt::print(stderr, "bench: {} x{} run {}/{}: pp {:.2f} t/s, tg {:.2f} t/s\n", parallel_test_name(r.test),
+                 r.test.n_sequences, i + 1, args.repetitions,
+                 s.pp_seconds > 0 ? parallel_pp_tokens(r.test) / s.pp_seconds : 0,
+                 s.tg_seconds > 0 ? parallel_tg_tokens(r.test) / s.tg_seconds : 0);
     }
-    summarise(r);
-    results.push_back(std::move(r));
   }
+  for (ParallelResult& r : results) summarise(r);
   if (args.output == "json") {
     print_parallel_json(model, results, args, options.n_threads);
   } else {
