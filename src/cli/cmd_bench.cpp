@@ -2,6 +2,7 @@
 // bandwidth measured in the same run so token generation can be read as a fraction of its roofline.
 //   ppP: one prompt of P random tokens in one batch, a fresh sequence each repetition.
 //   tgN: N tokens decoded one at a time from an empty sequence, a fresh sequence each repetition.
+// With --parallel, one test per sequence count instead (bench_parallel.h), reported as llama-batched-bench does.
 // Each test runs once untimed first (it also pages the weights in), then `-r` timed repetitions. With --membw, the
 // bandwidth is also probed (briefly) before and after each generation repetition: on a shared host it swings
 // within seconds, so each repetition is judged against the better of the two probes beside it. Those probes read
@@ -14,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -21,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/bench_parallel.h"
 #include "cli/commands.h"
 #include "cli/stdout_writer.h"
 #include "cli/engine_options.h"
@@ -44,6 +47,9 @@ struct BenchArgs {
   std::string output = "md";
   bool membw = false;
   int membw_mib = 512;
+  std::vector<int> parallel;  // sequence counts; empty: the pp and tg tests
+  bool shared_prompt = false;
+  int batch_size = 2048;      // with --parallel: most tokens in one prompt step
 };
 
 struct TestResult {
@@ -261,6 +267,84 @@ void print_json(const std::optional<ModelSummary>& model, const std::vector<Test
   print_stdout("{}\n", out.dump(2));
 }
 
+struct ParallelResult {
+  ParallelTest test;
+  std::vector<ParallelSample> samples;
+  double pp_seconds = 0;  // means over the samples
+  double tg_seconds = 0;
+  std::vector<double> total_samples;  // tokens per second of each sample, prompt and generation together
+  double total_stddev = 0;
+
+  double pp_tokens_per_s() const { return pp_seconds > 0 ? parallel_pp_tokens(test) / pp_seconds : 0; }
+  double tg_tokens_per_s() const { return tg_seconds > 0 ? parallel_tg_tokens(test) / tg_seconds : 0; }
+  double total_tokens_per_s() const { return parallel_kv_tokens(test) / (pp_seconds + tg_seconds); }
+};
+
+void summarise(ParallelResult& r) {
+  TestResult totals;
+  for (const ParallelSample& s : r.samples) {
+    r.pp_seconds += s.pp_seconds / static_cast<double>(r.samples.size());
+    r.tg_seconds += s.tg_seconds / static_cast<double>(r.samples.size());
+    totals.samples.push_back(parallel_kv_tokens(r.test) / (s.pp_seconds + s.tg_seconds));
+  }
+  summarise(totals);
+  r.total_samples = totals.samples;
+  r.total_stddev = totals.stddev;
+}
+
+std::string parallel_test_name(const ParallelTest& t) { return fmt::format("pp{}+tg{}", t.n_prompt, t.n_gen); }
+
+void print_parallel_markdown(const ModelSummary& model, const std::vector<ParallelResult>& results,
+                             const BenchArgs& args, int threads) {
+  print_stdout("device: {}\n", model.device);
+  print_stdout("model: llama {} {}, {}; backend {}, {} thread{}; batch {}{}\n\n", human_params(model.n_params), model.type,
+             human_bytes(model.weight_bytes), args.engine.backend, threads, threads == 1 ? "" : "s", args.batch_size,
+             args.shared_prompt ? "; prompt shared" : "");
+  print_stdout("| PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |\n");
+  print_stdout("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  for (const ParallelResult& r : results) {
+    print_stdout("| {} | {} | {} | {} | {:.3f} | {:.2f} | {:.3f} | {:.2f} | {:.3f} | {:.2f} |\n", r.test.n_prompt,
+               r.test.n_gen, r.test.n_sequences, parallel_kv_tokens(r.test), r.pp_seconds, r.pp_tokens_per_s(),
+               r.tg_seconds, r.tg_tokens_per_s(), r.pp_seconds + r.tg_seconds, r.total_tokens_per_s());
+  }
+}
+
+void print_parallel_json(const ModelSummary& model, const std::vector<ParallelResult>& results, const BenchArgs& args,
+                         int threads) {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const ParallelResult& r : results) {
+    nlohmann::ordered_json o;
+    o["test"] = parallel_test_name(r.test);
+    o["n_prompt"] = r.test.n_prompt;
+    o["n_gen"] = r.test.n_gen;
+    o["parallel"] = r.test.n_sequences;
+    o["shared_prompt"] = r.test.shared_prompt;
+    o["n_batch"] = args.batch_size;
+    o["n_kv"] = parallel_kv_tokens(r.test);
+    o["pp_tokens"] = parallel_pp_tokens(r.test);
+    o["tg_tokens"] = parallel_tg_tokens(r.test);
+    o["pp_seconds"] = r.pp_seconds;
+    o["tg_seconds"] = r.tg_seconds;
+    o["pp_tokens_per_s"] = r.pp_tokens_per_s();
+    o["tg_tokens_per_s"] = r.tg_tokens_per_s();
+    o["total_tokens_per_s"] = r.total_tokens_per_s();
+    o["tokens_per_s"] = r.total_tokens_per_s();
+    o["stddev"] = r.total_stddev;
+    o["samples_ts"] = r.total_samples;
+    o["backend"] = args.engine.backend;
+    o["device"] = model.device;
+    o["threads"] = threads;
+    o["simd"] = quant::simd_level_name(quant::active_simd_level());
+    o["weight_prefetch"] = quant::weight_prefetch_name(quant::active_weight_prefetch());
+    o["model_file"] = model.path;
+    o["model_type"] = model.type;
+    o["model_params"] = model.n_params;
+    o["model_bytes"] = model.weight_bytes;
+    out.push_back(std::move(o));
+  }
+  print_stdout("{}\n", out.dump(2));
+}
+
 void validate(const BenchArgs& a, bool has_model) {
   if (!has_model && !a.membw) throw UsageError("bench needs a model (-m FILE) or --membw");
   if (a.n_prompt < 0) throw UsageError(fmt::format("-p must not be negative (got {})", a.n_prompt));
@@ -268,6 +352,59 @@ void validate(const BenchArgs& a, bool has_model) {
   if (has_model && a.n_prompt == 0 && a.n_gen == 0) throw UsageError("-p and -n are both 0: nothing to measure");
   if (a.repetitions < 1) throw UsageError(fmt::format("-r must be at least 1 (got {})", a.repetitions));
   if (a.membw_mib < 64) throw UsageError(fmt::format("--membw-mib must be at least 64 (got {})", a.membw_mib));
+  if (a.parallel.empty()) {
+    if (a.shared_prompt) throw UsageError("--shared-prompt needs --parallel");
+    return;
+  }
+  if (!has_model) throw UsageError("--parallel needs a model (-m FILE)");
+  if (a.membw) throw UsageError("--membw does not combine with --parallel");
+  for (int n : a.parallel) {
+    if (n < 1) throw UsageError(fmt::format("--parallel takes sequence counts of at least 1 (got {})", n));
+  }
+  if (a.batch_size < 1) throw UsageError(fmt::format("-b must be at least 1 (got {})", a.batch_size));
+}
+
+// One engine for every sequence count, its cache sized for the largest.
+void run_parallel_bench(const BenchArgs& args, engine::EngineOptions options) {
+  const std::string& path = args.engine.model;
+  if (!std::filesystem::exists(path)) throw std::runtime_error("model file '" + path + "' not found");
+  const gguf::File file = gguf::File::open(path);
+  std::vector<ParallelTest> tests;
+  int64_t kv_slots = 0;
+  for (int n : args.parallel) {
+    tests.push_back({n, args.n_prompt, args.n_gen, args.shared_prompt});
+    kv_slots = std::max(kv_slots, parallel_kv_slots_needed(tests.back(), engine::kKvBlockSize));
+  }
+  if (kv_slots > std::numeric_limits<int>::max()) throw UsageError("--parallel: the KV cache would be too large");
+  options.n_ctx = std::max(args.n_prompt + args.n_gen, 1);
+  options.n_kv_tokens = static_cast<int>(kv_slots);
+  options.n_batch = args.batch_size;
+  options.prefix_caching = false;  // every repetition evaluates its prompts; --shared-prompt forks explicitly
+  engine::Engine engine(file, options);
+  const ModelSummary model = summarise_model(path, file, engine);
+
+  std::mt19937 rng(1234);
+  // Untimed: pages the weights in.
+  run_parallel(engine, rng, {1, args.n_prompt, std::min(args.n_gen, 16), false});
+  // Repetition i of every count before repetition i + 1 of any: a shared host's slow minutes then fall on all the
+  // counts alike, and their ratios hold better than their rates.
+  std::vector<ParallelResult> results;
+  for (const ParallelTest& test : tests) results.push_back({test, {}, 0, 0, {}, 0});
+  for (int i = 0; i < args.repetitions; ++i) {
+    for (ParallelResult& r : results) {
+      const ParallelSample& s = r.samples.emplace_back(run_parallel(engine, rng, r.test));
+      fmt::print(stderr, "bench: {} x{} run {}/{}: pp {:.2f} t/s, tg {:.2f} t/s\n", parallel_test_name(r.test),
+                 r.test.n_sequences, i + 1, args.repetitions,
+                 s.pp_seconds > 0 ? parallel_pp_tokens(r.test) / s.pp_seconds : 0,
+                 s.tg_seconds > 0 ? parallel_tg_tokens(r.test) / s.tg_seconds : 0);
+    }
+  }
+  for (ParallelResult& r : results) summarise(r);
+  if (args.output == "json") {
+    print_parallel_json(model, results, args, options.n_threads);
+  } else {
+    print_parallel_markdown(model, results, args, options.n_threads);
+  }
 }
 
 void run_bench(const BenchArgs& args) {
@@ -275,6 +412,11 @@ void run_bench(const BenchArgs& args) {
   validate(args, has_model);
   engine::EngineOptions options = args.engine.to_engine_options();
   const int threads = options.n_threads > 0 ? options.n_threads : util::physical_core_count();
+  if (!args.parallel.empty()) {
+    options.n_threads = threads;
+    run_parallel_bench(args, options);
+    return;
+  }
 
   // The probe runs before the model is loaded, so its buffer never adds to the model's resident memory.
   std::optional<MemoryBandwidth> bw;
@@ -351,6 +493,14 @@ void add_bench_command(CLI::App& root) {
       ->check(CLI::IsMember({"md", "json"}))
       ->capture_default_str();
   cmd->add_flag("--membw", args->membw, "also measure memory read bandwidth with the same thread count");
+  cmd->add_option("--parallel", args->parallel,
+                  "sequence counts N (comma-separated): N prompts of -p tokens, then -n tokens per sequence, one "
+                  "token of each sequence per step, like llama-batched-bench")
+      ->delimiter(',');
+  cmd->add_flag("--shared-prompt", args->shared_prompt,
+                "with --parallel: one prompt, its KV blocks shared by all N sequences");
+  cmd->add_option("-b,--batch-size", args->batch_size, "with --parallel: most prompt tokens in one forward call")
+      ->capture_default_str();
   cmd->add_option("--membw-mib", args->membw_mib, "bandwidth probe buffer in MiB (keep it far above the L3 cache)")
       ->capture_default_str();
   cmd->callback([args] { run_bench(*args); });

@@ -13,7 +13,6 @@
 namespace tessera::engine {
 namespace {
 
-constexpr int32_t kKvBlockSize = 16;
 constexpr int kDefaultMaxContext = 4096;
 
 int round_up_to_block(int n) { return (n + kKvBlockSize - 1) / kKvBlockSize * kKvBlockSize; }

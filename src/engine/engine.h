@@ -17,6 +17,8 @@
 
 namespace tessera::engine {
 
+constexpr int32_t kKvBlockSize = 16;  // KV cache slots per block
+
 struct EngineOptions {
   std::string backend = "cpu";  // cpu | cuda | hybrid (alias hybrid-f32)
   int n_threads = 0;            // CPU threads; 0: physical cores

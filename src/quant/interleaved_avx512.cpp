@@ -7,7 +7,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -45,6 +44,12 @@ inline __m512i dpbusd_broadcast(__m512i acc, __m512i w, const int8_t* x) {
 // two Q4_K tiles, 4.7 KB. Two Q6_K tiles (6.7 KB) for Q6_K instead were slower
 // (docs/notes/2026-11-27-cpu-kv-cache-and-prefetch.md).
 constexpr int kPrefetchBytes = 2 * sizeof(TileQ4_K);
+// A pass of kTokens tokens (a batched decode step's, or the first over a row group of more tokens) asks further
+// ahead: at its slower pace through the tiles, two tiles in flight left a decode step of several sequences waiting
+// on memory (docs/notes/2026-12-05-cpu-batched-decode.md).
+constexpr int kBatchPrefetchBytes = 4 * sizeof(TileQ4_K);
+template <int NT>
+constexpr int kPrefetchDistance = NT == kTokens ? kBatchPrefetchBytes : kPrefetchBytes;
 // A pass of fewer than kTokens tokens is the last one over its row group (for decode, the only one), and follows
 // the WeightPrefetch asked for; a pass of kTokens leaves its tiles in L1 for the next one.
 template <WeightPrefetch P, int NT>
@@ -55,10 +60,17 @@ template <WeightPrefetch P, int NT, class Tile>
 inline void prefetch_ahead(const Tile* tile, int step) {
   if constexpr (kPrefetches<P, NT>) {
     constexpr int kLines = (sizeof(Tile) + 63) / 64, kPerStep = (kLines + 7) / 8;
-    const char* base = reinterpret_cast<const char*>(tile) + kPrefetchBytes + 64 * kPerStep * step;
+    const char* base = reinterpret_cast<const char*>(tile) + kPrefetchDistance<NT> + 64 * kPerStep * step;
 #pragma GCC unroll 8
     for (int l = 0; l < kPerStep; ++l) _mm_prefetch(base + 64 * l, kPrefetchHint<P, NT>);
   }
+}
+
+// acc + vpdpwssd(w, the int16 pair at x in every lane), the pair read by the instruction as a {1to16} broadcast
+// operand, as in dpbusd_broadcast.
+inline __m512i dpwssd_broadcast(__m512i acc, __m512i w, const int16_t* x) {
+  asm("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int16_t(*)[2]>(x)));
+  return acc;
 }
 
 inline const BlockQ8_K* activation_block(const uint8_t* x, size_t x_stride, int t, int64_t i) {
@@ -185,9 +197,7 @@ void q6_k_group(const TileQ6_K* tiles, int64_t n_blocks, const uint8_t* x, size_
       }
 #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) {
-        int32_t bsum_pair;
-        std::memcpy(&bsum_pair, activation_block(x, x_stride, t, i)->bsums + 2 * j, sizeof bsum_pair);
-        sum[t] = _mm512_dpwssd_epi32(sum[t], offset_pair, _mm512_set1_epi32(bsum_pair));
+        sum[t] = dpwssd_broadcast(sum[t], offset_pair, activation_block(x, x_stride, t, i)->bsums + 2 * j);
       }
     }
     const __m512 d = f16x16(tile.d);
@@ -215,7 +225,7 @@ void block32_group(const Tile* tiles, int64_t n_blocks, const uint8_t* x, size_t
     // The same distance in bytes, not two of these smaller tiles (0.6 KB for Q4_0, 1.1 KB for Q8_0): at least as
     // fast (docs/notes/2026-11-27-cpu-interleaved-decode.md).
     if constexpr (kPrefetches<P, NT>) {
-      const char* ahead = reinterpret_cast<const char*>(&tile) + kPrefetchBytes;
+      const char* ahead = reinterpret_cast<const char*>(&tile) + kPrefetchDistance<NT>;
       for (int l = 0; l < kLines; ++l) _mm_prefetch(ahead + 64 * l, kPrefetchHint<P, NT>);
     }
     __m512i w[8];  // w[q]: columns 4q..4q+3

@@ -194,6 +194,7 @@ void check_against_attend(const Shape& s, bool f16, std::vector<int32_t> n_keys)
 TEST(AttendBlock, MatchesAttendRowByRow) {
   const Shape shapes[] = {
       {64, 8, 32, 481},  // TinyLlama's last prompt block
+      {64, 8, 1, 203},   // TinyLlama's decode
       {64, 8, 7, 1},     // the first tokens of a prompt
       {80, 3, 5, 33},    {128, 1, 9, 100}, {8, 4, 3, 2}, {20, 2, 11, 64}, {72, 5, 4, 17}, {128, 8, 2, 250},
       // One query row (decode where each KV head serves one query head): the path without key panels.

@@ -127,6 +127,50 @@ TEST(Interleaved, EveryWeightPrefetchMatchesReference) {
   }
 }
 
+// A token's results are bit for bit the same whichever pass of the kernels it is in (one token alone, a pass of 8,
+// or the short pass after 8): the engine relies on this for a batch of sequences to give each the logits it gets
+// alone.
+TEST(Interleaved, TokenResultsDoNotDependOnTheOtherTokens) {
+  if (!interleaved_available(GgmlType::Q4_K, 16, 256)) GTEST_SKIP() << "this CPU has no AVX-512 VNNI";
+  constexpr int64_t kRows = 32, kCols = 512, kTokens = 19;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  for (GgmlType type : kTypes) {
+    const size_t row_bytes = ggml_row_bytes(type, kCols);
+    std::vector<float> w(kCols);
+    std::vector<uint8_t> rows(row_bytes * kRows);
+    for (int64_t r = 0; r < kRows; ++r) {
+      for (float& v : w) v = gauss(rng);
+      quantize_row_ref(type, w.data(), &rows[r * row_bytes], kCols);
+    }
+    std::vector<uint8_t> packed(interleaved_bytes(type, kRows, kCols));
+    interleave_rows(type, rows.data(), row_bytes, kCols, 0, kRows, packed.data());
+    const size_t xq_bytes = activation_row_bytes(type, kCols);
+    std::vector<uint8_t> xq(xq_bytes * kTokens);
+    for (int64_t t = 0; t < kTokens; ++t) {
+      for (float& v : w) v = gauss(rng) * 3.0f;
+      quantize_activations(type, w.data(), &xq[t * xq_bytes], kCols);
+    }
+    std::vector<float> together(kRows * kTokens);
+    gemm_interleaved(type, packed.data(), kCols, 0, kRows, xq.data(), xq_bytes, kTokens, together.data(), kRows);
+    for (int64_t n : {2, 5}) {  // the first n tokens in one short pass
+      std::vector<float> few(kRows * n);
+      gemm_interleaved(type, packed.data(), kCols, 0, kRows, xq.data(), xq_bytes, n, few.data(), kRows);
+      for (int64_t i = 0; i < kRows * n; ++i) {
+        ASSERT_EQ(few[i], together[i]) << ggml_type_name(type) << ", " << n << " tokens: row " << i % kRows
+                                       << " token " << i / kRows;
+      }
+    }
+    for (int64_t t = 0; t < kTokens; ++t) {
+      std::vector<float> alone(kRows);
+      gemm_interleaved(type, packed.data(), kCols, 0, kRows, &xq[t * xq_bytes], xq_bytes, 1, alone.data(), kRows);
+      for (int64_t r = 0; r < kRows; ++r) {
+        ASSERT_EQ(alone[r], together[t * kRows + r]) << ggml_type_name(type) << " row " << r << " token " << t;
+      }
+    }
+  }
+}
+
 TEST(Interleaved, WeightPrefetchFollowsTheProcessorUnlessOverridden) {
   const char* env = std::getenv("TESSERA_PREFETCH");
   if (env && *env) {

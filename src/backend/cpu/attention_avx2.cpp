@@ -65,6 +65,25 @@ struct Avx2 {
     const __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(acc), _mm256_extractf128_pd(acc, 1));
     return _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)));
   }
+  // Pairs of rows interleaved by 1, then 2 lanes, then the 128-bit halves of the registers.
+  static void transpose(V* r) {
+    V a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+      a[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      a[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+      for (int k = 0; k < 2; ++k) {
+        const __m256d x = _mm256_castps_pd(a[i + k]), y = _mm256_castps_pd(a[i + k + 2]);
+        b[i + 2 * k] = _mm256_castpd_ps(_mm256_unpacklo_pd(x, y));
+        b[i + 2 * k + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(x, y));
+      }
+    }
+    for (int k = 0; k < 4; ++k) {
+      r[k] = _mm256_permute2f128_ps(b[k], b[k + 4], 0x20);
+      r[k + 4] = _mm256_permute2f128_ps(b[k], b[k + 4], 0x31);
+    }
+  }
 };
 
 }  // namespace

@@ -52,6 +52,31 @@ struct Avx512 {
     return _mm512_add_pd(acc, halves);
   }
   static double reduce_sum(Sum acc) { return _mm512_reduce_add_pd(acc); }
+  // Pairs of rows interleaved by 1, then 2 lanes, then 4 and 8 (128-bit quarters of the registers).
+  static void transpose(V* r) {
+    V a[16], b[16];
+    for (int i = 0; i < 16; i += 2) {
+      a[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      a[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+      for (int k = 0; k < 2; ++k) {
+        const __m512d x = _mm512_castps_pd(a[i + k]), y = _mm512_castps_pd(a[i + k + 2]);
+        b[i + 2 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+        b[i + 2 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+      }
+    }
+    for (int i = 0; i < 16; i += 8) {
+      for (int k = 0; k < 4; ++k) {
+        a[i + k] = _mm512_shuffle_f32x4(b[i + k], b[i + k + 4], 0x88);
+        a[i + k + 4] = _mm512_shuffle_f32x4(b[i + k], b[i + k + 4], 0xdd);
+      }
+    }
+    for (int k = 0; k < 8; ++k) {
+      r[k] = _mm512_shuffle_f32x4(a[k], a[k + 8], 0x88);
+      r[k + 8] = _mm512_shuffle_f32x4(a[k], a[k + 8], 0xdd);
+    }
+  }
 };
 
 }  // namespace

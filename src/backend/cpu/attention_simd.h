@@ -8,7 +8,8 @@
 // load_first(p, n) / store_first(p, x, n) (the first n lanes, the rest of a load zero), store, sub, mul,
 // add, div, fma(a, b, c) = a * b + c, max(a, b), min(a, b) (b where either is NaN), reduce_max, reduce_add,
 // round (to nearest integer), scale_by_pow2(p, n) = p * 2^n for integral n in [-126, 127],
-// zero_where_less(y, x, limit), round_to_f16, sum_zero, sum_add(acc, x) = acc + x in double, reduce_sum.
+// zero_where_less(y, x, limit), round_to_f16, sum_zero, sum_add(acc, x) = acc + x in double, reduce_sum,
+// transpose(rows) (a kLanes x kLanes block of floats, in place).
 #pragma once
 
 #include <cstdint>
@@ -73,18 +74,27 @@ void swiglu_array(const float* gate, const float* up, float* out, int64_t n) {
 
 // Keys transposed into panels of kKeyTile keys, [panel][head_dim][kKeyTile], so that one load holds one dimension
 // of a run of keys, the operand a tile of query rows multiplies by broadcast query values. Keys past n_keys, up to
-// the panel's end, are zero.
+// the panel's end, are zero. Blocks of kLanes keys x kLanes dimensions are transposed in registers: element by
+// element, the transposition cost more than the decode step's products with the keys.
 template <class S>
 void transpose_keys(const float* keys, int64_t stride, int n_keys, int head_dim, float* panels) {
-  constexpr int kKeyTile = S::kKeyVectors * S::kLanes;
+  using V = typename S::V;
+  constexpr int kLanes = S::kLanes, kKeyTile = S::kKeyVectors * kLanes;
   const int64_t padded = round_up(n_keys, kKeyTile);
-  for (int64_t j = 0; j < padded; ++j) {
-    float* dst = panels + (j / kKeyTile) * head_dim * kKeyTile + j % kKeyTile;
-    if (j < n_keys) {
-      const float* k = keys + j * stride;
-      for (int d = 0; d < head_dim; ++d) dst[d * kKeyTile] = k[d];
-    } else {
-      for (int d = 0; d < head_dim; ++d) dst[d * kKeyTile] = 0;
+  const int whole_dims = head_dim / kLanes * kLanes;
+  for (int64_t j0 = 0; j0 < padded; j0 += kLanes) {
+    float* dst = panels + (j0 / kKeyTile) * head_dim * kKeyTile + j0 % kKeyTile;
+    const int64_t present = min_of(kLanes, n_keys - j0);  // keys of this block below n_keys (may be none)
+    for (int d0 = 0; d0 < whole_dims; d0 += kLanes) {
+      V rows[kLanes];
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i) rows[i] = i < present ? S::load(keys + (j0 + i) * stride + d0) : S::zero();
+      S::transpose(rows);
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i) S::store(dst + (d0 + i) * kKeyTile, rows[i]);
+    }
+    for (int d = whole_dims; d < head_dim; ++d) {
+      for (int i = 0; i < kLanes; ++i) dst[d * kKeyTile + i] = i < present ? keys[(j0 + i) * stride + d] : 0;
     }
   }
 }
