@@ -22,7 +22,7 @@ struct EngineOptions {
   int n_threads = 0;            // CPU threads; 0: physical cores
   int n_ctx = 0;                // most tokens one sequence holds; 0: the model's context length capped at 4096
   int n_kv_tokens = 0;          // KV cache slots for all sequences together; 0: n_ctx
-  KvFormat kv_format = KvFormat::F16;
+  KvFormats kv_format;          // of keys and values (f16 both by default)
   int gpu_layers = -1;          // hybrid only
   int n_batch = 512;            // most tokens in one forward call; eval() splits longer inputs
   bool prefix_caching = true;   // keep finished sequences' KV blocks for later sequences with the same prefix

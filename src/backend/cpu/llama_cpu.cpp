@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #include "backend/cpu/attention.h"
 #include "backend/cpu/f16_convert.h"
@@ -22,6 +24,39 @@ void grow(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
+GgmlType block_type(KvFormat format) { return format == KvFormat::Q8_0 ? GgmlType::Q8_0 : GgmlType::Q4_0; }
+
+// n values stored in `format` (one or more rows) -> f32.
+void kv_to_f32(KvFormat format, const uint8_t* src, float* dst, int64_t n) {
+  switch (format) {
+    case KvFormat::F16: f16_to_f32(reinterpret_cast<const uint16_t*>(src), dst, n); return;
+    case KvFormat::F32: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); return;
+    case KvFormat::BF16: {
+      const auto* h = reinterpret_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = quant::bf16_to_fp32(h[i]);
+      return;
+    }
+    case KvFormat::Q8_0:
+    case KvFormat::Q4_0: quant::dequantize_row(block_type(format), src, dst, n); return;
+  }
+}
+
+// n f32 values -> `format`. Q8_0 rounds as llama.cpp's CPU code does when it writes a q8_0 cache (its activation
+// quantizer); Q4_0 as its reference quantizer, which is what it uses for q4_0.
+void f32_to_kv(KvFormat format, const float* src, uint8_t* dst, int64_t n) {
+  switch (format) {
+    case KvFormat::F16: f32_to_f16(src, reinterpret_cast<uint16_t*>(dst), n); return;
+    case KvFormat::F32: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); return;
+    case KvFormat::BF16: {
+      auto* h = reinterpret_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) h[i] = quant::fp32_to_bf16(src[i]);
+      return;
+    }
+    case KvFormat::Q8_0: quant::quantize_activations(GgmlType::Q8_0, src, dst, n); return;
+    case KvFormat::Q4_0: quant::quantize_row(GgmlType::Q4_0, src, dst, n); return;
+  }
+}
+
 }  // namespace
 
 LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options, int first_layer, int last_layer)
@@ -33,11 +68,22 @@ LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options
       last_layer_(last_layer),
       pool_(options.n_threads),
       matmul_(pool_) {
-  kv_elem_bytes_ = kv_format_ == KvFormat::F16 ? 2 : 4;
-  kv_layer_bytes_ = static_cast<size_t>(n_slots_) * model.config.kv_dim() * kv_elem_bytes_;
-  kv_buffer_ = HugePageBuffer(2 * kv_layer_bytes_ * static_cast<size_t>(last_layer_ - first_layer_));
+  const int hd = model.config.head_dim;
+  for (KvFormat format : {kv_format_.k, kv_format_.v}) {
+    if (kv_format_is_quantized(format) && hd % kKvQuantBlock != 0) {
+      throw std::runtime_error("a " + std::string(kv_format_name(format)) +
+                               " KV cache needs a head dimension that is a multiple of 32, not " + std::to_string(hd));
+    }
+  }
+  k_row_bytes_ = kv_row_bytes(kv_format_.k, hd);
+  v_row_bytes_ = kv_row_bytes(kv_format_.v, hd);
+  const size_t rows = static_cast<size_t>(n_slots_) * model.config.n_head_kv;
+  k_layer_bytes_ = rows * k_row_bytes_;
+  v_layer_bytes_ = rows * v_row_bytes_;
+  kv_buffer_ = HugePageBuffer((k_layer_bytes_ + v_layer_bytes_) * static_cast<size_t>(last_layer_ - first_layer_));
   std::memset(kv_buffer_.data(), 0, kv_buffer_.size());
   scratch_.resize(pool_.size());
+  query_q8_.resize(pool_.size());
 
   std::vector<const model::MatrixView*> matrices;
   for (int il = first_layer_; il < last_layer_; ++il) {
@@ -57,17 +103,44 @@ void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
 
 void LlamaCpu::copy_kv_blocks(std::span<const KvBlockCopy> copies) {
   // Head-major: a block of one KV head is one run of block_size rows.
-  const size_t run_bytes = static_cast<size_t>(block_size_) * model_.config.head_dim * kv_elem_bytes_;
   for (const KvBlockCopy& copy : copies) {
     for (int il = first_layer_; il < last_layer_; ++il) {
-      for (uint8_t* cache : {k_cache(il), v_cache(il)}) {
+      for (const auto& [cache, row_bytes] : {std::pair{k_cache(il), k_row_bytes_}, std::pair{v_cache(il), v_row_bytes_}}) {
         for (int h = 0; h < model_.config.n_head_kv; ++h) {
-          std::memcpy(cache + kv_offset(h, copy.to * block_size_) * kv_elem_bytes_,
-                      cache + kv_offset(h, copy.from * block_size_) * kv_elem_bytes_, run_bytes);
+          std::memcpy(cache + kv_row(h, copy.to * block_size_) * row_bytes,
+                      cache + kv_row(h, copy.from * block_size_) * row_bytes, block_size_ * row_bytes);
         }
       }
     }
   }
+}
+
+void LlamaCpu::shift_kv(const KvShift& shift) {
+  const model::LlamaConfig& c = model_.config;
+  for (const KvSlotCopy& copy : shift.slot_copies) {
+    for (int il = first_layer_; il < last_layer_; ++il) {
+      for (const auto& [cache, row_bytes] : {std::pair{k_cache(il), k_row_bytes_}, std::pair{v_cache(il), v_row_bytes_}}) {
+        for (int h = 0; h < c.n_head_kv; ++h) {
+          std::memcpy(cache + kv_row(h, copy.to) * row_bytes, cache + kv_row(h, copy.from) * row_bytes, row_bytes);
+        }
+      }
+    }
+  }
+  // A key stored at position p is R(p) k; turning it by the angles of delta makes it R(p + delta) k.
+  const RopeAngles angles = rope_angles(c.rope, shift.delta);
+  const int64_t n_slots = static_cast<int64_t>(shift.rotated_slots.size());
+  pool_.parallel_for(n_slots * (last_layer_ - first_layer_), [&](int64_t task, int thread) {
+    const int il = first_layer_ + static_cast<int>(task / n_slots);
+    const int32_t slot = shift.rotated_slots[task % n_slots];
+    std::vector<float>& key = scratch_[thread];
+    grow(key, static_cast<size_t>(c.head_dim));
+    for (int h = 0; h < c.n_head_kv; ++h) {
+      uint8_t* row = k_cache(il) + kv_row(h, slot) * k_row_bytes_;
+      kv_to_f32(kv_format_.k, row, key.data(), c.head_dim);
+      apply_rope(key.data(), 1, c.head_dim, angles);
+      f32_to_kv(kv_format_.k, key.data(), row, c.head_dim);
+    }
+  });
 }
 
 void LlamaCpu::store_kv(int il, const StepPlan& plan) {
@@ -80,14 +153,8 @@ void LlamaCpu::store_kv(int il, const StepPlan& plan) {
     for (int h = 0; h < c.n_head_kv; ++h) {
       const float* k = k_.data() + t * kv_dim + h * c.head_dim;
       const float* v = v_.data() + t * kv_dim + h * c.head_dim;
-      const int64_t at = kv_offset(h, slot);
-      if (kv_format_ == KvFormat::F16) {
-        f32_to_f16(k, reinterpret_cast<uint16_t*>(k_cache(il)) + at, c.head_dim);
-        f32_to_f16(v, reinterpret_cast<uint16_t*>(v_cache(il)) + at, c.head_dim);
-      } else {
-        std::memcpy(reinterpret_cast<float*>(k_cache(il)) + at, k, c.head_dim * sizeof(float));
-        std::memcpy(reinterpret_cast<float*>(v_cache(il)) + at, v, c.head_dim * sizeof(float));
-      }
+      f32_to_kv(kv_format_.k, k, k_cache(il) + kv_row(h, slot) * k_row_bytes_, c.head_dim);
+      f32_to_kv(kv_format_.v, v, v_cache(il) + kv_row(h, slot) * v_row_bytes_, c.head_dim);
     }
   });
 }
@@ -96,7 +163,12 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
   const model::LlamaConfig& c = model_.config;
   const int hd = c.head_dim, group = c.n_head / c.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const bool f16 = kv_format_ == KvFormat::F16;
+  // ggml's f16 rounding of the query and the softmax weights (what llama.cpp's goldens hold) goes with f16 keys
+  // and values; quantized keys meet a quantized query instead.
+  const bool f16 = kv_format_.k == KvFormat::F16 && kv_format_.v == KvFormat::F16;
+  const bool quantized_keys = kv_format_is_quantized(kv_format_.k);
+  const GgmlType key_type = block_type(kv_format_.k);
+  const size_t query_row_bytes = quantized_keys ? quant::activation_row_bytes(key_type, hd) : 0;
 
   // Tokens of one run, cut into blocks that share one gather of K/V per KV head. A block's keys are two ranges
   // of positions: [0, sink_end) and [window_begin, max_pos]. Its tokens see a prefix of them, so a token whose
@@ -128,13 +200,29 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
     const int h = static_cast<int>(task % c.n_head_kv);
     const StepPlan::Run& run = plan.runs[plan.run_index[b.t0]];
     const int n_keys = b.sink_end + (b.max_pos + 1 - b.window_begin);
+    const int n_rows = static_cast<int>(b.t1 - b.t0) * group;  // query rows: token-major, then head
+    const int64_t first_query = b.t0 * c.q_dim() + static_cast<int64_t>(h) * group * hd;
+    // Scratch: the keys as f32 (not for quantized keys), the values as f32, then attend_block's scratch or the
+    // scores of the quantized keys.
+    const int64_t key_floats = quantized_keys ? 0 : static_cast<int64_t>(n_keys) * hd;
+    const int64_t score_stride = scored_attention_stride(n_keys);
+    const size_t tail = quantized_keys ? static_cast<size_t>(scored_attention_rows(n_rows) * score_stride)
+                                       : attend_block_scratch_floats(n_keys, hd);
     std::vector<float>& s = scratch_[thread];
-    grow(s, static_cast<size_t>(n_keys) * hd * 2 + attend_block_scratch_floats(n_keys, hd));
+    grow(s, static_cast<size_t>(key_floats + static_cast<int64_t>(n_keys) * hd) + tail);
     float* keys = s.data();
-    float* values = keys + static_cast<int64_t>(n_keys) * hd;
-    float* attend_scratch = values + static_cast<int64_t>(n_keys) * hd;
-    // Copies positions [begin, end) of the sequence to row `row` on. Keys in consecutive slots (a KV block's,
-    // head-major; or adjacent blocks) are one run, copied in one call: a call per key cost more than its copy.
+    float* values = keys + key_floats;
+    float* after_values = values + static_cast<int64_t>(n_keys) * hd;
+    std::vector<uint8_t>& query_q8 = query_q8_[thread];
+    if (quantized_keys) {
+      grow(query_q8, static_cast<size_t>(n_rows) * query_row_bytes);
+      for (int r = 0; r < n_rows; ++r) {
+        const float* query = q_.data() + first_query + (r / group) * c.q_dim() + static_cast<int64_t>(r % group) * hd;
+        quant::quantize_activations(key_type, query, query_q8.data() + r * query_row_bytes, hd);
+      }
+    }
+    // Positions [begin, end) of the sequence, from key row `row` on. Keys in consecutive slots (a KV block's,
+    // head-major; or adjacent blocks) are one run, read in one call: a call per key cost more than its copy.
     auto gather = [&](int32_t begin, int32_t end, int64_t row) {
       for (int32_t j = begin; j < end;) {
         const int32_t first_slot = plan.slot(run, j);
@@ -142,27 +230,26 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
         while (j + n < end && plan.slot(run, j + n) == first_slot + n) {
           n += std::min(end - j - n, plan.block_size);
         }
-        const int64_t offset = kv_offset(h, first_slot), count = static_cast<int64_t>(n) * hd;
         // The weights streamed since this layer's last step have evicted the cache rows: ask for the next run's
         // first keys ahead of use (the hardware prefetcher follows a run once it has started).
         if (j + n < end) {
           const int32_t next = plan.slot(run, j + n);
-          const int64_t ahead = kv_offset(h, next) * static_cast<int64_t>(kv_elem_bytes_);
-          const size_t bytes = static_cast<size_t>(std::min(kGatherAhead, n_slots_ - next)) * hd * kv_elem_bytes_;
-          for (size_t line = 0; line < bytes; line += 64) {
-            __builtin_prefetch(k_cache(il) + ahead + line);
-            __builtin_prefetch(v_cache(il) + ahead + line);
-          }
+          const size_t ahead_rows = static_cast<size_t>(std::min(kGatherAhead, n_slots_ - next));
+          const uint8_t* k_ahead = k_cache(il) + kv_row(h, next) * k_row_bytes_;
+          const uint8_t* v_ahead = v_cache(il) + kv_row(h, next) * v_row_bytes_;
+          for (size_t line = 0; line < ahead_rows * k_row_bytes_; line += 64) __builtin_prefetch(k_ahead + line);
+          for (size_t line = 0; line < ahead_rows * v_row_bytes_; line += 64) __builtin_prefetch(v_ahead + line);
         }
-        float* key_rows = keys + row * hd;
-        float* value_rows = values + row * hd;
-        if (f16) {
-          f16_to_f32(reinterpret_cast<const uint16_t*>(k_cache(il)) + offset, key_rows, count);
-          f16_to_f32(reinterpret_cast<const uint16_t*>(v_cache(il)) + offset, value_rows, count);
+        const uint8_t* k_run = k_cache(il) + kv_row(h, first_slot) * k_row_bytes_;
+        const uint8_t* v_run = v_cache(il) + kv_row(h, first_slot) * v_row_bytes_;
+        if (quantized_keys) {
+          // scores[r][row + i] = (query row r) . (key i of the run), integer dot products block by block.
+          quant::gemm(key_type, k_run, k_row_bytes_, hd, 0, n, query_q8.data(), query_row_bytes, n_rows,
+                      after_values + row, score_stride);
         } else {
-          std::memcpy(key_rows, reinterpret_cast<const float*>(k_cache(il)) + offset, count * sizeof(float));
-          std::memcpy(value_rows, reinterpret_cast<const float*>(v_cache(il)) + offset, count * sizeof(float));
+          kv_to_f32(kv_format_.k, k_run, keys + row * hd, static_cast<int64_t>(n) * hd);
         }
+        kv_to_f32(kv_format_.v, v_run, values + row * hd, static_cast<int64_t>(n) * hd);
         j += n;
         row += n;
       }
@@ -171,11 +258,14 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
     gather(b.window_begin, b.max_pos + 1, b.sink_end);
     int32_t token_keys[kAttentionTokenBlock];
     for (int64_t t = b.t0; t < b.t1; ++t) token_keys[t - b.t0] = b.sink_end + plan.positions[t] + 1 - b.window_begin;
-    const int64_t first = b.t0 * c.q_dim() + static_cast<int64_t>(h) * group * hd;
-    const AttentionBlock block{q_.data() + first, attn_.data() + first, c.q_dim(), static_cast<int>(b.t1 - b.t0),
+    const AttentionBlock block{q_.data() + first_query, attn_.data() + first_query, c.q_dim(), static_cast<int>(b.t1 - b.t0),
                                group,             token_keys,           keys,      values,
                                hd,                hd,                   scale,     f16};
-    attend_block(block, attend_scratch);
+    if (quantized_keys) {
+      attend_block_scored(block, after_values, score_stride);
+    } else {
+      attend_block(block, after_values);
+    }
   });
 }
 
@@ -256,6 +346,11 @@ class CpuBackend final : public Backend, public HostWeightStream {
   std::string device() const override { return util::cpu_device_name(llama_.n_threads()); }
   uint64_t kv_cache_bytes() const override { return llama_.kv_cache_bytes(); }
   std::span<const uint8_t> streamed_host_weights() const override { return llama_.interleaved_weights(); }
+
+  void shift(std::span<const KvBlockCopy> copies, const KvShift& shift) override {
+    llama_.copy_kv_blocks(copies);
+    llama_.shift_kv(shift);
+  }
 
   void forward(std::span<const KvBlockCopy> copies, const StepPlan& plan, float* logits) override {
     llama_.copy_kv_blocks(copies);

@@ -1,0 +1,52 @@
+#include "backend/kv_format.h"
+
+#include <array>
+#include <utility>
+
+namespace tessera {
+namespace {
+
+constexpr std::array<std::pair<KvFormat, std::string_view>, 5> kNames = {{
+    {KvFormat::F16, "f16"},
+    {KvFormat::F32, "f32"},
+    {KvFormat::BF16, "bf16"},
+    {KvFormat::Q8_0, "q8_0"},
+    {KvFormat::Q4_0, "q4_0"},
+}};
+
+}  // namespace
+
+std::string_view kv_format_name(KvFormat format) {
+  for (const auto& [f, name] : kNames) {
+    if (f == format) return name;
+  }
+  return "unknown";
+}
+
+std::optional<KvFormat> parse_kv_format(std::string_view name) {
+  for (const auto& [f, n] : kNames) {
+    if (n == name) return f;
+  }
+  return std::nullopt;
+}
+
+std::string kv_formats_name(KvFormats formats) {
+  if (formats.k == formats.v) return std::string(kv_format_name(formats.k));
+  return "k " + std::string(kv_format_name(formats.k)) + ", v " + std::string(kv_format_name(formats.v));
+}
+
+bool kv_format_is_quantized(KvFormat format) { return format == KvFormat::Q8_0 || format == KvFormat::Q4_0; }
+
+size_t kv_row_bytes(KvFormat format, int64_t n) {
+  const size_t count = static_cast<size_t>(n);
+  switch (format) {
+    case KvFormat::F32: return 4 * count;
+    case KvFormat::F16:
+    case KvFormat::BF16: return 2 * count;
+    case KvFormat::Q8_0: return count / kKvQuantBlock * (2 + kKvQuantBlock);
+    case KvFormat::Q4_0: return count / kKvQuantBlock * (2 + kKvQuantBlock / 2);
+  }
+  return 0;
+}
+
+}  // namespace tessera
