@@ -49,4 +49,18 @@ size_t kv_row_bytes(KvFormat format, int64_t n) {
   return 0;
 }
 
+int kv_heads_per_block_row(KvFormat format, int head_dim) {
+  return kv_format_is_quantized(format) && head_dim < kKvQuantBlock ? kKvQuantBlock / head_dim : 1;
+}
+
+std::string kv_format_unsupported(KvFormat format, int head_dim, int n_head_kv) {
+  if (!kv_format_is_quantized(format)) return "";
+  const bool fits = head_dim % kKvQuantBlock == 0 ||
+                    (kKvQuantBlock % head_dim == 0 && n_head_kv % (kKvQuantBlock / head_dim) == 0);
+  if (fits) return "";
+  return "a " + std::string(kv_format_name(format)) + " KV cache needs blocks of 32 values: a head dimension that is a "
+         "multiple of 32, or a divisor of 32 with whole blocks of heads (head dimension " + std::to_string(head_dim) +
+         ", " + std::to_string(n_head_kv) + " KV heads)";
+}
+
 }  // namespace tessera

@@ -37,4 +37,11 @@ bool kv_format_is_quantized(KvFormat format);
 // Bytes that n values take (n a multiple of kKvQuantBlock for the quantized formats).
 size_t kv_row_bytes(KvFormat format, int64_t n);
 
+// A quantized format's blocks are 32 consecutive values of a cache slot's keys (or values), its KV heads in
+// order: within one head when head_dim is a multiple of 32, across 32 / head_dim heads when head_dim divides 32
+// (as ggml's rows of a token's keys are). kv_heads_per_block_row is that head count (1 otherwise, and for the
+// other formats); kv_format_unsupported says why a model's heads do not fit a format, or is empty.
+int kv_heads_per_block_row(KvFormat format, int head_dim);
+std::string kv_format_unsupported(KvFormat format, int head_dim, int n_head_kv);
+
 }  // namespace tessera

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/engine.h"
+#include "engine/request.h"
 #include "gguf/gguf.h"
 
 namespace tessera::cli {
@@ -17,17 +18,25 @@ struct EngineCliOptions {
   int ctx_size = 0;
   int batch_size = 512;
   std::string cache_type = "f16";
+  std::string cache_type_k;  // empty: cache_type
+  std::string cache_type_v;
   int gpu_layers = -1;
+  int kv_window = 0;
+  int keep = 0;  // attention sinks with --kv-window; the tokens a context shift keeps
+  bool context_shift = false;
 
   // Which of the options a command takes: bench sizes the context and batch from its tests, and without a model
-  // only probes the memory bandwidth.
+  // only probes the memory bandwidth; commands that generate (run, chat, serve) take --context-shift.
   struct Fields {
     bool model_required = true;
     bool context_and_batch = true;
+    bool generation = false;
   };
   void add_to(CLI::App* app, Fields fields);
   void add_to(CLI::App* app) { add_to(app, Fields{}); }
   engine::EngineOptions to_engine_options() const;  // throws UsageError on bad values
+  // The context-shift options of a request.
+  void apply_to(engine::RequestOptions& request) const;
 };
 
 // A model file mapped and its pages read in with a progress bar on stderr, then an engine over it. The file

@@ -18,6 +18,25 @@ int choose_context(const model::LlamaModel& model, int requested) {
   return round_up_to_block(requested > 0 ? requested : std::min(model.config.n_ctx_train, kDefaultMaxContext));
 }
 
+// A window asked for narrows the model's own; without either, 0.
+int choose_window(const model::LlamaModel& model, const EngineOptions& options) {
+  if (options.kv_window < 0) throw std::invalid_argument("--kv-window must not be negative");
+  if (options.n_sink < 0) throw std::invalid_argument("--keep must not be negative");
+  const int own = model.config.sliding_window;
+  if (options.kv_window == 0) return own;
+  return own > 0 ? std::min(own, options.kv_window) : options.kv_window;
+}
+
+// Slots one sequence holds at most with a window: its sinks, its window and one step's tokens, in whole blocks.
+int window_slots(int window, int n_sink, int n_batch) {
+  return round_up_to_block(n_sink) + round_up_to_block(window) + round_up_to_block(n_batch) + kKvBlockSize;
+}
+
+int choose_kv_slots(const EngineOptions& options, int n_ctx, int window, int n_sink, int n_batch) {
+  if (options.n_kv_tokens > 0) return round_up_to_block(options.n_kv_tokens);
+  return window > 0 ? std::min(n_ctx, window_slots(window, n_sink, n_batch)) : n_ctx;
+}
+
 }  // namespace
 
 std::string canonical_backend_name(const std::string& name) {
@@ -30,7 +49,9 @@ Engine::Engine(const gguf::File& file, const EngineOptions& options)
     : model_(model::LlamaModel::load(file)),
       n_ctx_(choose_context(model_, options.n_ctx)),
       n_batch_(std::max(1, options.n_batch)),
-      kv_(round_up_to_block(options.n_kv_tokens > 0 ? options.n_kv_tokens : n_ctx_), kKvBlockSize),
+      window_(choose_window(model_, options)),
+      n_sink_(options.kv_window > 0 ? options.n_sink : 0),
+      kv_(choose_kv_slots(options, n_ctx_, window_, n_sink_, n_batch_), kKvBlockSize),
       plan_(model_.config.n_vocab, kKvBlockSize, kv_.n_slots()) {
   if (options.n_kv_tokens < 0) throw std::invalid_argument("the KV cache size must not be negative");
   kv_.set_prefix_caching(options.prefix_caching);
@@ -59,7 +80,45 @@ Engine::Engine(const gguf::File& file, const EngineOptions& options)
 int32_t Engine::attach_prefix(int32_t seq, std::span<const int32_t> tokens, int32_t max_tokens) {
   const KvBlocks::PrefixHit hit = kv_.attach_prefix(seq, tokens, max_tokens);
   if (hit.copy) pending_copies_.push_back({hit.copy->from, hit.copy->to});
+  drop_invisible_blocks(seq);
   return hit.n_tokens;
+}
+
+void Engine::drop_invisible_blocks(int32_t seq) {
+  if (window_ == 0) return;
+  // The next token, at position length(), sees positions from length() - window + 1 on (and the sinks).
+  kv_.drop_blocks_before(seq, kv_.length(seq) - window_ + 1, n_sink_);
+}
+
+int32_t Engine::kv_tokens_held(int32_t n) const {
+  return window_ > 0 ? std::min(n, window_slots(window_, n_sink_, n_batch_)) : n;
+}
+
+int32_t Engine::peak_blocks_needed(int32_t seq, int32_t n) const {
+  const int32_t needed = kv_.blocks_needed(seq, n);
+  return window_ > 0 ? std::min(needed, window_slots(window_, n_sink_, n_batch_) / kKvBlockSize) : needed;
+}
+
+int32_t Engine::shift_context(int32_t seq, int32_t keep) {
+  const int32_t length = kv_.length(seq);
+  if (window_ > 0 && keep != n_sink_) {
+    throw std::invalid_argument("with a sliding window a context shift keeps exactly the " + std::to_string(n_sink_) +
+                                " attention sinks, not " + std::to_string(keep) + " tokens");
+  }
+  const int32_t n_discard = keep < 0 ? 0 : (length - keep) / 2 / kKvBlockSize * kKvBlockSize;
+  if (n_discard == 0) {
+    throw std::invalid_argument("a context shift that keeps " + std::to_string(keep) + " of " +
+                                std::to_string(length) + " tokens has nothing to drop");
+  }
+  const KvBlocks::ShiftWork work = kv_.shift(seq, keep, n_discard);
+  for (const KvBlocks::BlockCopy& c : work.block_copies) pending_copies_.push_back({c.from, c.to});
+  KvShift shift;
+  for (const KvBlocks::BlockCopy& c : work.slot_copies) shift.slot_copies.push_back({c.from, c.to});
+  shift.rotated_slots = work.rotated_slots;
+  shift.delta = -n_discard;
+  backend_->shift(pending_copies_, shift);
+  pending_copies_.clear();
+  return n_discard;
 }
 
 int32_t Engine::fork(int32_t seq) {
@@ -96,12 +155,15 @@ std::span<const float> Engine::step(std::span<const Chunk> chunks) {
   plan_.clear();
   for (const Chunk& c : chunks) {
     kv_.reserve(c.seq, static_cast<int32_t>(c.tokens.size()));
-    plan_.add_run(c.tokens, kv_.length(c.seq), kv_.blocks(c.seq), c.logits);
+    plan_.add_run(c.tokens, kv_.length(c.seq), kv_.blocks(c.seq), c.logits, window_, n_sink_);
   }
   logits_.resize(n_wanted * static_cast<size_t>(n_vocab()));
   backend_->forward(pending_copies_, plan_.plan(), logits_.data());
   pending_copies_.clear();
-  for (const Chunk& c : chunks) kv_.append(c.seq, c.tokens);
+  for (const Chunk& c : chunks) {
+    kv_.append(c.seq, c.tokens);
+    drop_invisible_blocks(c.seq);
+  }
   return logits_;
 }
 

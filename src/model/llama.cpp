@@ -110,6 +110,9 @@ LlamaModel LlamaModel::load(const gguf::File& file) {
   if (!n_ff) throw FormatError("missing metadata key 'llama.feed_forward_length'");
   c.n_ff = *n_ff;
   c.n_ctx_train = required_int(file, "llama.context_length", 1);
+  if (file.get_int("llama.attention.sliding_window")) {
+    c.sliding_window = required_int(file, "llama.attention.sliding_window", 0);
+  }
   c.rms_eps = static_cast<float>(file.get_float("llama.attention.layer_norm_rms_epsilon").value_or(1e-5));
   if (!(c.rms_eps > 0)) throw FormatError("metadata key 'llama.attention.layer_norm_rms_epsilon' must be positive");
   if (c.n_embd % c.n_head != 0) {

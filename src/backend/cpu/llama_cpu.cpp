@@ -68,19 +68,14 @@ LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options
       last_layer_(last_layer),
       pool_(options.n_threads),
       matmul_(pool_) {
-  const int hd = model.config.head_dim;
   for (KvFormat format : {kv_format_.k, kv_format_.v}) {
-    if (kv_format_is_quantized(format) && hd % kKvQuantBlock != 0) {
-      throw std::runtime_error("a " + std::string(kv_format_name(format)) +
-                               " KV cache needs a head dimension that is a multiple of 32, not " + std::to_string(hd));
-    }
+    const std::string why = kv_format_unsupported(format, model.config.head_dim, model.config.n_head_kv);
+    if (!why.empty()) throw std::runtime_error(why);
   }
-  k_row_bytes_ = kv_row_bytes(kv_format_.k, hd);
-  v_row_bytes_ = kv_row_bytes(kv_format_.v, hd);
-  const size_t rows = static_cast<size_t>(n_slots_) * model.config.n_head_kv;
-  k_layer_bytes_ = rows * k_row_bytes_;
-  v_layer_bytes_ = rows * v_row_bytes_;
-  kv_buffer_ = HugePageBuffer((k_layer_bytes_ + v_layer_bytes_) * static_cast<size_t>(last_layer_ - first_layer_));
+  k_layout_ = cache_layout(kv_format_.k);
+  v_layout_ = cache_layout(kv_format_.v);
+  kv_buffer_ = HugePageBuffer((k_layout_.layer_bytes + v_layout_.layer_bytes) *
+                              static_cast<size_t>(last_layer_ - first_layer_));
   std::memset(kv_buffer_.data(), 0, kv_buffer_.size());
   scratch_.resize(pool_.size());
   query_q8_.resize(pool_.size());
@@ -94,6 +89,17 @@ LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options
   matmul_.interleave(matrices, model_.file);
 }
 
+LlamaCpu::CacheLayout LlamaCpu::cache_layout(KvFormat format) const {
+  const model::LlamaConfig& c = model_.config;
+  CacheLayout l;
+  l.format = format;
+  l.heads_per_row = kv_heads_per_block_row(format, c.head_dim);
+  l.row_values = l.heads_per_row * c.head_dim;
+  l.row_bytes = kv_row_bytes(format, l.row_values);
+  l.layer_bytes = static_cast<size_t>(n_slots_) * (c.n_head_kv / l.heads_per_row) * l.row_bytes;
+  return l;
+}
+
 void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
   const model::MatrixView& e = model_.token_embd;
   pool_.parallel_for(static_cast<int64_t>(tokens.size()), [&](int64_t t, int) {
@@ -102,13 +108,13 @@ void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
 }
 
 void LlamaCpu::copy_kv_blocks(std::span<const KvBlockCopy> copies) {
-  // Head-major: a block of one KV head is one run of block_size rows.
+  // Head-major: a block of one row of heads is one run of block_size rows.
   for (const KvBlockCopy& copy : copies) {
     for (int il = first_layer_; il < last_layer_; ++il) {
-      for (const auto& [cache, row_bytes] : {std::pair{k_cache(il), k_row_bytes_}, std::pair{v_cache(il), v_row_bytes_}}) {
-        for (int h = 0; h < model_.config.n_head_kv; ++h) {
-          std::memcpy(cache + kv_row(h, copy.to * block_size_) * row_bytes,
-                      cache + kv_row(h, copy.from * block_size_) * row_bytes, block_size_ * row_bytes);
+      for (const auto& [cache, l] : {std::pair{k_cache(il), &k_layout_}, std::pair{v_cache(il), &v_layout_}}) {
+        for (int h = 0; h < model_.config.n_head_kv; h += l->heads_per_row) {
+          std::memcpy(row_at(cache, *l, h, copy.to * block_size_), row_at(cache, *l, h, copy.from * block_size_),
+                      block_size_ * l->row_bytes);
         }
       }
     }
@@ -119,9 +125,9 @@ void LlamaCpu::shift_kv(const KvShift& shift) {
   const model::LlamaConfig& c = model_.config;
   for (const KvSlotCopy& copy : shift.slot_copies) {
     for (int il = first_layer_; il < last_layer_; ++il) {
-      for (const auto& [cache, row_bytes] : {std::pair{k_cache(il), k_row_bytes_}, std::pair{v_cache(il), v_row_bytes_}}) {
-        for (int h = 0; h < c.n_head_kv; ++h) {
-          std::memcpy(cache + kv_row(h, copy.to) * row_bytes, cache + kv_row(h, copy.from) * row_bytes, row_bytes);
+      for (const auto& [cache, l] : {std::pair{k_cache(il), &k_layout_}, std::pair{v_cache(il), &v_layout_}}) {
+        for (int h = 0; h < c.n_head_kv; h += l->heads_per_row) {
+          std::memcpy(row_at(cache, *l, h, copy.to), row_at(cache, *l, h, copy.from), l->row_bytes);
         }
       }
     }
@@ -133,12 +139,12 @@ void LlamaCpu::shift_kv(const KvShift& shift) {
     const int il = first_layer_ + static_cast<int>(task / n_slots);
     const int32_t slot = shift.rotated_slots[task % n_slots];
     std::vector<float>& key = scratch_[thread];
-    grow(key, static_cast<size_t>(c.head_dim));
-    for (int h = 0; h < c.n_head_kv; ++h) {
-      uint8_t* row = k_cache(il) + kv_row(h, slot) * k_row_bytes_;
-      kv_to_f32(kv_format_.k, row, key.data(), c.head_dim);
-      apply_rope(key.data(), 1, c.head_dim, angles);
-      f32_to_kv(kv_format_.k, key.data(), row, c.head_dim);
+    grow(key, static_cast<size_t>(k_layout_.row_values));
+    for (int h = 0; h < c.n_head_kv; h += k_layout_.heads_per_row) {
+      uint8_t* row = row_at(k_cache(il), k_layout_, h, slot);
+      kv_to_f32(k_layout_.format, row, key.data(), k_layout_.row_values);
+      apply_rope(key.data(), k_layout_.heads_per_row, c.head_dim, angles);
+      f32_to_kv(k_layout_.format, key.data(), row, k_layout_.row_values);
     }
   });
 }
@@ -150,11 +156,14 @@ void LlamaCpu::store_kv(int il, const StepPlan& plan) {
     apply_rope(q_.data() + t * c.q_dim(), c.n_head, c.head_dim, rope_[t]);
     apply_rope(k_.data() + t * kv_dim, c.n_head_kv, c.head_dim, rope_[t]);
     const int32_t slot = plan.write_slots[t];
-    for (int h = 0; h < c.n_head_kv; ++h) {
-      const float* k = k_.data() + t * kv_dim + h * c.head_dim;
-      const float* v = v_.data() + t * kv_dim + h * c.head_dim;
-      f32_to_kv(kv_format_.k, k, k_cache(il) + kv_row(h, slot) * k_row_bytes_, c.head_dim);
-      f32_to_kv(kv_format_.v, v, v_cache(il) + kv_row(h, slot) * v_row_bytes_, c.head_dim);
+    // A row's heads are consecutive in k and v.
+    for (int h = 0; h < c.n_head_kv; h += k_layout_.heads_per_row) {
+      f32_to_kv(k_layout_.format, k_.data() + t * kv_dim + h * c.head_dim, row_at(k_cache(il), k_layout_, h, slot),
+                k_layout_.row_values);
+    }
+    for (int h = 0; h < c.n_head_kv; h += v_layout_.heads_per_row) {
+      f32_to_kv(v_layout_.format, v_.data() + t * kv_dim + h * c.head_dim, row_at(v_cache(il), v_layout_, h, slot),
+                v_layout_.row_values);
     }
   });
 }
@@ -168,7 +177,8 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
   const bool f16 = kv_format_.k == KvFormat::F16 && kv_format_.v == KvFormat::F16;
   const bool quantized_keys = kv_format_is_quantized(kv_format_.k);
   const GgmlType key_type = block_type(kv_format_.k);
-  const size_t query_row_bytes = quantized_keys ? quant::activation_row_bytes(key_type, hd) : 0;
+  const int k_row_values = k_layout_.row_values, v_row_values = v_layout_.row_values;
+  const size_t query_row_bytes = quantized_keys ? quant::activation_row_bytes(key_type, k_row_values) : 0;
 
   // Tokens of one run, cut into blocks that share one gather of K/V per KV head. A block's keys are two ranges
   // of positions: [0, sink_end) and [window_begin, max_pos]. Its tokens see a prefix of them, so a token whose
@@ -202,23 +212,32 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
     const int n_keys = b.sink_end + (b.max_pos + 1 - b.window_begin);
     const int n_rows = static_cast<int>(b.t1 - b.t0) * group;  // query rows: token-major, then head
     const int64_t first_query = b.t0 * c.q_dim() + static_cast<int64_t>(h) * group * hd;
-    // Scratch: the keys as f32 (not for quantized keys), the values as f32, then attend_block's scratch or the
-    // scores of the quantized keys.
-    const int64_t key_floats = quantized_keys ? 0 : static_cast<int64_t>(n_keys) * hd;
+    // Scratch: the keys' rows as f32 (not for quantized keys), the values' rows as f32, then attend_block's
+    // scratch or the scores of the quantized keys; also a query row padded to a key row.
+    // The keys take the values' row stride (AttentionBlock has one), which is wider where the values' blocks
+    // span heads and the keys' rows do not.
+    const int64_t key_floats = quantized_keys ? 0 : static_cast<int64_t>(n_keys) * v_row_values;
+    const int64_t value_floats = static_cast<int64_t>(n_keys) * v_row_values;
     const int64_t score_stride = scored_attention_stride(n_keys);
     const size_t tail = quantized_keys ? static_cast<size_t>(scored_attention_rows(n_rows) * score_stride)
                                        : attend_block_scratch_floats(n_keys, hd);
     std::vector<float>& s = scratch_[thread];
-    grow(s, static_cast<size_t>(key_floats + static_cast<int64_t>(n_keys) * hd) + tail);
+    grow(s, static_cast<size_t>(key_floats + value_floats + k_row_values) + tail);
     float* keys = s.data();
     float* values = keys + key_floats;
-    float* after_values = values + static_cast<int64_t>(n_keys) * hd;
+    float* padded_query = values + value_floats;
+    float* after_values = padded_query + k_row_values;
     std::vector<uint8_t>& query_q8 = query_q8_[thread];
     if (quantized_keys) {
+      // Each query row as a key row with zeros for the other heads of the row: the block dot products then sum
+      // this head's products only.
+      const int offset = k_layout_.offset_in_row(h, hd);
+      std::fill_n(padded_query, k_row_values, 0.0f);
       grow(query_q8, static_cast<size_t>(n_rows) * query_row_bytes);
       for (int r = 0; r < n_rows; ++r) {
         const float* query = q_.data() + first_query + (r / group) * c.q_dim() + static_cast<int64_t>(r % group) * hd;
-        quant::quantize_activations(key_type, query, query_q8.data() + r * query_row_bytes, hd);
+        std::copy_n(query, hd, padded_query + offset);
+        quant::quantize_activations(key_type, padded_query, query_q8.data() + r * query_row_bytes, k_row_values);
       }
     }
     // Positions [begin, end) of the sequence, from key row `row` on. Keys in consecutive slots (a KV block's,
@@ -235,21 +254,26 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
         if (j + n < end) {
           const int32_t next = plan.slot(run, j + n);
           const size_t ahead_rows = static_cast<size_t>(std::min(kGatherAhead, n_slots_ - next));
-          const uint8_t* k_ahead = k_cache(il) + kv_row(h, next) * k_row_bytes_;
-          const uint8_t* v_ahead = v_cache(il) + kv_row(h, next) * v_row_bytes_;
-          for (size_t line = 0; line < ahead_rows * k_row_bytes_; line += 64) __builtin_prefetch(k_ahead + line);
-          for (size_t line = 0; line < ahead_rows * v_row_bytes_; line += 64) __builtin_prefetch(v_ahead + line);
+          const uint8_t* k_ahead = row_at(k_cache(il), k_layout_, h, next);
+          const uint8_t* v_ahead = row_at(v_cache(il), v_layout_, h, next);
+          for (size_t line = 0; line < ahead_rows * k_layout_.row_bytes; line += 64) __builtin_prefetch(k_ahead + line);
+          for (size_t line = 0; line < ahead_rows * v_layout_.row_bytes; line += 64) __builtin_prefetch(v_ahead + line);
         }
-        const uint8_t* k_run = k_cache(il) + kv_row(h, first_slot) * k_row_bytes_;
-        const uint8_t* v_run = v_cache(il) + kv_row(h, first_slot) * v_row_bytes_;
+        const uint8_t* k_run = row_at(k_cache(il), k_layout_, h, first_slot);
+        const uint8_t* v_run = row_at(v_cache(il), v_layout_, h, first_slot);
         if (quantized_keys) {
           // scores[r][row + i] = (query row r) . (key i of the run), integer dot products block by block.
-          quant::gemm(key_type, k_run, k_row_bytes_, hd, 0, n, query_q8.data(), query_row_bytes, n_rows,
-                      after_values + row, score_stride);
+          quant::gemm(key_type, k_run, k_layout_.row_bytes, k_row_values, 0, n, query_q8.data(), query_row_bytes,
+                      n_rows, after_values + row, score_stride);
+        } else if (k_row_values == v_row_values) {
+          kv_to_f32(k_layout_.format, k_run, keys + row * k_row_values, static_cast<int64_t>(n) * k_row_values);
         } else {
-          kv_to_f32(kv_format_.k, k_run, keys + row * hd, static_cast<int64_t>(n) * hd);
+          for (int32_t i = 0; i < n; ++i) {
+            kv_to_f32(k_layout_.format, k_run + i * k_layout_.row_bytes, keys + (row + i) * v_row_values,
+                      k_row_values);
+          }
         }
-        kv_to_f32(kv_format_.v, v_run, values + row * hd, static_cast<int64_t>(n) * hd);
+        kv_to_f32(v_layout_.format, v_run, values + row * v_row_values, static_cast<int64_t>(n) * v_row_values);
         j += n;
         row += n;
       }
@@ -258,9 +282,19 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
     gather(b.window_begin, b.max_pos + 1, b.sink_end);
     int32_t token_keys[kAttentionTokenBlock];
     for (int64_t t = b.t0; t < b.t1; ++t) token_keys[t - b.t0] = b.sink_end + plan.positions[t] + 1 - b.window_begin;
-    const AttentionBlock block{q_.data() + first_query, attn_.data() + first_query, c.q_dim(), static_cast<int>(b.t1 - b.t0),
-                               group,             token_keys,           keys,      values,
-                               hd,                hd,                   scale,     f16};
+    // Keys and values as rows of their layouts, from this head's values in them on.
+    const AttentionBlock block{q_.data() + first_query,
+                               attn_.data() + first_query,
+                               c.q_dim(),
+                               static_cast<int>(b.t1 - b.t0),
+                               group,
+                               token_keys,
+                               keys + k_layout_.offset_in_row(h, hd),
+                               values + v_layout_.offset_in_row(h, hd),
+                               v_row_values,
+                               hd,
+                               scale,
+                               f16};
     if (quantized_keys) {
       attend_block_scored(block, after_values, score_stride);
     } else {

@@ -50,18 +50,34 @@ class LlamaCpu {
   ThreadPool pool_;
   MatmulRunner matmul_;
 
-  // Keys and values of this CPU's layers, each [n_head_kv][n_slots] rows of head_dim values in their format
-  // (kv_format.h; the quantized formats as ggml's blocks), in one buffer on huge pages. Head-major, so the slots
-  // of a sequence's cache block are one contiguous run of a KV head's rows, which attention reads in one go.
+  // Keys and values of this CPU's layers, in one buffer on huge pages. One layer's keys (or values) are
+  // [n_head_kv / heads_per_row][n_slots] rows of heads_per_row * head_dim values in their format (kv_format.h; the
+  // quantized formats as ggml's blocks). A row is one KV head's, or, for a quantized format and a head dimension
+  // under 32, the heads that share a block. Head-major, so the slots of a sequence's cache block are one
+  // contiguous run of rows, which attention reads in one go.
+  struct CacheLayout {
+    KvFormat format = KvFormat::F16;
+    int heads_per_row = 1;
+    int row_values = 0;
+    size_t row_bytes = 0;
+    size_t layer_bytes = 0;
+    // The row holding KV head h of `slot`, and where h's values start in it.
+    int64_t row(int h, int32_t slot, int n_slots) const {
+      return static_cast<int64_t>(h / heads_per_row) * n_slots + slot;
+    }
+    int offset_in_row(int h, int head_dim) const { return h % heads_per_row * head_dim; }
+  };
+  CacheLayout cache_layout(KvFormat format) const;
   HugePageBuffer kv_buffer_;
-  size_t k_row_bytes_ = 0, v_row_bytes_ = 0;  // of one KV head's row
-  size_t k_layer_bytes_ = 0, v_layer_bytes_ = 0;
+  CacheLayout k_layout_, v_layout_;
   uint8_t* k_cache(int il) const {
-    return kv_buffer_.data() + (il - first_layer_) * (k_layer_bytes_ + v_layer_bytes_);
+    return kv_buffer_.data() + (il - first_layer_) * (k_layout_.layer_bytes + v_layout_.layer_bytes);
   }
-  uint8_t* v_cache(int il) const { return k_cache(il) + k_layer_bytes_; }
-  // Where KV head h of `slot` starts in a layer's keys or values, in rows.
-  int64_t kv_row(int h, int32_t slot) const { return static_cast<int64_t>(h) * n_slots_ + slot; }
+  uint8_t* v_cache(int il) const { return k_cache(il) + k_layout_.layer_bytes; }
+  // Where the row of KV head h of `slot` starts in cache (a layer's keys or values laid out as `l`).
+  uint8_t* row_at(uint8_t* cache, const CacheLayout& l, int h, int32_t slot) const {
+    return cache + l.row(h, slot, n_slots_) * l.row_bytes;
+  }
 
   // Activations, grown to the largest step seen and then reused.
   std::vector<RopeAngles> rope_;  // [n_tokens]: depend only on position, so computed once per forward
