@@ -305,8 +305,9 @@ std::vector<float> q8_round(const float* x, int n) {
 }
 
 // cpu::attend for every token and query head over the keys it sees, read from the host caches; the query rounded
-// as `query_rounding` says (none, f16 with the weights, or q8).
-enum class QueryRounding { None, F16, Q8 };
+// as `query_rounding` says: none, to f16 with the weights, to 8 bits, or to 8 bits and then f16 with the weights
+// (the flash kernel's tensor cores meeting quantized keys).
+enum class QueryRounding { None, F16, Q8, Q8ThenF16 };
 std::vector<float> attention_reference(const Step& s, const std::vector<float>& q, const HostCache& k,
                                        const HostCache& v, int n_head, int n_head_kv, int hd, QueryRounding rounding) {
   const int n_tokens = static_cast<int>(s.positions.size()), q_dim = n_head * hd, group = n_head / n_head_kv;
@@ -326,9 +327,10 @@ std::vector<float> attention_reference(const Step& s, const std::vector<float>& 
         std::copy_n(vrow.begin() + (h / group) * hd, hd, vr.begin() + i * hd);
       }
       std::vector<float> query(q.begin() + t * q_dim + h * hd, q.begin() + t * q_dim + (h + 1) * hd);
-      if (rounding == QueryRounding::Q8) query = q8_round(query.data(), hd);
+      if (rounding == QueryRounding::Q8 || rounding == QueryRounding::Q8ThenF16) query = q8_round(query.data(), hd);
       cpu::attend(query.data(), kr.data(), vr.data(), hd, n, hd, 1.0f / std::sqrt(static_cast<float>(hd)),
-                  rounding == QueryRounding::F16, scores.data(), out.data() + t * q_dim + h * hd);
+                  rounding == QueryRounding::F16 || rounding == QueryRounding::Q8ThenF16, scores.data(),
+                  out.data() + t * q_dim + h * hd);
     }
   }
   return out;
@@ -456,7 +458,8 @@ TEST(CudaKvCache, DecodeAttentionInEveryFormatWithinWindows) {
 }
 
 // The flash prompt kernel with quantized keys and values (decoded to f16 tile by tile) and with windows, against
-// cpu::attend with the f16 rounding of query and weights: two sequences, one fresh and one continuing past 180
+// cpu::attend with the f16 rounding of query and weights (and the query's 8-bit rounding for quantized keys):
+// two sequences, one fresh and one continuing past 180
 // cached keys, blocks behind the windows -1 in the table. Head dims 64 and 8 (q8_0 blocks spanning heads).
 TEST(CudaKvCache, PromptAttentionReadsQuantizedCachesWithinWindows) {
   TESSERA_REQUIRE_GPU();
@@ -483,7 +486,8 @@ TEST(CudaKvCache, PromptAttentionReadsQuantizedCachesWithinWindows) {
         DeviceBuffer<KeyWindow> d_windows(s.windows);
         prompt_attention(p, d_q.get(), dk.cache(), dv.cache(), d_pos.get(), w.window > 0 ? d_windows.get() : nullptr,
                          d_table.get(), sequences, 2, d_out.get(), nullptr, nullptr);
-        const std::vector<float> want = attention_reference(s, q, k, v, shape.n_head, shape.n_head_kv, hd, QueryRounding::F16);
+        const QueryRounding rounding = quantized(formats.k) ? QueryRounding::Q8ThenF16 : QueryRounding::F16;
+        const std::vector<float> want = attention_reference(s, q, k, v, shape.n_head, shape.n_head_kv, hd, rounding);
         // Both round the weights to f16 (the CPU after normalizing them, the GPU before); the GPU also rounds the
         // decoded quantized values to f16.
         expect_close(d_out.download(), want, 3e-3, 0,
@@ -630,34 +634,37 @@ TEST(CudaKvCache, FormatsAndShiftMatchTheCpuOnAFixture) {
   }
 }
 
-// stories260K (head dim 8: q8_0 blocks span four heads) with a q8_0 cache greedily generates the f16 cache's 200
-// tokens up to its golden's first near-tie (step 181), as on the CPU.
-TEST(CudaKvCache, Stories260KWithQ8CacheKeepsTheGreedyText) {
+// stories260K (head dim 8: q8_0 blocks span four heads) with quantized caches keeps its golden greedy text as far
+// as on the CPU (KvQuality.Stories260KGreedyTextWithQuantizedCaches): q8_0 keys and values to the near-tie at step
+// 110 (their logits move by up to 1.0 there, by the rounding itself), q8_0 values with f16 keys, and f16, past the
+// near-tie at step 181.
+TEST(CudaKvCache, Stories260KGreedyTextWithQuantizedCaches) {
   TESSERA_REQUIRE_GPU();
   const gguf::File file = gguf::File::open(tessera::test::fixture("trained/stories260K.gguf").string());
   std::ifstream in(tessera::test::fixture("trained/stories260K.golden.json"));
   const nlohmann::json golden = nlohmann::json::parse(in);
   const std::vector<int32_t> prompt = golden["prompt_tokens"].get<std::vector<int32_t>>();
   const std::vector<int32_t> want = golden["greedy_tokens"].get<std::vector<int32_t>>();
-  auto greedy = [&](KvFormat format) {
+  auto leading_agreement = [&](KvFormats formats) {
     engine::EngineOptions o;
     o.backend = "cuda";
     o.n_ctx = 256;
-    o.kv_format = format;
+    o.kv_format = formats;
     engine::Engine eng(file, o);
     const int32_t seq = eng.new_sequence();
     std::span<const float> logits = eng.eval(seq, prompt);
-    std::vector<int32_t> out;
-    for (int i = 0; i < 181; ++i) {
+    size_t agree = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
       const int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-      out.push_back(next);
+      if (next != want[i]) break;
+      ++agree;
       logits = eng.eval(seq, std::span(&next, 1));
     }
-    return out;
+    return agree;
   };
-  const std::vector<int32_t> golden_181(want.begin(), want.begin() + 181);
-  EXPECT_EQ(greedy(KvFormat::F16), golden_181);
-  EXPECT_EQ(greedy(KvFormat::Q8_0), golden_181);
+  EXPECT_GE(leading_agreement(KvFormat::F16), 181u);
+  EXPECT_GE(leading_agreement(KvFormats{KvFormat::F16, KvFormat::Q8_0}), 181u);
+  EXPECT_GE(leading_agreement(KvFormat::Q8_0), 110u);
 }
 
 }  // namespace

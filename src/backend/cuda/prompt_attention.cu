@@ -140,8 +140,11 @@ __global__ void __launch_bounds__(kWarps * 32) flash_prompt_attention_kernel(con
     warp_sink_ends[warp] = warp_sink_end;
   }
 
-  // The queries as A fragments, rounded to f16 (as ggml does before its f16 dot products).
-  uint32_t q_frag[D / 16][4];
+  // The queries as A fragments, rounded to f16 (as ggml does before its f16 dot products). Quantized keys meet
+  // the query rounded first to 8 bits per block of 32 dims (a head under 32 dims is one block), as the CPU's
+  // integer dot products and the decode kernel meet it. A row's dims are on the 4 lanes t of its quad: block b is
+  // kk = 2b, 2b + 1 of each.
+  float2 query[D / 16][2][2];  // [kk][upper][row]
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
@@ -149,10 +152,51 @@ __global__ void __launch_bounds__(kWarps * 32) flash_prompt_attention_kernel(con
       const int dim = kk * 16 + upper * 8 + 2 * t;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        float2 v = make_float2(0.0f, 0.0f);
-        if (token[r] >= 0 && dim < hd) v = *reinterpret_cast<const float2*>(a.q + token[r] * q_dim + head[r] * hd + dim);
-        q_frag[kk][r + 2 * upper] = pack_f16(v.x, v.y);
+        query[kk][upper][r] = make_float2(0.0f, 0.0f);
+        if (token[r] >= 0 && dim < hd) {
+          query[kk][upper][r] = *reinterpret_cast<const float2*>(a.q + token[r] * q_dim + head[r] * hd + dim);
+        }
       }
+    }
+  }
+  if constexpr (!kDirect) {
+    if (p.k_format == KvFormat::Q8_0 || p.k_format == KvFormat::Q4_0) {
+      constexpr int kBlockTiles = D >= 32 ? 2 : 1;  // kk per block of 32 dims (D = 16: one padded head)
+#pragma unroll
+      for (int kb = 0; kb < D / 16; kb += kBlockTiles) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float amax = 0;
+#pragma unroll
+          for (int kk = kb; kk < kb + kBlockTiles; ++kk) {
+#pragma unroll
+            for (int upper = 0; upper < 2; ++upper) {
+              amax = fmaxf(amax, fmaxf(fabsf(query[kk][upper][r].x), fabsf(query[kk][upper][r].y)));
+            }
+          }
+          amax = max_of_row(amax);
+          const float inverse = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+          const float d = __half2float(__float2half_rn(__fdiv_rn(amax, 127.0f)));
+#pragma unroll
+          for (int kk = kb; kk < kb + kBlockTiles; ++kk) {
+#pragma unroll
+            for (int upper = 0; upper < 2; ++upper) {
+              float2& v = query[kk][upper][r];
+              v = make_float2(static_cast<float>(__float2int_rn(__fmul_rn(v.x, inverse))) * d,
+                              static_cast<float>(__float2int_rn(__fmul_rn(v.y, inverse))) * d);
+            }
+          }
+        }
+      }
+    }
+  }
+  uint32_t q_frag[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int upper = 0; upper < 2; ++upper) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) q_frag[kk][r + 2 * upper] = pack_f16(query[kk][upper][r].x, query[kk][upper][r].y);
     }
   }
   __syncthreads();
