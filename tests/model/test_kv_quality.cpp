@@ -156,8 +156,7 @@ TEST_P(KvQuality, FixtureErrorsFollowTheSimulation) {
   const std::vector<Row> rows = measure(name, "models/" + name, big_vocab ? 16 : kGreedySteps);
   print(rows);
   expect_like_the_simulation(rows, name != "tiny-llama-F32" && name != "tiny-llama-F16");
-  // q8_0 keeps the f32 cache's greedy text for a while even on these near-tie-ridden random models (their smallest
-  // greedy gaps are under 1e-3, fixtures/README.md); the quantized logits stay within 0.05 everywhere.
+  // q8_0 keeps these models' logits within the fixtures' tolerance for quantized models (fixtures/README.md).
   EXPECT_LE(rows[2].engine.max, 0.05) << name;
 }
 
@@ -173,11 +172,10 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, KvQuality,
                          });
 
 // stories260K, a trained model (head dim 8: q8_0 blocks span four heads). Its keys have one outlier channel per
-// head (the last RoPE pair, rms 10-15 against 1-4 for the others), so 8 bits per block of 32 leave the other
-// channels a coarse step: the logits move by up to 1.0 (the f64 simulation of the rounding agrees), and the greedy
-// text keeps the golden's (and the f16 cache's) through the near-tie at step 67 (gap 0.049) and up to the one at
-// step 110 (gap 0.039), not to the one at step 181 (docs/notes/2026-12-05-kv-cache-quantization.md). Values alone
-// in q8_0 (keys f16) keep all 200 tokens.
+// head, so 8 bits per block of 32 leave the other channels a coarse step (the f64 simulation of the rounding moves
+// the logits as much), and the greedy text keeps the golden's through the near-tie at step 67 (gap 0.049) and up to
+// the one at step 110 (gap 0.039), not to the one at step 181 (docs/notes/2026-12-05-kv-cache-quantization.md).
+// Values alone in q8_0 (keys f16) keep it past step 181.
 TEST(KvQuality, Stories260KGreedyTextWithQuantizedCaches) {
   const std::vector<Row> rows = measure("stories260K", "trained/stories260K", kGreedySteps);
   print(rows);
