@@ -21,7 +21,7 @@ struct BackendOptions {
   int n_threads = 1;          // CPU threads
   int n_kv_slots = 0;         // token slots in the KV cache, for all sequences together
   int kv_block_size = 16;     // slots per block (StepPlan::block_size)
-  KvFormat kv_format = KvFormat::F16;
+  KvFormats kv_format;        // of keys and values (f16 both by default)
   int gpu_layers = -1;        // hybrid: layers on the GPU (-1 = all)
 };
 
@@ -29,6 +29,19 @@ struct BackendOptions {
 struct KvBlockCopy {
   int32_t from;
   int32_t to;
+};
+
+// A context shift's work in the KV cache (Engine::shift_context), made after the block copies: first single slots
+// copied (keys and values, every layer), then the keys of `rotated_slots` turned by RoPE as if their position
+// moved by `delta`, in place (through f32 for the f16 and quantized formats).
+struct KvSlotCopy {
+  int32_t from;
+  int32_t to;
+};
+struct KvShift {
+  std::vector<KvSlotCopy> slot_copies;
+  std::vector<int32_t> rotated_slots;
+  int32_t delta = 0;
 };
 
 class Backend {
@@ -40,6 +53,8 @@ class Backend {
   // Makes the copies, then runs the step: every token's key and value go to its write slot, and the logits of
   // the plan's output rows, [n_outputs][n_vocab], go to `logits`. Throws std::runtime_error on failure.
   virtual void forward(std::span<const KvBlockCopy> copies, const StepPlan& plan, float* logits) = 0;
+  // Makes the copies, then the shift. Throws std::runtime_error on failure.
+  virtual void shift(std::span<const KvBlockCopy> copies, const KvShift& shift) = 0;
   virtual uint64_t kv_cache_bytes() const = 0;
 };
 

@@ -5,14 +5,6 @@
 
 namespace tessera {
 
-std::string_view kv_format_name(KvFormat format) {
-  switch (format) {
-    case KvFormat::F16: return "f16";
-    case KvFormat::F32: return "f32";
-  }
-  return "unknown";
-}
-
 BackendRegistry& BackendRegistry::instance() {
   static BackendRegistry registry = [] {
     BackendRegistry r;

@@ -2,6 +2,8 @@
 // bandwidth measured in the same run so token generation can be read as a fraction of its roofline.
 //   ppP: one prompt of P random tokens in one batch, a fresh sequence each repetition.
 //   tgN: N tokens decoded one at a time from an empty sequence, a fresh sequence each repetition.
+// With -d D, both start from a sequence that already holds D random tokens (evaluated untimed), as llama-bench's
+// depth: "tg128 @ d4096" is decode speed at a 4096-token context, where attention reads a long KV cache.
 // With --parallel, one test per sequence count instead (bench_parallel.h), reported as llama-batched-bench does.
 // Each test runs once untimed first (it also pages the weights in), then `-r` timed repetitions. With --membw, the
 // bandwidth is also probed (briefly) before and after each generation repetition: on a shared host it swings
@@ -43,6 +45,7 @@ struct BenchArgs {
   EngineCliOptions engine;  // the context and batch sizes come from -p and -n
   int n_prompt = 512;
   int n_gen = 128;
+  int n_depth = 0;
   int repetitions = 5;
   std::string output = "md";
   bool membw = false;
@@ -78,6 +81,8 @@ struct ModelSummary {
   uint64_t n_params = 0;  // elements of all tensors
   uint64_t weight_bytes = 0;
   std::string device;     // what the backend computes on
+  KvFormats cache_type;
+  uint64_t kv_cache_bytes = 0;
 };
 
 void summarise(TestResult& r) {
@@ -94,6 +99,7 @@ ModelSummary summarise_model(const std::string& path, const gguf::File& file, co
   m.path = path;
   m.weight_bytes = engine.model().weight_bytes();
   m.device = engine.backend().device();
+  m.kv_cache_bytes = engine.kv_cache_bytes();
   std::map<GgmlType, uint64_t> bytes_by_type;
   for (const gguf::TensorInfo& t : file.tensors()) {
     m.n_params += t.n_elements;
@@ -126,10 +132,17 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// One prompt of n tokens in one forward call on a fresh sequence; returns tokens per second.
-double run_prompt(engine::Engine& engine, std::mt19937& rng, int n) {
-  const std::vector<int32_t> tokens = random_tokens(rng, n, engine.n_vocab());
+// A fresh sequence holding `depth` random tokens.
+int32_t sequence_at_depth(engine::Engine& engine, std::mt19937& rng, int depth) {
   const int32_t seq = engine.new_sequence();
+  if (depth > 0) engine.eval(seq, random_tokens(rng, depth, engine.n_vocab()));
+  return seq;
+}
+
+// One prompt of n tokens in one forward call on a fresh sequence; returns tokens per second.
+double run_prompt(engine::Engine& engine, std::mt19937& rng, int n, int depth) {
+  const std::vector<int32_t> tokens = random_tokens(rng, n, engine.n_vocab());
+  const int32_t seq = sequence_at_depth(engine, rng, depth);
   const auto start = std::chrono::steady_clock::now();
   const std::span<const float> logits = engine.eval(seq, tokens);
   const double s = seconds_since(start);
@@ -139,9 +152,9 @@ double run_prompt(engine::Engine& engine, std::mt19937& rng, int n) {
 }
 
 // n tokens one at a time on a fresh sequence; returns tokens per second.
-double run_generation(engine::Engine& engine, std::mt19937& rng, int n) {
+double run_generation(engine::Engine& engine, std::mt19937& rng, int n, int depth) {
   const std::vector<int32_t> tokens = random_tokens(rng, n, engine.n_vocab());
-  const int32_t seq = engine.new_sequence();
+  const int32_t seq = sequence_at_depth(engine, rng, depth);
   const auto start = std::chrono::steady_clock::now();
   std::span<const float> logits;
   for (int32_t token : tokens) logits = engine.eval(seq, std::span<const int32_t>(&token, 1));
@@ -192,7 +205,8 @@ void print_markdown(const std::optional<ModelSummary>& model, const std::vector<
       kernels = fmt::format("; CPU kernels: {}, weight prefetch {}", quant::simd_level_name(quant::active_simd_level()),
                             quant::weight_prefetch_name(quant::active_weight_prefetch()));
     }
-    print_stdout("device: {}{}\n\n", model->device, kernels);
+    print_stdout("device: {}{}\nKV cache: {}, {}\n\n", model->device, kernels, kv_formats_name(model->cache_type),
+                 human_bytes(model->kv_cache_bytes));
     print_stdout("| model | size | params | backend | threads | test | t/s | weights GB/s | of membw "
                "| of adjacent membw |\n");
     print_stdout("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
@@ -242,6 +256,10 @@ void print_json(const std::optional<ModelSummary>& model, const std::vector<Test
     o["model_type"] = model->type;
     o["model_params"] = model->n_params;
     o["model_bytes"] = model->weight_bytes;
+    o["n_depth"] = args.n_depth;
+    o["cache_type_k"] = kv_format_name(model->cache_type.k);
+    o["cache_type_v"] = kv_format_name(model->cache_type.v);
+    o["kv_cache_bytes"] = model->kv_cache_bytes;
     if (r.n_gen > 0) o["weights_gb_s"] = weights_gb_per_s(*model, r);
     if (bw) {
       add_membw(o);
@@ -349,6 +367,7 @@ void validate(const BenchArgs& a, bool has_model) {
   if (!has_model && !a.membw) throw UsageError("bench needs a model (-m FILE) or --membw");
   if (a.n_prompt < 0) throw UsageError(fmt::format("-p must not be negative (got {})", a.n_prompt));
   if (a.n_gen < 0) throw UsageError(fmt::format("-n must not be negative (got {})", a.n_gen));
+  if (a.n_depth < 0) throw UsageError(fmt::format("-d must not be negative (got {})", a.n_depth));
   if (has_model && a.n_prompt == 0 && a.n_gen == 0) throw UsageError("-p and -n are both 0: nothing to measure");
   if (a.repetitions < 1) throw UsageError(fmt::format("-r must be at least 1 (got {})", a.repetitions));
   if (a.membw_mib < 64) throw UsageError(fmt::format("--membw-mib must be at least 64 (got {})", a.membw_mib));
@@ -358,6 +377,7 @@ void validate(const BenchArgs& a, bool has_model) {
   }
   if (!has_model) throw UsageError("--parallel needs a model (-m FILE)");
   if (a.membw) throw UsageError("--membw does not combine with --parallel");
+  if (a.n_depth > 0) throw UsageError("-d does not combine with --parallel");
   for (int n : a.parallel) {
     if (n < 1) throw UsageError(fmt::format("--parallel takes sequence counts of at least 1 (got {})", n));
   }
@@ -429,26 +449,28 @@ void run_bench(const BenchArgs& args) {
     if (!std::filesystem::exists(path)) throw std::runtime_error("model file '" + path + "' not found");
     const gguf::File file = gguf::File::open(path);
     options.n_threads = threads;
-    options.n_ctx = std::max({args.n_prompt, args.n_gen, 1});
-    options.n_batch = std::max(args.n_prompt, 1);
+    options.n_ctx = std::max({args.n_prompt, args.n_gen, 1}) + args.n_depth;
+    options.n_batch = args.n_depth > 0 ? std::max(args.n_prompt, 512) : std::max(args.n_prompt, 1);
     options.prefix_caching = false;  // every repetition evaluates its tokens
     engine::Engine engine(file, options);
     model = summarise_model(path, file, engine);
+    model->cache_type = options.kv_format;
+    const std::string depth = args.n_depth > 0 ? fmt::format(" @ d{}", args.n_depth) : "";
 
     std::mt19937 rng(1234);
     if (args.n_prompt > 0) {
-      TestResult r{fmt::format("pp{}", args.n_prompt), args.n_prompt, 0, {}, 0, 0, {}};
-      run_prompt(engine, rng, args.n_prompt);
+      TestResult r{fmt::format("pp{}{}", args.n_prompt, depth), args.n_prompt, 0, {}, 0, 0, {}};
+      run_prompt(engine, rng, args.n_prompt, args.n_depth);
       for (int i = 0; i < args.repetitions; ++i) {
-        r.samples.push_back(run_prompt(engine, rng, args.n_prompt));
+        r.samples.push_back(run_prompt(engine, rng, args.n_prompt, args.n_depth));
         fmt::print(stderr, "bench: {} run {}/{}: {:.2f} t/s\n", r.name, i + 1, args.repetitions, r.samples.back());
       }
       summarise(r);
       results.push_back(std::move(r));
     }
     if (args.n_gen > 0) {
-      TestResult r{fmt::format("tg{}", args.n_gen), 0, args.n_gen, {}, 0, 0, {}};
-      run_generation(engine, rng, std::min(args.n_gen, 16));
+      TestResult r{fmt::format("tg{}{}", args.n_gen, depth), 0, args.n_gen, {}, 0, 0, {}};
+      run_generation(engine, rng, std::min(args.n_gen, 16), args.n_depth);
       const auto* stream = dynamic_cast<const HostWeightStream*>(&engine.backend());
       const std::span<const uint8_t> weights = stream ? stream->streamed_host_weights() : std::span<const uint8_t>{};
       r.adjacent_probe_reads_weights = weights.size() >= kAdjacentProbeMinBytes;
@@ -463,7 +485,7 @@ void run_bench(const BenchArgs& args) {
       };
       probe();
       for (int i = 0; i < args.repetitions; ++i) {
-        r.samples.push_back(run_generation(engine, rng, args.n_gen));
+        r.samples.push_back(run_generation(engine, rng, args.n_gen, args.n_depth));
         probe();
         fmt::print(stderr, "bench: {} run {}/{}: {:.2f} t/s\n", r.name, i + 1, args.repetitions, r.samples.back());
       }
@@ -488,6 +510,8 @@ void add_bench_command(CLI::App& root) {
   args->engine.add_to(cmd, {.model_required = false, .context_and_batch = false});
   cmd->add_option("-p,--n-prompt", args->n_prompt, "prompt tokens processed in one batch (0: skip)")->capture_default_str();
   cmd->add_option("-n,--n-gen", args->n_gen, "tokens generated one at a time (0: skip)")->capture_default_str();
+  cmd->add_option("-d,--n-depth", args->n_depth, "tokens already in the context when each test starts")
+      ->capture_default_str();
   cmd->add_option("-r,--repetitions", args->repetitions, "timed repetitions of each test")->capture_default_str();
   cmd->add_option("--output", args->output, "md or json")
       ->check(CLI::IsMember({"md", "json"}))

@@ -56,6 +56,7 @@ int run(const RunOptions& o) {
   request_options.max_tokens = o.max_tokens;
   request_options.sampling = sampling;
   request_options.ignore_eos = o.ignore_eos;
+  o.engine.apply_to(request_options);
   const std::vector<int32_t> prompt_tokens = request_options.prompt;
   // A write that fails stops generation: nothing is produced that cannot be delivered.
   std::optional<OutputError> write_error;
@@ -92,6 +93,7 @@ int run(const RunOptions& o) {
     doc["text"] = request->text();
     doc["stop_reason"] = stop;
     doc["kv_cache_bytes"] = loaded.engine->kv_cache_bytes();
+    doc["context_shifts"] = timings.context_shifts;
     doc["timings"] = {{"prompt_tokens", prompt_tokens.size()},
                       {"prompt_seconds", timings.prompt_seconds},
                       {"prompt_tokens_per_s", prompt_tps},
@@ -106,6 +108,10 @@ int run(const RunOptions& o) {
     flush_stdout();
     if (request->finish_reason() == engine::FinishReason::ContextFull) {
       std::fprintf(stderr, "stopped: the context (%d tokens) is full\n", loaded.engine->n_ctx());
+    }
+    if (timings.context_shifts > 0) {
+      std::fprintf(stderr, "context shifts: %d (the context is %d tokens)\n", timings.context_shifts,
+                   loaded.engine->n_ctx());
     }
     std::fprintf(stderr, "%s",
                  fmt::format("prompt: {} tokens, {:.1f} t/s | generated: {} tokens, {:.1f} t/s | first token: {:.0f} "
@@ -123,7 +129,7 @@ void add_run_command(CLI::App& root) {
   auto o = std::make_shared<RunOptions>();
   CLI::App* cmd = root.add_subcommand(
       "run", "Generate text from a prompt (the default command: `tessera -m M.gguf -p TEXT` runs it)");
-  o->engine.add_to(cmd);
+  o->engine.add_to(cmd, {.generation = true});
   const CLI::Option* prompt = cmd->add_option("-p,--prompt", o->prompt, "Prompt text");
   const CLI::Option* prompt_file = cmd->add_option(
       "-f,--file", o->prompt_file,

@@ -31,9 +31,21 @@ void EngineCliOptions::add_to(CLI::App* app, Fields fields) {
                     "KV cache slots shared by all sequences (default: 4 x --ctx-size); finished conversations stay "
                     "in it for the prefix cache until the slots are needed");
   }
-  app->add_option("--cache-type", cache_type, "KV cache element type: f16 or f32")->capture_default_str();
+  app->add_option("--cache-type", cache_type, "KV cache type of keys and values: f16, f32, bf16, q8_0 or q4_0")
+      ->capture_default_str();
+  app->add_option("--cache-type-k", cache_type_k, "KV cache type of the keys (default: --cache-type)");
+  app->add_option("--cache-type-v", cache_type_v, "KV cache type of the values (default: --cache-type)");
   gpu_layers_option_ = app->add_option("--gpu-layers", gpu_layers,
                                        "With --backend hybrid only: layers to put on the GPU (default: all)");
+  app->add_option("--kv-window", kv_window,
+                  "Sliding-window attention for any model, an approximation unless it was trained so: each token "
+                  "sees the N latest positions and the first --keep (attention sinks); the cache holds only those");
+  app->add_option("--keep", keep, "Tokens at the start that --kv-window keeps visible and a context shift keeps")
+      ->capture_default_str();
+  if (fields.generation) {
+    app->add_flag("--context-shift", context_shift,
+                  "When the context is full, drop the oldest half of the tokens after --keep and go on");
+  }
 }
 
 int capped_thread_count(int requested, std::string_view option) {
@@ -48,6 +60,16 @@ int capped_thread_count(int requested, std::string_view option) {
   return most;
 }
 
+namespace {
+
+KvFormat parse_cache_type(const std::string& option, const std::string& name) {
+  const std::optional<KvFormat> format = parse_kv_format(name);
+  if (!format) throw UsageError(option + " must be f16, f32, bf16, q8_0 or q4_0, not '" + name + "'");
+  return *format;
+}
+
+}  // namespace
+
 engine::EngineOptions EngineCliOptions::to_engine_options() const {
   engine::EngineOptions o;
   try {
@@ -57,13 +79,13 @@ engine::EngineOptions EngineCliOptions::to_engine_options() const {
   }
   if (ctx_size < 0) throw UsageError("--ctx-size must be positive");
   if (batch_size <= 0) throw UsageError("--batch-size must be positive");
-  if (cache_type == "f16") {
-    o.kv_format = KvFormat::F16;
-  } else if (cache_type == "f32") {
-    o.kv_format = KvFormat::F32;
-  } else {
-    throw UsageError("--cache-type must be f16 or f32, not '" + cache_type + "'");
-  }
+  const KvFormat both = parse_cache_type("--cache-type", cache_type);
+  o.kv_format.k = cache_type_k.empty() ? both : parse_cache_type("--cache-type-k", cache_type_k);
+  o.kv_format.v = cache_type_v.empty() ? both : parse_cache_type("--cache-type-v", cache_type_v);
+  if (kv_window < 0) throw UsageError("--kv-window must not be negative");
+  if (keep < 0) throw UsageError("--keep must not be negative");
+  o.kv_window = kv_window;
+  o.n_sink = keep;
   if (gpu_layers_option_ && gpu_layers_option_->count() > 0) {
     if (o.backend != "hybrid") {
       throw UsageError("--gpu-layers applies to --backend hybrid only (cpu runs every layer on the CPU, cuda every "
@@ -79,6 +101,11 @@ engine::EngineOptions EngineCliOptions::to_engine_options() const {
   o.kv_sequences = kv_sequences;
   o.gpu_layers = gpu_layers;
   return o;
+}
+
+void EngineCliOptions::apply_to(engine::RequestOptions& request) const {
+  request.context_shift = context_shift;
+  request.keep = keep;
 }
 
 namespace {
@@ -130,8 +157,8 @@ LoadedModel load_model(const EngineCliOptions& options, bool quiet) {
                                           "backend {}; KV cache {} tokens {} = {:.1f} MiB\n",
                                           c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_vocab,
                                           loaded.engine->model().weight_bytes() / 1048576.0,
-                                          loaded.engine->backend().name(), loaded.engine->n_ctx(), options.cache_type,
-                                          loaded.engine->kv_cache_bytes() / 1048576.0)
+                                          loaded.engine->backend().name(), loaded.engine->kv().n_slots(),
+                                          kv_formats_name(eo.kv_format), loaded.engine->kv_cache_bytes() / 1048576.0)
                                   .c_str());
   }
   return loaded;

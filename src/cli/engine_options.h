@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "engine/engine.h"
+#include "engine/request.h"
 #include "gguf/gguf.h"
 #include "tokenizer/tokenizer.h"
 
@@ -22,19 +23,27 @@ struct EngineCliOptions {
   int kv_size = 0;        // KV cache slots for all sequences together; 0: kv_sequences x the context
   int kv_sequences = 1;
   std::string cache_type = "f16";
+  std::string cache_type_k;  // empty: cache_type
+  std::string cache_type_v;
   int gpu_layers = -1;
+  int kv_window = 0;
+  int keep = 0;  // attention sinks with --kv-window; the tokens a context shift keeps
+  bool context_shift = false;
 
   // Which of the options a command takes: bench sizes the context and batch from its tests, and without a model
-  // only probes the memory bandwidth.
+  // only probes the memory bandwidth; commands that generate (run, chat, serve) take --context-shift.
   struct Fields {
     bool model_required = true;
     bool context_and_batch = true;
-    bool kv_pool = false;  // --kv-size: a cache shared by many sequences (serve)
+    bool kv_pool = false;     // --kv-size: a cache shared by many sequences (serve)
+    bool generation = false;  // --context-shift: commands that generate (run, chat, serve)
   };
   void add_to(CLI::App* app, Fields fields);
   void add_to(CLI::App* app) { add_to(app, Fields{}); }
   // Throws UsageError on bad values; warns on stderr when --threads is capped.
   engine::EngineOptions to_engine_options() const;
+  // The context-shift options of a request.
+  void apply_to(engine::RequestOptions& request) const;
 
  private:
   const CLI::Option* gpu_layers_option_ = nullptr;

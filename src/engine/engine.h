@@ -23,12 +23,19 @@ struct EngineOptions {
   std::string backend = "cpu";  // cpu | cuda | hybrid (alias hybrid-f32)
   int n_threads = 0;            // CPU threads; 0: physical cores
   int n_ctx = 0;                // most tokens one sequence holds; 0: the model's context length capped at 4096
-  int n_kv_tokens = 0;          // KV cache slots for all sequences together; 0: kv_sequences x n_ctx
+  int n_kv_tokens = 0;          // KV cache slots for all sequences together; 0: kv_sequences x n_ctx (or window)
   int kv_sequences = 1;
-  KvFormat kv_format = KvFormat::F16;
+  KvFormats kv_format;          // of keys and values (f16 both by default)
   int gpu_layers = -1;          // hybrid only
   int n_batch = 512;            // most tokens in one forward call; eval() splits longer inputs
   bool prefix_caching = true;   // keep finished sequences' KV blocks for later sequences with the same prefix
+  // Sliding-window attention for any model (an approximation unless the model was trained with it): a token sees
+  // the kv_window latest positions, its own included, and the first n_sink positions (attention sinks, as
+  // StreamingLLM keeps them). 0: the model's own window (<arch>.attention.sliding_window), if it has one, without
+  // sinks. With a window the cache keeps only the visible blocks of each sequence, and the default cache size
+  // (n_kv_tokens 0) is what one sequence needs, not n_ctx.
+  int kv_window = 0;
+  int n_sink = 0;
 };
 
 // The registry's name for a backend option ("hybrid-f32" is "hybrid"); throws std::invalid_argument for names
@@ -46,6 +53,8 @@ class Engine {
   const std::vector<std::string>& notices() const { return notices_; }
   int n_ctx() const { return n_ctx_; }
   int n_batch() const { return n_batch_; }
+  int window() const { return window_; }  // 0: every earlier position is seen
+  int n_sink() const { return n_sink_; }
   int n_vocab() const { return model_.config.n_vocab; }
   uint64_t kv_cache_bytes() const { return backend_->kv_cache_bytes(); }
   const KvBlocks& kv() const { return kv_; }
@@ -68,6 +77,17 @@ class Engine {
   // KV blocks that these chunks need beyond what their sequences hold; a step fits when this is at most
   // kv().available_blocks() and no sequence outgrows n_ctx().
   int32_t blocks_needed(std::span<const Chunk> chunks) const;
+  // Cache slots that a sequence of n tokens occupies at most (n without a window; with one, its window, sinks and
+  // one step of n_batch tokens), and the blocks that n more tokens of `seq` take at most at once.
+  int32_t kv_tokens_held(int32_t n) const;
+  int32_t peak_blocks_needed(int32_t seq, int32_t n) const;
+
+  // Context shift, for a sequence whose context is full: keeps its first `keep` tokens, drops the oldest half of
+  // the rest (rounded down to whole KV blocks) and moves the others down to follow the kept ones, re-rotating
+  // their keys in place (no recomputation). Returns how many tokens were dropped. Throws std::invalid_argument
+  // when nothing would be dropped, or, with a sliding window, when `keep` is not the sink count (the kept
+  // positions must be ones the window keeps); ContextFull when a shared block needs a copy and none is left.
+  int32_t shift_context(int32_t seq, int32_t keep);
   // One forward call over the chunks (of distinct sequences). Returns the logits of the wanted rows in chunk
   // order, [n_wanted][n_vocab], valid until the next call. Throws ContextFull, changing no sequence, when a
   // sequence would outgrow the context or the cache has too few blocks; std::invalid_argument for a bad chunk.
@@ -77,10 +97,15 @@ class Engine {
 
  private:
   model::LlamaModel model_;
+  // Gives back the blocks of `seq` that no later token sees (sliding window).
+  void drop_invisible_blocks(int32_t seq);
+
   std::vector<std::string> notices_;
   const BackendEntry& backend_entry_;
   int n_ctx_;
   int n_batch_;
+  int window_;
+  int n_sink_;
   KvBlocks kv_;
   StepPlanBuilder plan_;
   std::unique_ptr<Backend> backend_;

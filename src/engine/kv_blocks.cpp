@@ -47,7 +47,7 @@ void KvBlocks::set_prefix_caching(bool on) {
 
 int32_t KvBlocks::add_sequence() {
   const int32_t id = next_id_++;
-  sequences_.emplace(id, Sequence{{}, {}, 0, kRootHash});
+  sequences_.emplace(id, Sequence{{}, {}, 0, kRootHash, false});
   return id;
 }
 
@@ -55,14 +55,16 @@ void KvBlocks::remove_sequence(int32_t seq) {
   Sequence& s = get(seq);
   const int32_t n_full = s.length / block_size_;
   // The partly filled last block stays findable by the tokens it holds.
-  if (s.length % block_size_ != 0 && prefix_caching_) {
+  if (s.length % block_size_ != 0 && prefix_caching_ && !s.shifted) {
     const int32_t b = s.blocks[n_full];
     if (!blocks_[b].registered && blocks_[b].ref == 1) {
       register_block(b, s.prefix_hash, std::span(s.tokens).subspan(static_cast<size_t>(n_full) * block_size_), false);
     }
   }
   // Last block first, so that a prefix's later blocks are evicted before its earlier ones.
-  for (auto it = s.blocks.rbegin(); it != s.blocks.rend(); ++it) release_block(*it);
+  for (auto it = s.blocks.rbegin(); it != s.blocks.rend(); ++it) {
+    if (*it >= 0) release_block(*it);
+  }
   sequences_.erase(seq);
 }
 
@@ -97,7 +99,7 @@ void KvBlocks::append(int32_t seq, std::span<const int32_t> tokens) {
     const std::span<const int32_t> block_tokens = std::span(s.tokens).subspan(s.tokens.size() - block_size_);
     const uint64_t parent = s.prefix_hash;
     s.prefix_hash = chain_hash(parent, block_tokens);
-    if (prefix_caching_) register_block(s.blocks[s.length / block_size_ - 1], parent, block_tokens, true);
+    if (prefix_caching_ && !s.shifted) register_block(s.blocks[s.length / block_size_ - 1], parent, block_tokens, true);
   }
 }
 
@@ -161,8 +163,9 @@ std::pair<int32_t, std::optional<KvBlocks::BlockCopy>> KvBlocks::fork(int32_t se
   t.tokens = s.tokens;
   t.length = s.length;
   t.prefix_hash = s.prefix_hash;
+  t.shifted = s.shifted;
   for (int32_t i = 0; i < n_full; ++i) {
-    ++blocks_[s.blocks[i]].ref;
+    if (s.blocks[i] >= 0) ++blocks_[s.blocks[i]].ref;
     t.blocks.push_back(s.blocks[i]);
   }
   std::optional<BlockCopy> copy;
@@ -171,6 +174,78 @@ std::pair<int32_t, std::optional<KvBlocks::BlockCopy>> KvBlocks::fork(int32_t se
     copy = BlockCopy{s.blocks[n_full], t.blocks.back()};
   }
   return {id, copy};
+}
+
+void KvBlocks::drop_blocks_before(int32_t seq, int32_t first_position, int32_t n_sink) {
+  Sequence& s = get(seq);
+  const int32_t first_free = (n_sink + block_size_ - 1) / block_size_;  // blocks before it hold sinks
+  const int32_t end = std::min<int32_t>(first_position / block_size_, static_cast<int32_t>(s.blocks.size()));
+  for (int32_t i = first_free; i < end; ++i) {
+    if (s.blocks[i] < 0) continue;
+    release_block(s.blocks[i]);
+    s.blocks[i] = -1;
+  }
+}
+
+KvBlocks::ShiftWork KvBlocks::shift(int32_t seq, int32_t keep, int32_t n_discard) {
+  Sequence& s = get(seq);
+  const int32_t bs = block_size_;
+  if (keep < 0 || n_discard <= 0 || n_discard % bs != 0 || static_cast<int64_t>(keep) + n_discard > s.length) {
+    throw std::invalid_argument("a context shift cannot drop positions [" + std::to_string(keep) + ", " +
+                                std::to_string(static_cast<int64_t>(keep) + n_discard) + ") of a sequence of " +
+                                std::to_string(s.length) + " in blocks of " + std::to_string(bs));
+  }
+  const int32_t d = n_discard / bs, boundary = keep / bs, split = keep % bs;
+  const int32_t n_old = static_cast<int32_t>(s.blocks.size());
+  // The new table: the blocks before `keep`'s, the split block itself (it keeps its first `split` positions), then
+  // the blocks d later. Every block from `boundary` on changes (rotated keys, copied slots): it must be this
+  // sequence's alone.
+  const int32_t moved_from = boundary + (split != 0 ? 1 : 0);
+  std::vector<int32_t> table(s.blocks.begin(), s.blocks.begin() + moved_from);
+  for (int32_t i = moved_from + d; i < n_old; ++i) table.push_back(s.blocks[i]);
+  int32_t copies_needed = 0;
+  for (size_t i = boundary; i < table.size(); ++i) copies_needed += table[i] >= 0 && blocks_[table[i]].ref > 1;
+  if (copies_needed > available_blocks()) {
+    throw ContextFull("the KV cache is full: a context shift needs " + std::to_string(copies_needed) +
+                      " blocks to copy shared blocks into");
+  }
+  if (split != 0 && s.blocks[boundary] < 0) {
+    throw std::logic_error("KvBlocks::shift: the block of the kept positions was freed");
+  }
+
+  ShiftWork work;
+  for (size_t i = boundary; i < table.size(); ++i) {
+    const int32_t b = table[i];
+    if (b < 0) continue;
+    if (blocks_[b].ref > 1) {
+      table[i] = take_block();
+      work.block_copies.push_back({b, table[i]});
+      release_block(b);
+    } else {
+      unregister_block(b);
+    }
+  }
+  // The moved positions of the block that `keep` splits: from the block d later (its first `split` positions
+  // are dropped ones), where that block is still held.
+  if (split != 0 && boundary + d < n_old && s.blocks[boundary + d] >= 0) {
+    const int32_t from = s.blocks[boundary + d], to = table[boundary];
+    for (int32_t o = split; o < bs && static_cast<int64_t>(boundary + d) * bs + o < s.length; ++o) {
+      work.slot_copies.push_back({from * bs + o, to * bs + o});
+    }
+  }
+  // The dropped blocks go back last, so that no copy above lands in a block it reads from.
+  for (int32_t i = moved_from; i < moved_from + d && i < n_old; ++i) {
+    if (s.blocks[i] >= 0) release_block(s.blocks[i]);
+  }
+  s.blocks = std::move(table);
+  s.tokens.erase(s.tokens.begin() + keep, s.tokens.begin() + keep + n_discard);
+  s.length -= n_discard;
+  s.shifted = true;
+  for (int32_t p = keep; p < s.length; ++p) {
+    const int32_t b = s.blocks[p / bs];
+    if (b >= 0) work.rotated_slots.push_back(b * bs + p % bs);
+  }
+  return work;
 }
 
 int32_t KvBlocks::take_block() {

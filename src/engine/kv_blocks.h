@@ -9,6 +9,13 @@
 // partly filled last block stay cached, unreferenced, until their slots are needed (least recently used first).
 // A new sequence takes the cached blocks of the longest prefix of its tokens; where that prefix ends inside a
 // cached block, the block is copied (copy on write), since the new sequence will write the rest of it.
+//
+// Sliding-window attention frees a sequence's blocks that no later token sees (their table entries become -1);
+// a freed block that was registered stays in the prefix cache like any other, since its keys and values still
+// follow from the tokens before it, and one that another sequence holds stays with it. A context shift (shift())
+// moves a sequence's later tokens to earlier positions: from then on its keys and values no longer follow from
+// its tokens, so none of its blocks is registered again, and the blocks it changes are its own (copied where
+// shared) and unregistered.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +54,7 @@ class KvBlocks {
   void remove_sequence(int32_t seq);
   int32_t length(int32_t seq) const { return get(seq).length; }
   std::span<const int32_t> tokens(int32_t seq) const { return get(seq).tokens; }
+  // One entry per block of positions, -1 where drop_blocks_before freed it.
   std::span<const int32_t> blocks(int32_t seq) const { return get(seq).blocks; }
 
   // Blocks that `n` more tokens of `seq` need beyond those it holds.
@@ -74,12 +82,30 @@ class KvBlocks {
   // last block (returned, for the caller to make). Throws ContextFull when no block is left for the copy.
   std::pair<int32_t, std::optional<BlockCopy>> fork(int32_t seq);
 
+  // Sliding window: gives back the blocks of `seq` whose positions all lie before `first_position` and at or
+  // after n_sink (the sinks stay), leaving -1 in their place.
+  void drop_blocks_before(int32_t seq, int32_t first_position, int32_t n_sink);
+
+  // Context shift: drops positions [keep, keep + n_discard) of `seq` and moves the later ones n_discard positions
+  // earlier. n_discard is a positive multiple of the block size, so whole blocks move in the table; the block that
+  // `keep` splits takes the moved positions' slots by copy. The work the backend must do in its cache comes back:
+  // copies of shared blocks this changes (first), slot copies, and the slots whose keys now belong to a position
+  // n_discard earlier. Throws std::invalid_argument for a bad range, ContextFull (changing nothing) when no block
+  // is left for a copy.
+  struct ShiftWork {
+    std::vector<BlockCopy> block_copies;
+    std::vector<BlockCopy> slot_copies;  // from slot, to slot
+    std::vector<int32_t> rotated_slots;
+  };
+  ShiftWork shift(int32_t seq, int32_t keep, int32_t n_discard);
+
  private:
   struct Sequence {
     std::vector<int32_t> blocks;
     std::vector<int32_t> tokens;
     int32_t length = 0;
     uint64_t prefix_hash;  // of the tokens before its last full block's end
+    bool shifted = false;  // a context shift moved its tokens: its blocks are never registered
   };
   struct Block {
     int32_t ref = 0;              // sequences holding it

@@ -47,6 +47,7 @@ Request::Request(RequestOptions options, tokenizer::Tokenizer tokenizer, OnText 
       added_at_(Clock::now()) {
   if (options_.prompt.empty()) throw std::invalid_argument("the prompt is empty");
   if (options_.max_tokens < 0) throw std::invalid_argument("max_tokens must not be negative");
+  if (options_.keep < 0) throw std::invalid_argument("keep must not be negative");
   std::erase_if(options_.stop, [](const std::string& s) { return s.empty(); });
   timings_.prompt_tokens = static_cast<int32_t>(options_.prompt.size());
 }
@@ -70,7 +71,7 @@ void Request::accept(std::span<const float> logits, int32_t n_ctx) {
   if (finished()) return;
   if (options_.max_tokens > 0 && static_cast<int>(generated_.size()) >= options_.max_tokens) {
     finish(FinishReason::MaxTokens);
-  } else if (static_cast<int32_t>(tokens_.size()) > n_ctx) {
+  } else if (static_cast<int32_t>(tokens_.size()) > n_ctx && !options_.context_shift) {
     finish(FinishReason::ContextFull);  // the last token was sampled; it needs no slot of its own
   }
 }

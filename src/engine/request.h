@@ -33,6 +33,10 @@ struct RequestOptions {
   bool ignore_eos = false;
   std::vector<std::string> stop;  // generation ends before the first of these; it is never released
   int top_logprobs = -1;          // -1: no log-probabilities; else the chosen token's and this many best
+  // When the sequence fills the context: shift it (Engine::shift_context, keeping the first `keep` tokens) and
+  // go on, instead of finishing with FinishReason::ContextFull.
+  bool context_shift = false;
+  int keep = 0;
 };
 
 enum class FinishReason { None, EndOfGeneration, MaxTokens, ContextFull, StopString, Cancelled, Error };
@@ -46,6 +50,7 @@ struct RequestTimings {
   double first_token_seconds = 0;    // from being added to the first generated token
   double generation_seconds = 0;     // from the first generated token to the end
   int32_t preemptions = 0;
+  int32_t context_shifts = 0;
 };
 
 class Request {
@@ -69,7 +74,8 @@ class Request {
   const std::string& text() const { return text_; }  // everything released so far
   const RequestTimings& timings() const { return timings_; }
   const std::string& error() const { return error_; }  // why it ended with FinishReason::Error
-  // The whole sequence: prompt, then generated tokens (an end-of-generation token that ended it excluded).
+  // The whole sequence: prompt, then generated tokens (an end-of-generation token that ended it excluded), less
+  // the tokens context shifts dropped.
   const std::vector<int32_t>& tokens() const { return tokens_; }
 
  private:

@@ -18,9 +18,21 @@ void Scheduler::validate(const Request& request) const {
                                 std::to_string(engine_.n_ctx()) +
                                 " (including at least one generated token); raise --ctx-size or shorten it");
   }
-  if (n >= static_cast<size_t>(engine_.kv().n_slots())) {
+  if (engine_.kv_tokens_held(static_cast<int32_t>(n)) >= engine_.kv().n_slots()) {
     throw std::invalid_argument("the prompt has " + std::to_string(n) + " tokens but the whole KV cache holds " +
                                 std::to_string(engine_.kv().n_slots()));
+  }
+  const RequestOptions& o = request.options();
+  if (o.context_shift) {
+    // A shift drops half of what follows the kept tokens, in whole blocks of 16.
+    if (o.keep > engine_.n_ctx() - 2 * engine_.kv().block_size()) {
+      throw std::invalid_argument("keeping " + std::to_string(o.keep) + " tokens leaves a context shift nothing to " +
+                                  "drop in the " + std::to_string(engine_.n_ctx()) + "-token context");
+    }
+    if (engine_.window() > 0 && o.keep != engine_.n_sink()) {
+      throw std::invalid_argument("with a sliding window, a context shift keeps exactly the attention sinks (" +
+                                  std::to_string(engine_.n_sink()) + " tokens), not " + std::to_string(o.keep));
+    }
   }
 }
 
@@ -49,7 +61,7 @@ void Scheduler::admit() {
     const int32_t n_tokens = static_cast<int32_t>(r.tokens_.size());
     const int32_t cached = engine_.attach_prefix(seq, r.tokens_, n_tokens - 1);
     // Room for the rest of its tokens, and a block of headroom for every running request's next decode step.
-    const int32_t needed = engine_.kv().blocks_needed(seq, n_tokens - cached);
+    const int32_t needed = engine_.peak_blocks_needed(seq, n_tokens - cached);
     if (!running_.empty() && needed + static_cast<int32_t>(running_.size()) > engine_.kv().available_blocks()) {
       engine_.free_sequence(seq);
       return;
@@ -72,6 +84,27 @@ void Scheduler::preempt(size_t index) {
   r.n_computed_ = 0;
   ++r.timings_.preemptions;
   waiting_.push_front({std::move(running.request), std::move(running.followers)});
+}
+
+void Scheduler::shift_full_contexts() {
+  for (Running& running : running_) {
+    Request& r = *running.request;
+    if (!r.options_.context_shift || r.finished() || r.n_computed_ < engine_.n_ctx() ||
+        static_cast<int32_t>(r.tokens_.size()) == r.n_computed_) {
+      continue;
+    }
+    try {
+      const int32_t keep = r.options_.keep;
+      const int32_t dropped = engine_.shift_context(r.seq_, keep);
+      r.tokens_.erase(r.tokens_.begin() + keep, r.tokens_.begin() + keep + dropped);
+      r.n_computed_ -= dropped;
+      ++r.timings_.context_shifts;
+    } catch (const ContextFull&) {
+      r.finish(FinishReason::ContextFull);
+    } catch (const std::exception& e) {
+      r.fail(e.what());
+    }
+  }
 }
 
 void Scheduler::retire_finished() {
@@ -104,6 +137,7 @@ bool Scheduler::step() {
     it = waiting_.erase(it);
     for (auto f = followers.rbegin(); f != followers.rend(); ++f) it = waiting_.insert(it, {*f, {}});
   }
+  shift_full_contexts();
   retire_finished();
   admit();
   if (running_.empty()) {

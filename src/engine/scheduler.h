@@ -4,6 +4,8 @@
 // served, between steps, as sequences and KV blocks allow, and retired the moment they finish. When the cache
 // cannot hold every running sequence's next token, the newest is preempted: its blocks are freed and it waits at
 // the head of the queue, to resume with the same output (most of its blocks come back from the prefix cache).
+// A request that asked for context shift continues past a full context: its oldest tokens after the kept ones
+// are dropped (Engine::shift_context) before its next step.
 #pragma once
 
 #include <atomic>
@@ -54,6 +56,8 @@ class Scheduler {
   };
   void validate(const Request& request) const;
   void take_inbox();
+  // Shifts the context of running requests that asked for it and whose next token no longer fits.
+  void shift_full_contexts();
   void admit();
   void preempt(size_t running_index);
   void retire_finished();

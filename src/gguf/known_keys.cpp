@@ -34,7 +34,7 @@ constexpr std::array<std::pair<std::string_view, Expected>, 21> kGeneralKeys = {
 }};
 
 // Keys written as "<architecture>.<suffix>".
-constexpr std::array<std::pair<std::string_view, Expected>, 13> kArchitectureKeys = {{
+constexpr std::array<std::pair<std::string_view, Expected>, 14> kArchitectureKeys = {{
     {"context_length", Expected::U32},
     {"embedding_length", Expected::U32},
     {"block_count", Expected::U32},
@@ -49,6 +49,7 @@ constexpr std::array<std::pair<std::string_view, Expected>, 13> kArchitectureKey
     {"rope.scaling.factor", Expected::F32},
     {"rope.scaling.type", Expected::String},
     {"attention.key_length", Expected::U32},
+    {"attention.sliding_window", Expected::U32},
 }};
 
 bool matches(const Value& v, Expected expected) {

@@ -132,6 +132,9 @@ LlamaModel LlamaModel::load(const gguf::File& file) {
   if (!n_ff) throw FormatError("missing metadata key 'llama.feed_forward_length'");
   c.n_ff = *n_ff;
   c.n_ctx_train = required_int(file, "llama.context_length", 1);
+  if (file.get_int("llama.attention.sliding_window")) {
+    c.sliding_window = required_int(file, "llama.attention.sliding_window", 0);
+  }
   c.rms_eps = positive_finite(file, "llama.attention.layer_norm_rms_epsilon", 1e-5);
   // The embedding length decides the head dimension below: a wrong one must be named here, not as a RoPE mismatch.
   if (const gguf::TensorInfo* embd = file.find_tensor("token_embd.weight");

@@ -42,6 +42,7 @@ struct LlamaConfig {
   int head_dim = 0;    // n_embd / n_head
   int n_ff = 0;
   int n_ctx_train = 0;
+  int sliding_window = 0;  // llama.attention.sliding_window: a token sees this many latest positions; 0: all
   float rms_eps = 1e-5f;
   RopeConfig rope;
 

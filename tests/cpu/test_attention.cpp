@@ -217,5 +217,49 @@ TEST(AttendBlock, UnorderedKeyCounts) {
   }
 }
 
+// attend_block_scored at every level equals attend_scored row by row (the scalar level exactly), for rows whose
+// scores come from elsewhere (quantized keys), with and without the f16 rounding of the weights.
+TEST(AttendBlockScored, MatchesAttendScoredRowByRow) {
+  const Shape shapes[] = {{64, 8, 32, 481}, {64, 8, 7, 1}, {128, 1, 1, 77}, {32, 3, 5, 33}, {96, 4, 3, 250}};
+  for (const Shape& s : shapes) {
+    for (bool f16 : {true, false}) {
+      const int hd = s.head_dim, n_rows = s.n_tokens * s.n_heads, max_keys = s.first_keys + s.n_tokens - 1;
+      std::vector<int32_t> n_keys(s.n_tokens);
+      for (int t = 0; t < s.n_tokens; ++t) n_keys[t] = s.first_keys + t;
+      const int64_t kv_stride = hd + 3, token_stride = static_cast<int64_t>(s.n_heads) * hd + 5;
+      std::mt19937 rng(static_cast<uint32_t>(hd + 7 * s.n_tokens + f16));
+      std::normal_distribution<float> gauss(0.0f, 12.0f);  // unscaled q.k: a few units once scaled
+      std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+      std::vector<float> values(max_keys * kv_stride);
+      for (float& x : values) x = uniform(rng);
+      const int64_t stride = scored_attention_stride(max_keys) + 3;
+      std::vector<float> scores(scored_attention_rows(n_rows) * stride);
+      for (float& x : scores) x = gauss(rng);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+      std::vector<float> want(s.n_tokens * token_stride, 0.0f);
+      for (int r = 0; r < n_rows; ++r) {
+        std::vector<float> row(scores.begin() + r * stride, scores.begin() + r * stride + n_keys[r / s.n_heads]);
+        attend_scored(row.data(), values.data(), kv_stride, n_keys[r / s.n_heads], hd, scale, f16,
+                      want.data() + (r / s.n_heads) * token_stride + (r % s.n_heads) * hd);
+      }
+      for (SimdLevel level : levels_up_to_active()) {
+        std::vector<float> scratch = scores, got(want.size(), 0.0f);
+        const AttentionBlock block{nullptr,       got.data(), token_stride, s.n_tokens, s.n_heads, n_keys.data(),
+                                   nullptr,       values.data(), kv_stride, hd,         scale,     f16};
+        attend_block_scored_at(level, block, scratch.data(), stride);
+        float max_err = 0;
+        for (size_t i = 0; i < got.size(); ++i) max_err = std::max(max_err, std::abs(got[i] - want[i]));
+        // As in check_against_attend: the exp's ulps and the summation order; an f16 weight that rounds the other
+        // way moves the output by one f16 step of that weight.
+        float tolerance = (max_keys + 8) * std::numeric_limits<float>::epsilon() * 4;
+        if (f16) tolerance += std::ldexp(1.0f, -10) + max_keys * std::ldexp(1.0f, -24);
+        if (level == SimdLevel::Scalar) tolerance = 0;
+        EXPECT_LE(max_err, tolerance) << describe(s, f16, level);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tessera::cpu

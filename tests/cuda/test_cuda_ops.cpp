@@ -654,8 +654,8 @@ TEST(CudaOps, RopeAndKvStoreMatchCpu) {
     DeviceBuffer<uint8_t> k_cache(n_slots * kv_dim * elem), v_cache(n_slots * kv_dim * elem);
     RopeParams p{n_head,        n_head_kv, head_dim, rc.n_dims, std::pow(rc.freq_base, -2.0f / rc.n_dims),
                  rc.freq_scale, d_ff.get()};
-    rope_and_store_kv(p, d_q.get(), d_k.get(), d_v.get(), d_pos.get(), d_slots.get(), n_tokens, k_cache.get(),
-                      v_cache.get(), f16 ? KvFormat::F16 : KvFormat::F32, nullptr);
+    rope_and_store_kv(p, d_q.get(), d_k.get(), d_v.get(), d_pos.get(), d_slots.get(), n_tokens, KvCache{k_cache.get()},
+                      KvCache{v_cache.get()}, f16 ? KvFormat::F16 : KvFormat::F32, nullptr);
     for (int t = 0; t < n_tokens; ++t) {
       const cpu::RopeAngles a = cpu::rope_angles(rc, positions[t]);
       cpu::apply_rope(q.data() + t * q_dim, n_head, head_dim, a);
@@ -740,7 +740,7 @@ AttentionParams attention_params(int n_head, int n_head_kv, int head_dim, bool f
   p.n_head = n_head;
   p.n_head_kv = n_head_kv;
   p.head_dim = head_dim;
-  p.kv_format = f16 ? KvFormat::F16 : KvFormat::F32;
+  p.k_format = p.v_format = f16 ? KvFormat::F16 : KvFormat::F32;
   p.kv_block_shift = 0;
   while ((1 << p.kv_block_shift) < block_size) ++p.kv_block_shift;
   p.max_decode_heads = max_decode_heads;
@@ -788,8 +788,8 @@ TEST(CudaOps, AttentionMatchesCpu) {
         DeviceBuffer<int32_t> d_pos(positions), d_off(block_offsets), d_table(blocks);
         const AttentionParams p = attention_params(shape.n_head, shape.n_head_kv, shape.head_dim, f16);
         DeviceBuffer<float> partials(attention_partials_floats(p, n_tokens, n_splits));
-        attention(p, d_q.get(), d_kc.get(), d_vc.get(), d_pos.get(), d_off.get(), d_table.get(), n_tokens, n_splits,
-                  partials.get(), d_out.get(), nullptr);
+        attention(p, d_q.get(), KvCache{d_kc.get()}, KvCache{d_vc.get()}, d_pos.get(), nullptr, d_off.get(),
+                  d_table.get(), n_tokens, n_splits, partials.get(), d_out.get(), nullptr);
 
         const int hd = shape.head_dim;
         const std::vector<float> want = attention_reference(q, k_stored, v_stored, table, offsets, positions,
@@ -915,9 +915,9 @@ TEST(CudaOps, DecodeAttentionMatchesCpu) {
           DeviceBuffer<float> partials(attention_partials_floats(p, n_tokens, n_splits));
           const bool with_q8 = decode_attention_fuses_q8(p);
           DeviceQ8 d_q8(n_tokens, q_dim);
-          decode_attention(p, rope, d_q.get(), d_k.get(), d_v.get(), d_pos.get(), d_write.get(), d_off.get(),
-                           d_table.get(), n_tokens, n_splits, d_kc.get(), d_vc.get(), partials.get(), d_out.get(),
-                           with_q8 ? d_q8.rows : Q8Rows{}, nullptr);
+          decode_attention(p, rope, d_q.get(), d_k.get(), d_v.get(), d_pos.get(), nullptr, d_write.get(), d_off.get(),
+                           d_table.get(), n_tokens, n_splits, KvCache{d_kc.get()}, KvCache{d_vc.get()}, partials.get(),
+                           d_out.get(), with_q8 ? d_q8.rows : Q8Rows{}, nullptr);
 
           const std::vector<float> want = attention_reference(q_rot, k_stored, v_stored, table, offsets, positions,
                                                               shape.n_head, shape.n_head_kv, hd, f16);
@@ -986,8 +986,8 @@ TEST(CudaOps, PromptAttentionMatchesCpu) {
     DeviceBuffer<float> d_q(q), d_out(n_tokens * q_dim);
     DeviceBuffer<__half> d_out16(n_tokens * q_dim);
     DeviceBuffer<int32_t> d_pos(positions), d_table(blocks);
-    prompt_attention(p, d_q.get(), d_kc.get(), d_vc.get(), d_pos.get(), d_table.get(), sequences, 2, d_out.get(),
-                     d_out16.get(), nullptr);
+    prompt_attention(p, d_q.get(), KvCache{d_kc.get()}, KvCache{d_vc.get()}, d_pos.get(), nullptr, d_table.get(),
+                     sequences, 2, d_out.get(), d_out16.get(), nullptr);
     const std::vector<float> got = d_out.download();
     const std::string what = "prompt attention heads " + std::to_string(shape.n_head) + "/" +
                              std::to_string(shape.n_head_kv) + " dim " + std::to_string(hd);

@@ -161,5 +161,109 @@ TEST(KvBlocks, ForkSharesFullBlocksAndCopiesThePartialOne) {
   EXPECT_EQ(kv.used_blocks(), 0);
 }
 
+// Sliding window: the blocks wholly before the first visible position go back, except those holding sinks;
+// a block another sequence shares stays with it.
+TEST(KvBlocks, DropBlocksBeforeKeepsSinksAndSharedBlocks) {
+  KvBlocks kv(128, 16);
+  kv.set_prefix_caching(false);
+  const int32_t a = kv.add_sequence();
+  fill(kv, a, iota_tokens(100));  // blocks 0..6
+  const std::vector<int32_t> held(kv.blocks(a).begin(), kv.blocks(a).end());
+  const auto [b, copy] = kv.fork(a);  // shares a's six full blocks
+  EXPECT_EQ(kv.available_blocks(), 0);
+  kv.drop_blocks_before(a, 70, 20);  // sinks in blocks 0 and 1; blocks 2, 3 end before 70; block 4 holds 64..79
+  EXPECT_EQ(std::vector<int32_t>(kv.blocks(a).begin(), kv.blocks(a).end()),
+            (std::vector<int32_t>{held[0], held[1], -1, -1, held[4], held[5], held[6]}));
+  EXPECT_EQ(kv.available_blocks(), 0);  // b still holds blocks 2 and 3
+  kv.drop_blocks_before(b, 70, 0);
+  EXPECT_EQ(kv.available_blocks(), 2);  // blocks 2 and 3; blocks 0 and 1 are still a's sinks
+  EXPECT_EQ(kv.blocks(b)[0], -1);
+  EXPECT_EQ(kv.blocks(b)[1], -1);
+  kv.drop_blocks_before(a, 70, 20);     // nothing more to drop
+  EXPECT_EQ(kv.available_blocks(), 2);
+  kv.remove_sequence(a);
+  kv.remove_sequence(b);
+  EXPECT_EQ(kv.available_blocks(), 8);
+  EXPECT_EQ(kv.used_blocks(), 0);
+}
+
+// A context shift with `keep` on a block boundary only moves blocks in the table; the moved keys are those of the
+// later blocks, which belong to positions n_discard earlier now.
+TEST(KvBlocks, ShiftOnABlockBoundaryMovesBlocks) {
+  KvBlocks kv(128, 16);
+  const int32_t a = kv.add_sequence();
+  const std::vector<int32_t> tokens = iota_tokens(100);
+  fill(kv, a, tokens);
+  const std::vector<int32_t> held(kv.blocks(a).begin(), kv.blocks(a).end());
+  const int32_t available = kv.available_blocks();
+  const KvBlocks::ShiftWork work = kv.shift(a, 16, 32);
+  EXPECT_TRUE(work.block_copies.empty());
+  EXPECT_TRUE(work.slot_copies.empty());
+  EXPECT_EQ(kv.length(a), 68);
+  EXPECT_EQ(std::vector<int32_t>(kv.blocks(a).begin(), kv.blocks(a).end()),
+            (std::vector<int32_t>{held[0], held[3], held[4], held[5], held[6]}));
+  std::vector<int32_t> want_tokens(tokens.begin(), tokens.begin() + 16);
+  want_tokens.insert(want_tokens.end(), tokens.begin() + 48, tokens.end());
+  EXPECT_EQ(std::vector<int32_t>(kv.tokens(a).begin(), kv.tokens(a).end()), want_tokens);
+  ASSERT_EQ(work.rotated_slots.size(), 52u);  // positions 16..67
+  EXPECT_EQ(work.rotated_slots.front(), held[3] * 16);
+  EXPECT_EQ(work.rotated_slots.back(), held[6] * 16 + 3);
+  EXPECT_EQ(kv.available_blocks(), available + 2);
+}
+
+// With `keep` inside a block, that block keeps its first positions and takes the moved ones' slots by copy from
+// the block n_discard later; shared blocks that change are copied first, the sequence's blocks are never
+// registered again, and the blocks before `keep` stay shared.
+TEST(KvBlocks, ShiftInsideABlockCopiesSlotsAndSharedBlocks) {
+  KvBlocks kv(256, 16);
+  const int32_t a = kv.add_sequence();
+  const std::vector<int32_t> tokens = iota_tokens(90);
+  fill(kv, a, tokens);
+  const std::vector<int32_t> held(kv.blocks(a).begin(), kv.blocks(a).end());  // 6 blocks
+  const int32_t other = kv.add_sequence();                                      // shares a's first 4 blocks
+  ASSERT_EQ(kv.attach_prefix(other, tokens, 64).n_tokens, 64);
+  const KvBlocks::ShiftWork work = kv.shift(a, 20, 32);  // drops 20..51; 52.. move to 20..
+  // Block 1 (positions 16..31), which other shares, is copied before a changes it; old blocks 4 and 5, which
+  // become blocks 2 and 3, are a's own.
+  ASSERT_EQ(work.block_copies.size(), 1u);
+  EXPECT_EQ(work.block_copies[0].from, held[1]);
+  const int32_t split = work.block_copies[0].to;
+  EXPECT_EQ(kv.blocks(a)[0], held[0]);  // before keep: still shared
+  EXPECT_EQ(kv.blocks(a)[1], split);
+  EXPECT_EQ(kv.blocks(a)[2], held[4]);
+  EXPECT_EQ(kv.blocks(a)[3], held[5]);
+  EXPECT_EQ(kv.blocks(other)[1], held[1]);  // other keeps the original
+  // Old positions 52..63 (block 3, offsets 4..15) go to new positions 20..31 (the split block, same offsets).
+  ASSERT_EQ(work.slot_copies.size(), 12u);
+  for (int o = 4; o < 16; ++o) {
+    EXPECT_EQ(work.slot_copies[o - 4].from, held[3] * 16 + o);
+    EXPECT_EQ(work.slot_copies[o - 4].to, split * 16 + o);
+  }
+  EXPECT_EQ(kv.length(a), 58);
+  EXPECT_EQ(work.rotated_slots.size(), 38u);
+  EXPECT_EQ(work.rotated_slots.front(), split * 16 + 4);
+  // None of a's blocks is found by its tokens any more, though a fills two more: a new sequence with a's tokens
+  // after the shift gets the untouched first block, then a copy of the original block 1 for the 4 positions a
+  // kept of it (which other still holds), and nothing after.
+  fill(kv, a, iota_tokens(30, 7000));
+  const std::vector<int32_t> now(kv.tokens(a).begin(), kv.tokens(a).end());
+  kv.remove_sequence(a);
+  const int32_t c = kv.add_sequence();
+  const KvBlocks::PrefixHit hit = kv.attach_prefix(c, now, static_cast<int32_t>(now.size()));
+  EXPECT_EQ(hit.n_tokens, 20);
+  ASSERT_TRUE(hit.copy);
+  EXPECT_EQ(hit.copy->from, held[1]);
+}
+
+TEST(KvBlocks, ShiftRejectsBadRanges) {
+  KvBlocks kv(128, 16);
+  const int32_t a = kv.add_sequence();
+  fill(kv, a, iota_tokens(50));
+  EXPECT_THROW(kv.shift(a, 4, 20), std::invalid_argument);   // not whole blocks
+  EXPECT_THROW(kv.shift(a, 20, 32), std::invalid_argument);  // past the end
+  EXPECT_THROW(kv.shift(a, 4, 0), std::invalid_argument);
+  EXPECT_EQ(kv.length(a), 50);
+}
+
 }  // namespace
 }  // namespace tessera::engine

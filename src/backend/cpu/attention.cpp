@@ -21,7 +21,40 @@ void attend_block_scalar(const AttentionBlock& b, float* scratch) {
   }
 }
 
+void attend_block_scored_scalar(const AttentionBlock& b, float* scores, int64_t score_stride) {
+  for (int t = 0; t < b.n_tokens; ++t) {
+    for (int g = 0; g < b.n_heads; ++g) {
+      const int64_t row = static_cast<int64_t>(t) * b.n_heads + g;
+      const int64_t offset = t * b.token_stride + static_cast<int64_t>(g) * b.head_dim;
+      attend_scored(scores + row * score_stride, b.values, b.kv_stride, b.n_keys[t], b.head_dim, b.scale,
+                    b.f16_rounding, b.out + offset);
+    }
+  }
+}
+
 }  // namespace
+
+int64_t scored_attention_rows(int n_rows) { return round_up(n_rows, detail::kMaxTileRows); }
+int64_t scored_attention_stride(int max_keys) { return round_up(max_keys, detail::kMaxKeyTile); }
+
+void attend_block_scored(const AttentionBlock& block, float* scores, int64_t score_stride) {
+  attend_block_scored_at(quant::active_simd_level(), block, scores, score_stride);
+}
+
+void attend_block_scored_at(quant::SimdLevel level, const AttentionBlock& block, float* scores,
+                            int64_t score_stride) {
+  switch (level) {
+    case quant::SimdLevel::Avx512Vnni:
+      detail::attend_block_scored_avx512(block, scores, score_stride);
+      return;
+    case quant::SimdLevel::Avx2:
+      detail::attend_block_scored_avx2(block, scores, score_stride);
+      return;
+    case quant::SimdLevel::Scalar:
+      attend_block_scored_scalar(block, scores, score_stride);
+      return;
+  }
+}
 
 size_t attend_block_scratch_floats(int max_keys, int head_dim) {
   using namespace detail;

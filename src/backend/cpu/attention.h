@@ -37,6 +37,17 @@ void attend_block(const AttentionBlock& block, float* scratch);
 // level is attend() row by row, so head_dim is at most 512 there.
 void attend_block_at(quant::SimdLevel level, const AttentionBlock& block, float* scratch);
 
+// attend_block for scores made elsewhere (the integer dot products of a quantized query with a quantized KV
+// cache's keys): scores[r * score_stride + j] = q.k of query row r (token r / n_heads, head r % n_heads) and key j,
+// unscaled; they are overwritten. block.q and block.keys are not read, and f16_rounding rounds only the softmax
+// weights. The buffer needs scored_attention_rows(n_tokens * n_heads) rows of a stride of at least
+// scored_attention_stride(the most keys a token sees).
+int64_t scored_attention_rows(int n_rows);
+int64_t scored_attention_stride(int max_keys);
+void attend_block_scored(const AttentionBlock& block, float* scores, int64_t score_stride);
+// The same at a chosen level (the scalar level is attend_scored of ops.h, row by row).
+void attend_block_scored_at(quant::SimdLevel level, const AttentionBlock& block, float* scores, int64_t score_stride);
+
 // y[i] = exp(x[i]) as the softmax of attend_block computes it at `level` (AVX2 or AVX-512), exposed for its
 // test: within 2 ulp of exp for -87.3365 <= x <= 88, zero below (where exp(x) is about FLT_MIN or less).
 void softmax_exp_at(quant::SimdLevel level, const float* x, float* y, int64_t n);

@@ -89,6 +89,9 @@ struct Avx2 {
 }  // namespace
 
 void attend_block_avx2(const AttentionBlock& block, float* scratch) { attend_block_simd<Avx2>(block, scratch); }
+void attend_block_scored_avx2(const AttentionBlock& block, float* scores, int64_t score_stride) {
+  attend_block_scored_simd<Avx2>(block, scores, score_stride);
+}
 void softmax_exp_avx2(const float* x, float* y, int64_t n) { exp_array<Avx2>(x, y, n); }
 void swiglu_avx2(const float* gate, const float* up, float* out, int64_t n) {
   swiglu_array<Avx2>(gate, up, out, n);

@@ -82,6 +82,9 @@ struct Avx512 {
 }  // namespace
 
 void attend_block_avx512(const AttentionBlock& block, float* scratch) { attend_block_simd<Avx512>(block, scratch); }
+void attend_block_scored_avx512(const AttentionBlock& block, float* scores, int64_t score_stride) {
+  attend_block_scored_simd<Avx512>(block, scores, score_stride);
+}
 void softmax_exp_avx512(const float* x, float* y, int64_t n) { exp_array<Avx512>(x, y, n); }
 void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n) {
   swiglu_array<Avx512>(gate, up, out, n);

@@ -347,5 +347,39 @@ void attend_block_simd(const AttentionBlock& b, float* scratch) {
   }
 }
 
+// attend_block_scored: the softmax and weighted values of attend_block_simd, tile by tile, over scores the caller
+// made. Rows past the last of the tile are the buffer's padding rows (scored_attention_rows), zeroed.
+template <class S>
+void attend_block_scored_simd(const AttentionBlock& b, float* scores, int64_t stride) {
+  constexpr int kRows = S::kRows, kKeyTile = S::kKeyVectors * S::kLanes;
+  const int n_rows = b.n_tokens * b.n_heads;
+  float discard[kMaxHeadDim];  // outputs of the rows past the last
+  for (int r0 = 0; r0 < n_rows; r0 += kRows) {
+    const int rows = static_cast<int>(min_of(kRows, n_rows - r0));
+    int row_keys[kRows];
+    float* out_rows[kRows];
+    int tile_keys = 0;
+    for (int i = 0; i < rows; ++i) {
+      const int r = r0 + i;
+      row_keys[i] = b.n_keys[r / b.n_heads];
+      out_rows[i] = b.out + (r / b.n_heads) * b.token_stride + static_cast<int64_t>(r % b.n_heads) * b.head_dim;
+      tile_keys = row_keys[i] > tile_keys ? row_keys[i] : tile_keys;
+    }
+    const int64_t tile_padded = round_up(tile_keys, kKeyTile);
+    const typename S::V scale = S::broadcast(b.scale);
+    for (int i = 0; i < kRows; ++i) {
+      float* row = scores + (r0 + i) * stride;
+      if (i < rows) {
+        for (int64_t j = 0; j < tile_padded; j += S::kLanes) S::store(row + j, S::mul(S::load(row + j), scale));
+        softmax_row<S>(row, row_keys[i], tile_padded, b.f16_rounding);
+      } else {
+        for (int64_t j = 0; j < tile_padded; ++j) row[j] = 0;
+      }
+    }
+    for (int i = rows; i < kRows; ++i) out_rows[i] = discard;
+    weighted_values<S, kRows>(scores + r0 * stride, stride, tile_keys, b.values, b.kv_stride, b.head_dim, out_rows);
+  }
+}
+
 }  // namespace
 }  // namespace tessera::cpu::detail

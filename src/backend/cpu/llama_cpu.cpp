@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #include "backend/cpu/attention.h"
 #include "backend/cpu/f16_convert.h"
@@ -22,6 +24,39 @@ void grow(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
+GgmlType block_type(KvFormat format) { return format == KvFormat::Q8_0 ? GgmlType::Q8_0 : GgmlType::Q4_0; }
+
+// n values stored in `format` (one or more rows) -> f32.
+void kv_to_f32(KvFormat format, const uint8_t* src, float* dst, int64_t n) {
+  switch (format) {
+    case KvFormat::F16: f16_to_f32(reinterpret_cast<const uint16_t*>(src), dst, n); return;
+    case KvFormat::F32: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); return;
+    case KvFormat::BF16: {
+      const auto* h = reinterpret_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = quant::bf16_to_fp32(h[i]);
+      return;
+    }
+    case KvFormat::Q8_0:
+    case KvFormat::Q4_0: quant::dequantize_row(block_type(format), src, dst, n); return;
+  }
+}
+
+// n f32 values -> `format`. Q8_0 rounds as llama.cpp's CPU code does when it writes a q8_0 cache (its activation
+// quantizer); Q4_0 as its reference quantizer, which is what it uses for q4_0.
+void f32_to_kv(KvFormat format, const float* src, uint8_t* dst, int64_t n) {
+  switch (format) {
+    case KvFormat::F16: f32_to_f16(src, reinterpret_cast<uint16_t*>(dst), n); return;
+    case KvFormat::F32: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); return;
+    case KvFormat::BF16: {
+      auto* h = reinterpret_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) h[i] = quant::fp32_to_bf16(src[i]);
+      return;
+    }
+    case KvFormat::Q8_0: quant::quantize_activations(GgmlType::Q8_0, src, dst, n); return;
+    case KvFormat::Q4_0: quant::quantize_row(GgmlType::Q4_0, src, dst, n); return;
+  }
+}
+
 }  // namespace
 
 LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options, int first_layer, int last_layer)
@@ -33,11 +68,17 @@ LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options
       last_layer_(last_layer),
       pool_(options.n_threads),
       matmul_(pool_) {
-  kv_elem_bytes_ = kv_format_ == KvFormat::F16 ? 2 : 4;
-  kv_layer_bytes_ = static_cast<size_t>(n_slots_) * model.config.kv_dim() * kv_elem_bytes_;
-  kv_buffer_ = HugePageBuffer(2 * kv_layer_bytes_ * static_cast<size_t>(last_layer_ - first_layer_));
+  for (KvFormat format : {kv_format_.k, kv_format_.v}) {
+    const std::string why = kv_format_unsupported(format, model.config.head_dim, model.config.n_head_kv);
+    if (!why.empty()) throw std::runtime_error(why);
+  }
+  k_layout_ = cache_layout(kv_format_.k);
+  v_layout_ = cache_layout(kv_format_.v);
+  kv_buffer_ = HugePageBuffer((k_layout_.layer_bytes + v_layout_.layer_bytes) *
+                              static_cast<size_t>(last_layer_ - first_layer_));
   std::memset(kv_buffer_.data(), 0, kv_buffer_.size());
   scratch_.resize(pool_.size());
+  query_q8_.resize(pool_.size());
 
   std::vector<const model::MatrixView*> matrices;
   for (int il = first_layer_; il < last_layer_; ++il) {
@@ -48,6 +89,17 @@ LlamaCpu::LlamaCpu(const model::LlamaModel& model, const BackendOptions& options
   matmul_.interleave(matrices, model_.file);
 }
 
+LlamaCpu::CacheLayout LlamaCpu::cache_layout(KvFormat format) const {
+  const model::LlamaConfig& c = model_.config;
+  CacheLayout l;
+  l.format = format;
+  l.heads_per_row = kv_heads_per_block_row(format, c.head_dim);
+  l.row_values = l.heads_per_row * c.head_dim;
+  l.row_bytes = kv_row_bytes(format, l.row_values);
+  l.layer_bytes = static_cast<size_t>(n_slots_) * (c.n_head_kv / l.heads_per_row) * l.row_bytes;
+  return l;
+}
+
 void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
   const model::MatrixView& e = model_.token_embd;
   pool_.parallel_for(static_cast<int64_t>(tokens.size()), [&](int64_t t, int) {
@@ -56,8 +108,7 @@ void LlamaCpu::embed(std::span<const int32_t> tokens, float* x) {
 }
 
 void LlamaCpu::copy_kv_blocks(std::span<const KvBlockCopy> copies) {
-  // Head-major: a block of one KV head is one run of block_size rows.
-  const size_t run_bytes = static_cast<size_t>(block_size_) * model_.config.head_dim * kv_elem_bytes_;
+  // Head-major: a block of one row of heads is one run of block_size rows.
   const int n_blocks = n_slots_ / block_size_;
   for (const KvBlockCopy& copy : copies) {
     if (copy.from < 0 || copy.from >= n_blocks || copy.to < 0 || copy.to >= n_blocks) {
@@ -65,14 +116,42 @@ void LlamaCpu::copy_kv_blocks(std::span<const KvBlockCopy> copies) {
                                " is outside the cache of " + std::to_string(n_blocks) + " blocks");
     }
     for (int il = first_layer_; il < last_layer_; ++il) {
-      for (uint8_t* cache : {k_cache(il), v_cache(il)}) {
-        for (int h = 0; h < model_.config.n_head_kv; ++h) {
-          std::memcpy(cache + kv_offset(h, copy.to * block_size_) * kv_elem_bytes_,
-                      cache + kv_offset(h, copy.from * block_size_) * kv_elem_bytes_, run_bytes);
+      for (const auto& [cache, l] : {std::pair{k_cache(il), &k_layout_}, std::pair{v_cache(il), &v_layout_}}) {
+        for (int h = 0; h < model_.config.n_head_kv; h += l->heads_per_row) {
+          std::memcpy(row_at(cache, *l, h, copy.to * block_size_), row_at(cache, *l, h, copy.from * block_size_),
+                      block_size_ * l->row_bytes);
         }
       }
     }
   }
+}
+
+void LlamaCpu::shift_kv(const KvShift& shift) {
+  const model::LlamaConfig& c = model_.config;
+  for (const KvSlotCopy& copy : shift.slot_copies) {
+    for (int il = first_layer_; il < last_layer_; ++il) {
+      for (const auto& [cache, l] : {std::pair{k_cache(il), &k_layout_}, std::pair{v_cache(il), &v_layout_}}) {
+        for (int h = 0; h < c.n_head_kv; h += l->heads_per_row) {
+          std::memcpy(row_at(cache, *l, h, copy.to), row_at(cache, *l, h, copy.from), l->row_bytes);
+        }
+      }
+    }
+  }
+  // A key stored at position p is R(p) k; turning it by the angles of delta makes it R(p + delta) k.
+  const RopeAngles angles = rope_angles(c.rope, shift.delta);
+  const int64_t n_slots = static_cast<int64_t>(shift.rotated_slots.size());
+  pool_.parallel_for(n_slots * (last_layer_ - first_layer_), [&](int64_t task, int thread) {
+    const int il = first_layer_ + static_cast<int>(task / n_slots);
+    const int32_t slot = shift.rotated_slots[task % n_slots];
+    std::vector<float>& key = scratch_[thread];
+    grow(key, static_cast<size_t>(k_layout_.row_values));
+    for (int h = 0; h < c.n_head_kv; h += k_layout_.heads_per_row) {
+      uint8_t* row = row_at(k_cache(il), k_layout_, h, slot);
+      kv_to_f32(k_layout_.format, row, key.data(), k_layout_.row_values);
+      apply_rope(key.data(), k_layout_.heads_per_row, c.head_dim, angles);
+      f32_to_kv(k_layout_.format, key.data(), row, k_layout_.row_values);
+    }
+  });
 }
 
 void LlamaCpu::store_kv(int il, const StepPlan& plan) {
@@ -82,17 +161,14 @@ void LlamaCpu::store_kv(int il, const StepPlan& plan) {
     apply_rope(q_.data() + t * c.q_dim(), c.n_head, c.head_dim, rope_[t]);
     apply_rope(k_.data() + t * kv_dim, c.n_head_kv, c.head_dim, rope_[t]);
     const int32_t slot = plan.write_slots[t];
-    for (int h = 0; h < c.n_head_kv; ++h) {
-      const float* k = k_.data() + t * kv_dim + h * c.head_dim;
-      const float* v = v_.data() + t * kv_dim + h * c.head_dim;
-      const int64_t at = kv_offset(h, slot);
-      if (kv_format_ == KvFormat::F16) {
-        f32_to_f16(k, reinterpret_cast<uint16_t*>(k_cache(il)) + at, c.head_dim);
-        f32_to_f16(v, reinterpret_cast<uint16_t*>(v_cache(il)) + at, c.head_dim);
-      } else {
-        std::memcpy(reinterpret_cast<float*>(k_cache(il)) + at, k, c.head_dim * sizeof(float));
-        std::memcpy(reinterpret_cast<float*>(v_cache(il)) + at, v, c.head_dim * sizeof(float));
-      }
+    // A row's heads are consecutive in k and v.
+    for (int h = 0; h < c.n_head_kv; h += k_layout_.heads_per_row) {
+      f32_to_kv(k_layout_.format, k_.data() + t * kv_dim + h * c.head_dim, row_at(k_cache(il), k_layout_, h, slot),
+                k_layout_.row_values);
+    }
+    for (int h = 0; h < c.n_head_kv; h += v_layout_.heads_per_row) {
+      f32_to_kv(v_layout_.format, v_.data() + t * kv_dim + h * c.head_dim, row_at(v_cache(il), v_layout_, h, slot),
+                v_layout_.row_values);
     }
   });
 }
@@ -101,7 +177,13 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
   const model::LlamaConfig& c = model_.config;
   const int hd = c.head_dim, group = c.n_head / c.n_head_kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const bool f16 = kv_format_ == KvFormat::F16;
+  // ggml's f16 rounding of the query and the softmax weights (what llama.cpp's goldens hold) goes with f16 keys
+  // and values; quantized keys meet a quantized query instead.
+  const bool f16 = kv_format_.k == KvFormat::F16 && kv_format_.v == KvFormat::F16;
+  const bool quantized_keys = kv_format_is_quantized(kv_format_.k);
+  const GgmlType key_type = block_type(kv_format_.k);
+  const int k_row_values = k_layout_.row_values, v_row_values = v_layout_.row_values;
+  const size_t query_row_bytes = quantized_keys ? quant::activation_row_bytes(key_type, k_row_values) : 0;
 
   // Tokens of one run, cut into blocks that share one gather of K/V per KV head. A block's keys are two ranges
   // of positions: [0, sink_end) and [window_begin, max_pos]. Its tokens see a prefix of them, so a token whose
@@ -133,13 +215,38 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
     const int h = static_cast<int>(task % c.n_head_kv);
     const StepPlan::Run& run = plan.runs[plan.run_index[b.t0]];
     const int n_keys = b.sink_end + (b.max_pos + 1 - b.window_begin);
+    const int n_rows = static_cast<int>(b.t1 - b.t0) * group;  // query rows: token-major, then head
+    const int64_t first_query = b.t0 * c.q_dim() + static_cast<int64_t>(h) * group * hd;
+    // Scratch: the keys' rows as f32 (not for quantized keys), the values' rows as f32, then attend_block's
+    // scratch or the scores of the quantized keys; also a query row padded to a key row.
+    // The keys take the values' row stride (AttentionBlock has one), which is wider where the values' blocks
+    // span heads and the keys' rows do not.
+    const int64_t key_floats = quantized_keys ? 0 : static_cast<int64_t>(n_keys) * v_row_values;
+    const int64_t value_floats = static_cast<int64_t>(n_keys) * v_row_values;
+    const int64_t score_stride = scored_attention_stride(n_keys);
+    const size_t tail = quantized_keys ? static_cast<size_t>(scored_attention_rows(n_rows) * score_stride)
+                                       : attend_block_scratch_floats(n_keys, hd);
     std::vector<float>& s = scratch_[thread];
-    grow(s, static_cast<size_t>(n_keys) * hd * 2 + attend_block_scratch_floats(n_keys, hd));
+    grow(s, static_cast<size_t>(key_floats + value_floats + k_row_values) + tail);
     float* keys = s.data();
-    float* values = keys + static_cast<int64_t>(n_keys) * hd;
-    float* attend_scratch = values + static_cast<int64_t>(n_keys) * hd;
-    // Copies positions [begin, end) of the sequence to row `row` on. Keys in consecutive slots (a KV block's,
-    // head-major; or adjacent blocks) are one run, copied in one call: a call per key cost more than its copy.
+    float* values = keys + key_floats;
+    float* padded_query = values + value_floats;
+    float* after_values = padded_query + k_row_values;
+    std::vector<uint8_t>& query_q8 = query_q8_[thread];
+    if (quantized_keys) {
+      // Each query row as a key row with zeros for the other heads of the row: the block dot products then sum
+      // this head's products only.
+      const int offset = k_layout_.offset_in_row(h, hd);
+      std::fill_n(padded_query, k_row_values, 0.0f);
+      grow(query_q8, static_cast<size_t>(n_rows) * query_row_bytes);
+      for (int r = 0; r < n_rows; ++r) {
+        const float* query = q_.data() + first_query + (r / group) * c.q_dim() + static_cast<int64_t>(r % group) * hd;
+        std::copy_n(query, hd, padded_query + offset);
+        quant::quantize_activations(key_type, padded_query, query_q8.data() + r * query_row_bytes, k_row_values);
+      }
+    }
+    // Positions [begin, end) of the sequence, from key row `row` on. Keys in consecutive slots (a KV block's,
+    // head-major; or adjacent blocks) are one run, read in one call: a call per key cost more than its copy.
     auto gather = [&](int32_t begin, int32_t end, int64_t row) {
       for (int32_t j = begin; j < end;) {
         const int32_t first_slot = plan.slot(run, j);
@@ -147,27 +254,31 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
         while (j + n < end && plan.slot(run, j + n) == first_slot + n) {
           n += std::min(end - j - n, plan.block_size);
         }
-        const int64_t offset = kv_offset(h, first_slot), count = static_cast<int64_t>(n) * hd;
         // The weights streamed since this layer's last step have evicted the cache rows: ask for the next run's
         // first keys ahead of use (the hardware prefetcher follows a run once it has started).
         if (j + n < end) {
           const int32_t next = plan.slot(run, j + n);
-          const int64_t ahead = kv_offset(h, next) * static_cast<int64_t>(kv_elem_bytes_);
-          const size_t bytes = static_cast<size_t>(std::min(kGatherAhead, n_slots_ - next)) * hd * kv_elem_bytes_;
-          for (size_t line = 0; line < bytes; line += 64) {
-            __builtin_prefetch(k_cache(il) + ahead + line);
-            __builtin_prefetch(v_cache(il) + ahead + line);
+          const size_t ahead_rows = static_cast<size_t>(std::min(kGatherAhead, n_slots_ - next));
+          const uint8_t* k_ahead = row_at(k_cache(il), k_layout_, h, next);
+          const uint8_t* v_ahead = row_at(v_cache(il), v_layout_, h, next);
+          for (size_t line = 0; line < ahead_rows * k_layout_.row_bytes; line += 64) __builtin_prefetch(k_ahead + line);
+          for (size_t line = 0; line < ahead_rows * v_layout_.row_bytes; line += 64) __builtin_prefetch(v_ahead + line);
+        }
+        const uint8_t* k_run = row_at(k_cache(il), k_layout_, h, first_slot);
+        const uint8_t* v_run = row_at(v_cache(il), v_layout_, h, first_slot);
+        if (quantized_keys) {
+          // scores[r][row + i] = (query row r) . (key i of the run), integer dot products block by block.
+          quant::gemm(key_type, k_run, k_layout_.row_bytes, k_row_values, 0, n, query_q8.data(), query_row_bytes,
+                      n_rows, after_values + row, score_stride);
+        } else if (k_row_values == v_row_values) {
+          kv_to_f32(k_layout_.format, k_run, keys + row * k_row_values, static_cast<int64_t>(n) * k_row_values);
+        } else {
+          for (int32_t i = 0; i < n; ++i) {
+            kv_to_f32(k_layout_.format, k_run + i * k_layout_.row_bytes, keys + (row + i) * v_row_values,
+                      k_row_values);
           }
         }
-        float* key_rows = keys + row * hd;
-        float* value_rows = values + row * hd;
-        if (f16) {
-          f16_to_f32(reinterpret_cast<const uint16_t*>(k_cache(il)) + offset, key_rows, count);
-          f16_to_f32(reinterpret_cast<const uint16_t*>(v_cache(il)) + offset, value_rows, count);
-        } else {
-          std::memcpy(key_rows, reinterpret_cast<const float*>(k_cache(il)) + offset, count * sizeof(float));
-          std::memcpy(value_rows, reinterpret_cast<const float*>(v_cache(il)) + offset, count * sizeof(float));
-        }
+        kv_to_f32(v_layout_.format, v_run, values + row * v_row_values, static_cast<int64_t>(n) * v_row_values);
         j += n;
         row += n;
       }
@@ -176,11 +287,24 @@ void LlamaCpu::attention(int il, const StepPlan& plan) {
     gather(b.window_begin, b.max_pos + 1, b.sink_end);
     int32_t token_keys[kAttentionTokenBlock];
     for (int64_t t = b.t0; t < b.t1; ++t) token_keys[t - b.t0] = b.sink_end + plan.positions[t] + 1 - b.window_begin;
-    const int64_t first = b.t0 * c.q_dim() + static_cast<int64_t>(h) * group * hd;
-    const AttentionBlock block{q_.data() + first, attn_.data() + first, c.q_dim(), static_cast<int>(b.t1 - b.t0),
-                               group,             token_keys,           keys,      values,
-                               hd,                hd,                   scale,     f16};
-    attend_block(block, attend_scratch);
+    // Keys and values as rows of their layouts, from this head's values in them on.
+    const AttentionBlock block{q_.data() + first_query,
+                               attn_.data() + first_query,
+                               c.q_dim(),
+                               static_cast<int>(b.t1 - b.t0),
+                               group,
+                               token_keys,
+                               keys + k_layout_.offset_in_row(h, hd),
+                               values + v_layout_.offset_in_row(h, hd),
+                               v_row_values,
+                               hd,
+                               scale,
+                               f16};
+    if (quantized_keys) {
+      attend_block_scored(block, after_values, score_stride);
+    } else {
+      attend_block(block, after_values);
+    }
   });
 }
 
@@ -266,6 +390,11 @@ class CpuBackend final : public Backend, public HostWeightStream {
   std::string device() const override { return util::cpu_device_name(llama_.n_threads()); }
   uint64_t kv_cache_bytes() const override { return llama_.kv_cache_bytes(); }
   std::span<const uint8_t> streamed_host_weights() const override { return llama_.interleaved_weights(); }
+
+  void shift(std::span<const KvBlockCopy> copies, const KvShift& shift) override {
+    llama_.copy_kv_blocks(copies);
+    llama_.shift_kv(shift);
+  }
 
   void forward(std::span<const KvBlockCopy> copies, const StepPlan& plan, float* logits) override {
     llama_.copy_kv_blocks(copies);

@@ -24,6 +24,8 @@ class LlamaCpu {
   void embed(std::span<const int32_t> tokens, float* x);
   // Copies whole KV blocks of this CPU's layers.
   void copy_kv_blocks(std::span<const KvBlockCopy> copies);
+  // A context shift in this CPU's layers (Backend::shift, after the block copies).
+  void shift_kv(const KvShift& shift);
   // Runs layers [first_layer, last_layer) over x in place. When `last_is_final`, the final layer computes its
   // feed-forward only for the plan's output rows and leaves those rows, compacted, at the front of x.
   void run_layers(const StepPlan& plan, float* x, bool last_is_final);
@@ -40,7 +42,7 @@ class LlamaCpu {
   void attention(int il, const StepPlan& plan);
 
   const model::LlamaModel& model_;
-  KvFormat kv_format_;
+  KvFormats kv_format_;
   int n_slots_;
   int block_size_;
   int first_layer_;
@@ -48,17 +50,33 @@ class LlamaCpu {
   ThreadPool pool_;
   MatmulRunner matmul_;
 
-  // Keys and values of this CPU's layers, each [n_head_kv][n_slots][head_dim] f16 or f32, in one buffer on huge
-  // pages. Head-major, so the slots of a sequence's cache block are one contiguous run of a KV head's rows, which
-  // attention gathers in one copy.
+  // Keys and values of this CPU's layers, in one buffer on huge pages. One layer's keys (or values) are
+  // [n_head_kv / heads_per_row][n_slots] rows of heads_per_row * head_dim values in their format (kv_format.h; the
+  // quantized formats as ggml's blocks). A row is one KV head's, or, for a quantized format and a head dimension
+  // under 32, the heads that share a block. Head-major, so the slots of a sequence's cache block are one
+  // contiguous run of rows, which attention reads in one go.
+  struct CacheLayout {
+    KvFormat format = KvFormat::F16;
+    int heads_per_row = 1;
+    int row_values = 0;
+    size_t row_bytes = 0;
+    size_t layer_bytes = 0;
+    // The row holding KV head h of `slot`, and where h's values start in it.
+    int64_t row(int h, int32_t slot, int n_slots) const {
+      return static_cast<int64_t>(h / heads_per_row) * n_slots + slot;
+    }
+    int offset_in_row(int h, int head_dim) const { return h % heads_per_row * head_dim; }
+  };
+  CacheLayout cache_layout(KvFormat format) const;
   HugePageBuffer kv_buffer_;
-  size_t kv_layer_bytes_ = 0;  // of one layer's keys (or values)
-  size_t kv_elem_bytes_ = 0;
-  uint8_t* k_cache(int il) const { return kv_buffer_.data() + 2 * (il - first_layer_) * kv_layer_bytes_; }
-  uint8_t* v_cache(int il) const { return k_cache(il) + kv_layer_bytes_; }
-  // Where KV head h of `slot` starts in a layer's keys or values, in elements.
-  int64_t kv_offset(int h, int32_t slot) const {
-    return (static_cast<int64_t>(h) * n_slots_ + slot) * model_.config.head_dim;
+  CacheLayout k_layout_, v_layout_;
+  uint8_t* k_cache(int il) const {
+    return kv_buffer_.data() + (il - first_layer_) * (k_layout_.layer_bytes + v_layout_.layer_bytes);
+  }
+  uint8_t* v_cache(int il) const { return k_cache(il) + k_layout_.layer_bytes; }
+  // Where the row of KV head h of `slot` starts in cache (a layer's keys or values laid out as `l`).
+  uint8_t* row_at(uint8_t* cache, const CacheLayout& l, int h, int32_t slot) const {
+    return cache + l.row(h, slot, n_slots_) * l.row_bytes;
   }
 
   // Activations, grown to the largest step seen and then reused.
@@ -72,6 +90,7 @@ class LlamaCpu {
   std::vector<float> gate_;     // [n_tokens][n_ff]
   std::vector<float> up_;       // [n_tokens][n_ff]
   std::vector<std::vector<float>> scratch_;  // per thread: gathered keys, values and scores of one KV head
+  std::vector<std::vector<uint8_t>> query_q8_;  // per thread: a block's queries quantized (quantized keys)
 };
 
 }  // namespace tessera::cpu

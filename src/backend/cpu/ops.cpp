@@ -65,13 +65,21 @@ void attend(const float* q, const float* keys, const float* values, int64_t stri
     for (int d = 0; d < head_dim; ++d) qr[d] = round_to_f16(q[d]);
     query = qr;
   }
-  float max_score = -INFINITY;
   for (int j = 0; j < n_keys; ++j) {
     const float* k = keys + j * stride;
     float dot = 0;
 #pragma omp simd reduction(+ : dot)
     for (int d = 0; d < head_dim; ++d) dot += query[d] * k[d];
-    scores[j] = dot * scale;
+    scores[j] = dot;
+  }
+  attend_scored(scores, values, stride, n_keys, head_dim, scale, f16_rounding, out);
+}
+
+void attend_scored(float* scores, const float* values, int64_t stride, int n_keys, int head_dim, float scale,
+                   bool f16_rounding, float* out) {
+  float max_score = -INFINITY;
+  for (int j = 0; j < n_keys; ++j) {
+    scores[j] *= scale;
     max_score = std::max(max_score, scores[j]);
   }
   double sum = 0;

@@ -39,4 +39,9 @@ float round_to_f16(float x);
 void attend(const float* q, const float* keys, const float* values, int64_t stride, int n_keys, int head_dim,
             float scale, bool f16_rounding, float* scores, float* out);
 
+// attend() after its scores: out = softmax(scores * scale) V for scores already made (q.k of each key), which it
+// overwrites. With f16_rounding the softmax weights are rounded to f16. The reference of attend_block_scored.
+void attend_scored(float* scores, const float* values, int64_t stride, int n_keys, int head_dim, float scale,
+                   bool f16_rounding, float* out);
+
 }  // namespace tessera::cpu

@@ -27,6 +27,7 @@ class CudaBackend final : public Backend {
   void forward(std::span<const KvBlockCopy> copies, const StepPlan& plan, float* logits) override {
     llama_.forward(copies, plan, logits);
   }
+  void shift(std::span<const KvBlockCopy> copies, const KvShift& shift) override { llama_.shift(copies, shift); }
 
  private:
   LlamaCuda llama_;
@@ -57,6 +58,14 @@ class HybridBackend final : public Backend, public HostWeightStream {
   }
   std::span<const uint8_t> streamed_host_weights() const override {
     return cpu_ ? cpu_->interleaved_weights() : std::span<const uint8_t>{};
+  }
+
+  void shift(std::span<const KvBlockCopy> copies, const KvShift& shift) override {
+    if (gpu_) gpu_->shift(copies, shift);
+    if (cpu_) {
+      cpu_->copy_kv_blocks(copies);
+      cpu_->shift_kv(shift);
+    }
   }
 
   void forward(std::span<const KvBlockCopy> copies, const StepPlan& plan, float* logits) override {

@@ -120,9 +120,37 @@ void rms_norm(const float* x, const int32_t* rows, const float* weight, float* y
 void swiglu(const float* gate, const float* up, float* out, __half* out16, const Q8Rows& q8, int64_t count,
             cudaStream_t stream);
 
+// ---- the KV cache ------------------------------------------------------------------------------------------
+// One layer's keys (or values): a row of kv_dim = n_head_kv * head_dim values per cache slot, in a KvFormat.
+// F32, F16, BF16: data [n_slots][kv_dim] values. Q8_0, Q4_0: the numbers of ggml's blocks of 32 consecutive
+// values of a row (kv_format.h) in two planes, data [n_slots][kv_dim] int8 quants (Q4_0: [n_slots][kv_dim / 2]
+// bytes, value k of a block in the low nibble of its byte k, value k + 16 in the high nibble, as ggml) and
+// scales [n_slots][kv_dim / 32] f16: ggml's 34- and 18-byte blocks would leave a row's quants 2-byte aligned,
+// planes keep them 16-byte aligned for the kernels' vector loads.
+struct KvCache {
+  uint8_t* data = nullptr;
+  __half* scales = nullptr;  // the quantized formats'
+};
+// Bytes of n values' data (the quants of the quantized formats; n a multiple of 32 for them).
+__host__ __device__ constexpr int64_t kv_data_bytes(KvFormat format, int64_t n) {
+  return format == KvFormat::F32 ? 4 * n : format == KvFormat::Q8_0 ? n : format == KvFormat::Q4_0 ? n / 2 : 2 * n;
+}
+// Device bytes of a cache of n_slots rows (both planes, each 256-byte aligned), and the cache at `base`.
+size_t kv_cache_device_bytes(KvFormat format, int64_t n_slots, int kv_dim);
+KvCache kv_cache_at(void* base, KvFormat format, int64_t n_slots, int kv_dim);
+// Copies rows [from, from + n) to rows [to, to + n), both planes (whole KV blocks).
+void copy_kv_rows(const KvCache& cache, KvFormat format, int kv_dim, int64_t from, int64_t to, int64_t n,
+                  cudaStream_t stream);
+
+// The keys each token of a step sees beyond its own position's: with a sliding window, (window_begin, sink_end)
+// = its oldest visible position apart from the sinks and the end of its sinks (at most window_begin); without,
+// (0, 0). A token at position p sees [0, sink_end) and [window_begin, p]. The kernels take the step's windows or
+// null, which means no token has a window.
+using KeyWindow = int2;
+
 // RoPE ("normal" mode: adjacent pairs) on q [n_tokens][n_head][head_dim] in place and on k, whose rotated rows
-// go, with v's, straight into the cache rows slots[t] of ([n_slots][n_head_kv * head_dim], in kv_format); the k
-// buffer itself is left unrotated.
+// go, with v's, straight into the cache rows slots[t] (in formats.k and formats.v); the k buffer itself is left
+// unrotated.
 struct RopeParams {
   int n_head = 0;
   int n_head_kv = 0;
@@ -133,27 +161,39 @@ struct RopeParams {
   const float* freq_factors = nullptr;  // [n_dims/2] or null
 };
 void rope_and_store_kv(const RopeParams& p, float* q, const float* k, const float* v, const int32_t* positions,
-                       const int32_t* slots, int n_tokens, void* k_cache, void* v_cache, KvFormat kv_format,
-                       cudaStream_t stream);
+                       const int32_t* slots, int n_tokens, const KvCache& k_cache, const KvCache& v_cache,
+                       KvFormats formats, cudaStream_t stream);
+
+// Context shift (Backend::shift): copies the keys and values of slot copies[i].x to slot copies[i].y, then turns
+// the keys of `slots` by RoPE's angles of `delta` positions, in place (through f32 for the f16 and quantized
+// formats).
+void copy_kv_slots(const KvCache& cache, KvFormat format, int kv_dim, const int2* copies, int n_copies,
+                   cudaStream_t stream);
+void rotate_cached_keys(const RopeParams& p, const KvCache& k_cache, KvFormat format, int delta, const int32_t* slots,
+                        int n_slots, cudaStream_t stream);
 
 // ---- attention ---------------------------------------------------------------------------------------------
-// For each token t and query head h: out = softmax(q.k / sqrt(head_dim)) V over the keys of positions
-// 0..positions[t] of its sequence, whose KV blocks are block_table[table_offsets[t] ...] (kv_cache.cuh). GQA:
-// query head h uses KV head h / (n_head / n_head_kv). Keys are split over n_splits blocks (flash decoding) when n_splits > 1; then
-// `partials` needs n_tokens * n_head * n_splits * (head_dim + 2) floats.
+// For each token t and query head h: out = softmax(q.k / sqrt(head_dim)) V over the keys token t sees (positions
+// up to positions[t], within its KeyWindow windows[t]) of its sequence, whose KV blocks are
+// block_table[table_offsets[t] ...] (kv_cache.cuh). GQA: query head h uses KV head h / (n_head / n_head_kv). Keys
+// are split over n_splits blocks (flash decoding) when n_splits > 1; then `partials` needs
+// n_tokens * n_head * n_splits * (head_dim + 2) floats. With f16 keys and values the query is rounded to f16 first,
+// as ggml does before its f16 dot products.
 struct AttentionParams {
   int n_head = 0;
   int n_head_kv = 0;
   int head_dim = 0;
-  KvFormat kv_format = KvFormat::F16;
+  KvFormat k_format = KvFormat::F16;
+  KvFormat v_format = KvFormat::F16;
   int kv_block_shift = 4;  // log2 of the KV cache's block size
   // decode_attention: at most this many query heads of a KV head per block (8: all of a group of up to 8, each
   // K/V row read by one block); 0 for the default (2, or TESSERA_DECODE_HEADS).
   int max_decode_heads = 0;
 };
-void attention(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
-               const int32_t* positions, const int32_t* table_offsets, const int32_t* block_table, int n_tokens,
-               int n_splits, float* partials, float* out, cudaStream_t stream);
+void attention(const AttentionParams& p, const float* q, const KvCache& k_cache, const KvCache& v_cache,
+               const int32_t* positions, const KeyWindow* windows, const int32_t* table_offsets,
+               const int32_t* block_table, int n_tokens, int n_splits, float* partials, float* out,
+               cudaStream_t stream);
 size_t attention_partials_floats(const AttentionParams& p, int n_tokens, int n_splits);
 
 // Decode steps (1..kMaxMatvecTokens tokens): the same attention with RoPE and the KV-cache store fused in. q, k
@@ -161,8 +201,12 @@ size_t attention_partials_floats(const AttentionParams& p, int n_tokens, int n_s
 // rotated key and the value of token t go into cache slot write_slots[t] (as rope_and_store_kv would), and the
 // keys a token sees that tokens of this step write (its own, and those of earlier tokens of its sequence) are
 // taken from k and v, not from the cache. n_splits as above; out_q8 (optional; needs
-// decode_attention_fuses_q8, out_q8.ld == q_dim) gets out quantized for the Wo matvec.
-bool decode_attention_supported(const AttentionParams& p);  // head_dim even, <= 256, rows of whole 16 bytes
+// decode_attention_fuses_q8, out_q8.ld == q_dim) gets out quantized for the Wo matvec. Quantized keys meet the
+// query quantized to 8 bits per 32 values in integer dot products (as the CPU backend's), values are decoded in
+// registers.
+// Supported: keys and values in one format; head_dim even, <= 256, rows of whole 16 bytes; the quantized formats
+// with head_dim a multiple of 32.
+bool decode_attention_supported(const AttentionParams& p);
 bool decode_attention_fuses_q8(const AttentionParams& p);   // head_dim a multiple of 32
 // The split count for a step whose longest sequence has max_keys keys: the fewest (a power of two, at most
 // max_splits) whose blocks each hold their keys in shared memory at once.
@@ -170,25 +214,29 @@ int decode_attention_splits(const AttentionParams& p, int max_keys, int max_spli
 // Configures the kernel for p (its shared memory); call once before capturing a graph that launches it.
 void decode_attention_prepare(const AttentionParams& p);
 void decode_attention(const AttentionParams& p, const RopeParams& rope, const float* q, const float* k, const float* v,
-                      const int32_t* positions, const int32_t* write_slots, const int32_t* table_offsets,
-                      const int32_t* block_table, int n_tokens, int n_splits, void* k_cache, void* v_cache,
-                      float* partials, float* out, const Q8Rows& out_q8, cudaStream_t stream);
+                      const int32_t* positions, const KeyWindow* windows, const int32_t* write_slots,
+                      const int32_t* table_offsets, const int32_t* block_table, int n_tokens, int n_splits,
+                      const KvCache& k_cache, const KvCache& v_cache, float* partials, float* out,
+                      const Q8Rows& out_q8, cudaStream_t stream);
 
-// ---- prompt attention on the tensor cores (f16 cache) -------------------------------------------------------
+// ---- prompt attention on the tensor cores -------------------------------------------------------------------
 // The same result for the tokens of a prompt step, sequence by sequence, as flash attention (no score matrix in
 // memory): a sequence's tokens are the step's tokens row_begin .. row_begin + n_rows - 1, its keys positions
-// 0 .. n_keys - 1 (n_keys = its largest position in the step + 1) in the KV blocks block_table[table_offset ...].
+// 0 .. n_keys - 1 (n_keys = its largest position in the step + 1; each token sees those of its KeyWindow) in the
+// KV blocks block_table[table_offset ...]. Keys and values in f16, q8_0 or q4_0 each; the quantized ones are
+// decoded to f16 tile by tile on the way into shared memory.
 struct PromptSequence {
   int row_begin = 0;
   int n_rows = 0;
   int table_offset = 0;
   int n_keys = 0;
 };
-// An f16 cache and a head dimension that is a multiple of 8, up to 128.
+// Keys and values each f16, q8_0 or q4_0, and a head dimension that is a multiple of 8, up to 128.
 bool prompt_attention_supported(const AttentionParams& p);
 // out [n_tokens][q_dim] (and out16, when given, its f16 copy) for every row of the sequences.
-void prompt_attention(const AttentionParams& p, const float* q, const void* k_cache, const void* v_cache,
-                      const int32_t* positions, const int32_t* block_table, const PromptSequence* sequences,
-                      int n_sequences, float* out, __half* out16, cudaStream_t stream);
+void prompt_attention(const AttentionParams& p, const float* q, const KvCache& k_cache, const KvCache& v_cache,
+                      const int32_t* positions, const KeyWindow* windows, const int32_t* block_table,
+                      const PromptSequence* sequences, int n_sequences, float* out, __half* out16,
+                      cudaStream_t stream);
 
 }  // namespace tessera::cuda

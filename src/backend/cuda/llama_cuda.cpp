@@ -78,11 +78,15 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
         fmt::format("head dimension {} is over the CUDA attention kernel's 256", config_.head_dim));
   }
 
+  for (KvFormat format : {kv_format_.k, kv_format_.v}) {
+    const std::string why = kv_format_unsupported(format, config_.head_dim, config_.n_head_kv);
+    if (!why.empty()) throw std::runtime_error(why);
+  }
+
   // Sizes of everything, checked against free memory before the first allocation.
-  const size_t kv_elem = kv_format_ == KvFormat::F16 ? 2 : 4;
-  kv_layer_bytes_ = align_up(static_cast<size_t>(n_slots_) * config_.kv_dim() * kv_elem);
-  kv_bytes_ = 2ull * kv_layer_bytes_ * n_layers_;
-  kv_block_bytes_ = static_cast<size_t>(kv_block_size_) * config_.kv_dim() * kv_elem;
+  const size_t k_layer_bytes = kv_cache_device_bytes(kv_format_.k, n_slots_, config_.kv_dim());
+  const size_t v_layer_bytes = kv_cache_device_bytes(kv_format_.v, n_slots_, config_.kv_dim());
+  kv_bytes_ = static_cast<uint64_t>(k_layer_bytes + v_layer_bytes) * n_layers_;
   const size_t w16_bytes = align_up(static_cast<size_t>(weights_.largest_matrix_elements()) * sizeof(__half));
   const int max_width = std::max({config_.n_embd, config_.q_dim(), config_.n_ff});
   const size_t per_token = sizeof(float) * (2ull * config_.n_embd + 2ull * config_.q_dim() + 2ull * config_.kv_dim() +
@@ -107,8 +111,9 @@ LlamaCuda::LlamaCuda(const model::LlamaModel& model, const BackendOptions& optio
 
   TESSERA_CUDA_CHECK(cudaMalloc(&kv_arena_, std::max<uint64_t>(kv_bytes_, 1)));
   for (int il = 0; il < n_layers_; ++il) {
-    k_cache_.push_back(static_cast<uint8_t*>(kv_arena_) + (2 * il) * kv_layer_bytes_);
-    v_cache_.push_back(static_cast<uint8_t*>(kv_arena_) + (2 * il + 1) * kv_layer_bytes_);
+    uint8_t* layer = static_cast<uint8_t*>(kv_arena_) + il * (k_layer_bytes + v_layer_bytes);
+    k_cache_.push_back(kv_cache_at(layer, kv_format_.k, n_slots_, config_.kv_dim()));
+    v_cache_.push_back(kv_cache_at(layer + k_layer_bytes, kv_format_.v, n_slots_, config_.kv_dim()));
   }
 
   // Flash decoding: enough key splits that one token's heads fill every multiprocessor twice.
@@ -144,7 +149,8 @@ void LlamaCuda::free_graphs() {
 
 LlamaCuda::StepInputs LlamaCuda::sections(int32_t* base) const {
   StepInputs s;
-  s.tokens = base;
+  s.windows = reinterpret_cast<KeyWindow*>(base);
+  s.tokens = base + 2 * input_capacity_;
   s.positions = s.tokens + input_capacity_;
   s.write_slots = s.positions + input_capacity_;
   s.table_offsets = s.write_slots + input_capacity_;
@@ -224,7 +230,7 @@ void LlamaCuda::allocate_step_inputs(int token_capacity, int table_capacity) {
   step_host_ = nullptr;
   host_ = device_ = StepInputs{};
   input_capacity_ = table_capacity_ = 0;
-  const size_t ints = 5ull * token_capacity + table_capacity;
+  const size_t ints = 7ull * token_capacity + table_capacity;  // sections(): the windows are two ints each
   TESSERA_CUDA_CHECK(cudaMalloc(&step_device_, ints * sizeof(int32_t)));
   TESSERA_CUDA_CHECK(cudaMallocHost(&step_host_, ints * sizeof(int32_t)));
   input_capacity_ = token_capacity;
@@ -235,17 +241,49 @@ void LlamaCuda::allocate_step_inputs(int token_capacity, int table_capacity) {
 
 void LlamaCuda::copy_kv_blocks(std::span<const KvBlockCopy> copies) {
   const int n_blocks = n_slots_ / kv_block_size_;
+  const int64_t bs = kv_block_size_;
   for (const KvBlockCopy& copy : copies) {
     if (copy.from < 0 || copy.from >= n_blocks || copy.to < 0 || copy.to >= n_blocks) {
       throw std::runtime_error(fmt::format("KV block copy {} -> {} is outside the cache of {} blocks", copy.from,
                                            copy.to, n_blocks));
     }
-    // The block in the keys and values of every layer: rows kv_layer_bytes_ apart in one arena.
-    auto* base = static_cast<uint8_t*>(kv_arena_);
-    TESSERA_CUDA_CHECK(cudaMemcpy2DAsync(base + copy.to * kv_block_bytes_, kv_layer_bytes_,
-                                         base + copy.from * kv_block_bytes_, kv_layer_bytes_, kv_block_bytes_,
-                                         2 * static_cast<size_t>(n_layers_), cudaMemcpyDeviceToDevice, stream_));
+    for (int il = 0; il < n_layers_; ++il) {
+      copy_kv_rows(k_cache_[il], kv_format_.k, config_.kv_dim(), copy.from * bs, copy.to * bs, bs, stream_);
+      copy_kv_rows(v_cache_[il], kv_format_.v, config_.kv_dim(), copy.from * bs, copy.to * bs, bs, stream_);
+    }
   }
+}
+
+void LlamaCuda::shift(std::span<const KvBlockCopy> copies, const KvShift& shift) {
+  copy_kv_blocks(copies);
+  const int n_copies = static_cast<int>(shift.slot_copies.size());
+  const int n_rotated = static_cast<int>(shift.rotated_slots.size());
+  if (n_copies + n_rotated == 0) {
+    synchronize("the KV block copies");
+    return;
+  }
+  // [n_copies] (from, to) pairs, then the rotated slots; a shift is rare, so they get a buffer of their own.
+  std::vector<int32_t> inputs;
+  for (const KvSlotCopy& c : shift.slot_copies) inputs.insert(inputs.end(), {c.from, c.to});
+  inputs.insert(inputs.end(), shift.rotated_slots.begin(), shift.rotated_slots.end());
+  int32_t* device = nullptr;
+  TESSERA_CUDA_CHECK(cudaMalloc(&device, inputs.size() * sizeof(int32_t)));
+  try {
+    TESSERA_CUDA_CHECK(
+        cudaMemcpyAsync(device, inputs.data(), inputs.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    const auto* slot_copies = reinterpret_cast<const int2*>(device);
+    for (int il = 0; il < n_layers_; ++il) {
+      copy_kv_slots(k_cache_[il], kv_format_.k, config_.kv_dim(), slot_copies, n_copies, stream_);
+      copy_kv_slots(v_cache_[il], kv_format_.v, config_.kv_dim(), slot_copies, n_copies, stream_);
+      rotate_cached_keys(rope_params(), k_cache_[il], kv_format_.k, shift.delta, device + 2 * n_copies, n_rotated,
+                         stream_);
+    }
+    synchronize("the context shift");
+  } catch (...) {
+    cudaFree(device);
+    throw;
+  }
+  cudaFree(device);
 }
 
 void LlamaCuda::upload_step(const StepPlan& plan) {
@@ -256,9 +294,6 @@ void LlamaCuda::upload_step(const StepPlan& plan) {
                                          "blocks of {}",
                                          plan.n_slots, plan.block_size, n_slots_, kv_block_size_));
   }
-  for (const StepPlan::Run& run : plan.runs) {
-    if (run.window > 0) throw std::runtime_error("the CUDA backend does not run sliding-window attention yet");
-  }
   if (n > token_capacity_) allocate_activations(n);
   if (n > input_capacity_ || table > table_capacity_) {
     allocate_step_inputs(std::max(input_capacity_, n), std::max(table_capacity_, table));
@@ -266,7 +301,12 @@ void LlamaCuda::upload_step(const StepPlan& plan) {
   std::copy(plan.tokens.begin(), plan.tokens.end(), host_.tokens);
   std::copy(plan.positions.begin(), plan.positions.end(), host_.positions);
   std::copy(plan.write_slots.begin(), plan.write_slots.end(), host_.write_slots);
-  for (int t = 0; t < n; ++t) host_.table_offsets[t] = plan.runs[plan.run_index[t]].table_begin;
+  for (int t = 0; t < n; ++t) {
+    const StepPlan::Run& run = plan.runs[plan.run_index[t]];
+    host_.table_offsets[t] = run.table_begin;
+    const int32_t first = run.first_visible(plan.positions[t]);
+    host_.windows[t] = make_int2(first, std::min(run.n_sink, first));
+  }
   std::copy(plan.output_rows.begin(), plan.output_rows.end(), host_.output_rows);
   std::copy(plan.block_table.begin(), plan.block_table.end(), host_.block_table);
 
@@ -276,9 +316,12 @@ void LlamaCuda::upload_step(const StepPlan& plan) {
   const AttentionParams ap = attention_params();
   use_prompt_attention_ = n > kMaxMatvecTokens && prompt_attention_supported(ap);
   prompt_sequences_.clear();
-  int max_keys = 0;
+  step_has_windows_ = false;
+  int max_keys = 0;  // that a token sees
   for (const StepPlan::Run& run : plan.runs) {
-    max_keys = std::max(max_keys, run.end_position());
+    const int32_t last = run.end_position() - 1, first = run.first_visible(last);
+    max_keys = std::max(max_keys, std::min(run.n_sink, first) + last + 1 - first);
+    step_has_windows_ = step_has_windows_ || run.window > 0;
     if (use_prompt_attention_) {
       prompt_sequences_.push_back({run.token_begin, run.n_tokens, run.table_begin, run.end_position()});
     }
@@ -312,7 +355,8 @@ AttentionParams LlamaCuda::attention_params() const {
   p.n_head = config_.n_head;
   p.n_head_kv = config_.n_head_kv;
   p.head_dim = config_.head_dim;
-  p.kv_format = kv_format_;
+  p.k_format = kv_format_.k;
+  p.v_format = kv_format_.v;
   p.kv_block_shift = log2_exact(kv_block_size_);
   return p;
 }
@@ -419,14 +463,14 @@ void LlamaCuda::decode_layer(int il, int n_tokens) {
   if (fused_decode_attention_) {
     // With one split the kernel also quantizes its output for Wo.
     attention_out.q8 = decode_attention_fuses_q8(ap) ? decode_q8(c.q_dim()) : Q8Rows{};
-    decode_attention(ap, rope_params(), q_, k_, v_, device_.positions, device_.write_slots, device_.table_offsets,
-                     device_.block_table, n_tokens, decode_splits_, k_cache_[il], v_cache_[il], partials_, attn_,
-                     attention_out.q8, stream_);
+    decode_attention(ap, rope_params(), q_, k_, v_, device_.positions, device_.windows, device_.write_slots,
+                     device_.table_offsets, device_.block_table, n_tokens, decode_splits_, k_cache_[il],
+                     v_cache_[il], partials_, attn_, attention_out.q8, stream_);
   } else {
     rope_and_store_kv(rope_params(), q_, k_, v_, device_.positions, device_.write_slots, n_tokens, k_cache_[il],
                       v_cache_[il], kv_format_, stream_);
-    attention(ap, q_, k_cache_[il], v_cache_[il], device_.positions, device_.table_offsets, device_.block_table,
-              n_tokens, max_splits_, partials_, attn_, stream_);
+    attention(ap, q_, k_cache_[il], v_cache_[il], device_.positions, device_.windows, device_.table_offsets,
+              device_.block_table, n_tokens, max_splits_, partials_, attn_, stream_);
   }
   if (fuses_ffn_norm(il)) {
     matmul_then_norm({&w.wo, x_}, attention_out, n_tokens, w.ffn_norm);
@@ -469,12 +513,13 @@ void LlamaCuda::prompt_layer(int il, int n_tokens) {
                     v_cache_[il], kv_format_, stream_);
   const AttentionParams ap = attention_params();
   if (use_prompt_attention_) {
-    prompt_attention(ap, q_, k_cache_[il], v_cache_[il], device_.positions, device_.block_table,
-                     prompt_sequences_.data(), static_cast<int>(prompt_sequences_.size()), attn_, x16_, stream_);
+    prompt_attention(ap, q_, k_cache_[il], v_cache_[il], device_.positions,
+                     step_has_windows_ ? device_.windows : nullptr, device_.block_table, prompt_sequences_.data(),
+                     static_cast<int>(prompt_sequences_.size()), attn_, x16_, stream_);
     matmuls({{&w.wo, x_}}, {.x = attn_, .x16 = x16_}, n_tokens, Accumulate::Yes);
   } else {
-    attention(ap, q_, k_cache_[il], v_cache_[il], device_.positions, device_.table_offsets, device_.block_table,
-              n_tokens, 1, partials_, attn_, stream_);
+    attention(ap, q_, k_cache_[il], v_cache_[il], device_.positions, device_.windows, device_.table_offsets,
+              device_.block_table, n_tokens, 1, partials_, attn_, stream_);
     matmuls({{&w.wo, x_}}, {.x = attn_}, n_tokens, Accumulate::Yes);
   }
 

@@ -36,6 +36,8 @@ class LlamaCuda {
   void forward(std::span<const KvBlockCopy> copies, const StepPlan& plan, float* logits);
   // Embedding and the GPU's layers; the residual stream [n_tokens][n_embd] is copied to host memory `x`.
   void forward_layers(std::span<const KvBlockCopy> copies, const StepPlan& plan, float* x);
+  // A context shift in the GPU's layers (Backend::shift).
+  void shift(std::span<const KvBlockCopy> copies, const KvShift& shift);
 
   uint64_t kv_cache_bytes() const { return kv_bytes_; }
   const std::string& device_name() const { return device_name_; }
@@ -56,6 +58,7 @@ class LlamaCuda {
 
   // The step's inputs in device (and pinned host) memory, by name; sections() computes the one layout.
   struct StepInputs {
+    KeyWindow* windows = nullptr;      // [token_capacity] (two ints each, so first: 8-byte aligned)
     int32_t* tokens = nullptr;         // [token_capacity]
     int32_t* positions = nullptr;      // [token_capacity]
     int32_t* write_slots = nullptr;    // [token_capacity] where each token's key and value go
@@ -100,7 +103,7 @@ class LlamaCuda {
   const model::LlamaConfig& config_;
   int n_layers_;
   bool with_output_;
-  KvFormat kv_format_;
+  KvFormats kv_format_;
   int n_slots_;
   int kv_block_size_;
   bool use_graphs_;
@@ -111,12 +114,10 @@ class LlamaCuda {
   cublasHandle_t cublas_ = nullptr;
   GpuWeights weights_;
 
-  // KV cache: per layer [n_slots][kv_dim] in kv_format_.
+  // KV cache: per layer, keys and values of n_slots rows of kv_dim values in kv_format_ (kernels.h).
   void* kv_arena_ = nullptr;
-  std::vector<void*> k_cache_, v_cache_;
+  std::vector<KvCache> k_cache_, v_cache_;
   uint64_t kv_bytes_ = 0;
-  size_t kv_layer_bytes_ = 0;  // of one layer's keys (or values), aligned: the stride between them in kv_arena_
-  size_t kv_block_bytes_ = 0;  // of one block of one layer's keys (or values)
 
   // Activations for up to token_capacity_ tokens per step (one allocation).
   int token_capacity_ = 0;
@@ -148,6 +149,7 @@ class LlamaCuda {
   // Prompt attention on the tensor cores (f16 cache): the current step's sequences, when the step takes that path.
   std::vector<PromptSequence> prompt_sequences_;
   bool use_prompt_attention_ = false;
+  bool step_has_windows_ = false;  // some run of the current step has a sliding window
 
   // Per-step inputs: a pinned host mirror and the device copy, in the sections of StepInputs.
   int input_capacity_ = 0;  // tokens
