@@ -207,6 +207,7 @@ class ChatSession {
     ro.max_tokens = max_tokens_;
     ro.sampling = sampling_;
     ro.sampling.seed = sampling_.seed + turns_++;
+    options_.engine.apply_to(ro);
     std::optional<OutputError> write_error;
     auto request = std::make_shared<engine::Request>(
         std::move(ro), tokenizer_, [&](const engine::Request& r, std::string_view piece, auto) {
@@ -414,7 +415,7 @@ void add_chat_command(CLI::App& root) {
   auto o = std::make_shared<ChatOptions>();
   CLI::App* cmd = root.add_subcommand(
       "chat", "Chat with a model (the default command when no prompt is given: `tessera -m M.gguf`)");
-  o->engine.add_to(cmd);
+  o->engine.add_to(cmd, {.generation = true});
   o->sampling.add_to(cmd);
   o->chat_template.add_to(cmd);
   cmd->add_option("--system", o->system, "The system message");

@@ -54,7 +54,8 @@ int serve(ServeOptions& o) {
                   std::vector<chat::Message> conversation;
                   for (const server::ChatMessage& m : messages) conversation.push_back({m.role, m.content});
                   return chat_prompt.tokens(conversation, true);
-                }});
+                },
+                o.engine.context_shift, o.engine.keep});
   print_stdout("listening on http://{}:{}\n", o.server.host, port);
   flush_stdout();
   while (!interrupted()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -70,7 +71,7 @@ void add_serve_command(CLI::App& root) {
   auto o = std::make_shared<ServeOptions>();
   CLI::App* cmd = root.add_subcommand(
       "serve", "Serve a model over an OpenAI-compatible HTTP API (continuous batching, prefix cache) and a web chat page");
-  o->engine.add_to(cmd, {.model_required = true, .context_and_batch = true, .kv_pool = true});
+  o->engine.add_to(cmd, {.model_required = true, .context_and_batch = true, .kv_pool = true, .generation = true});
   o->sampling.add_to(cmd);
   o->chat_template.add_to(cmd);
   cmd->add_option("--host", o->server.host, "Address to listen on (another than 127.0.0.1 exposes the server)")

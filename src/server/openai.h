@@ -53,7 +53,7 @@ struct ApiRequest {
   int top_logprobs = -1;              // -1: no log-probabilities
   bool stream = false;
   bool include_usage = false;
-  bool context_shift = false;
+  std::optional<bool> context_shift;  // unset: the server's --context-shift
 };
 
 inline constexpr int kMaxChoices = 16;

@@ -414,10 +414,11 @@ void Server::handle_completion(Endpoint endpoint, const std::string& body, httpl
   } else {
     for (const std::string& p : api.prompts) prompts.push_back(model_->tokenizer.encode(p, true, false));
   }
+  const bool context_shift = api.context_shift.value_or(model_->context_shift);
   for (const std::vector<int32_t>& p : prompts) {
     const int64_t wanted = static_cast<int64_t>(p.size()) + api.max_tokens.value_or(1);
     if (p.empty()) throw ApiError(400, "the prompt gives no tokens", endpoint == Endpoint::ChatCompletions ? "messages" : "prompt");
-    if (wanted > engine.n_ctx() && !api.context_shift) {
+    if (wanted > engine.n_ctx() && !(context_shift && p.size() < static_cast<size_t>(engine.n_ctx()))) {
       throw ApiError(400,
                      fmt::format("This model's maximum context length is {} tokens. However, you requested {} tokens "
                                  "({} in the {}, {} in the completion). Please reduce the length of the {} or "
@@ -445,6 +446,8 @@ void Server::handle_completion(Endpoint endpoint, const std::string& body, httpl
                                         : (static_cast<uint64_t>(random()) << 32 | random());
       ro.stop = api.stop;
       ro.top_logprobs = api.top_logprobs;
+      ro.context_shift = context_shift;
+      ro.keep = model_->keep;
       auto on_text = [weak, index](const engine::Request&, std::string_view text,
                                    std::span<const engine::TokenLogprob> logprobs) {
         if (const auto j = weak.lock()) j->push({index, std::string(text), {logprobs.begin(), logprobs.end()}});

@@ -49,6 +49,9 @@ struct ServedModel {
   // A conversation as prompt tokens (the chat template, or plain text where the model has none). Throws
   // std::runtime_error (turned into a 400) when the template refuses the conversation.
   std::function<std::vector<int32_t>(const std::vector<ChatMessage>&)> chat_prompt;
+  // A request that fills its context shifts it (keeping the first `keep` tokens) unless it says otherwise.
+  bool context_shift = false;
+  int keep = 0;
 };
 
 class Server {

@@ -78,7 +78,7 @@ std::vector<float> reference(const AttentionParams& p, const Step& step, const s
       std::vector<double> query(hd);
       for (int d = 0; d < hd; ++d) {
         const float x = q[t * q_dim + h * hd + d];
-        query[d] = (p.kv_format == KvFormat::F16) ? test::round_to_f16(x) : x;
+        query[d] = (p.k_format == KvFormat::F16) ? test::round_to_f16(x) : x;
       }
       std::vector<double> scores;
       std::vector<int64_t> rows;
@@ -128,7 +128,7 @@ void check_step(const AttentionParams& p, const Step& step, const std::vector<in
                 const std::string& name) {
   const int64_t q_dim = static_cast<int64_t>(p.n_head) * p.head_dim;
   const size_t kv_values = static_cast<size_t>(step.n_slots) * p.n_head_kv * p.head_dim;
-  const Cache k = random_cache(kv_values, (p.kv_format == KvFormat::F16), seed), v = random_cache(kv_values, (p.kv_format == KvFormat::F16), seed + 1);
+  const Cache k = random_cache(kv_values, (p.k_format == KvFormat::F16), seed), v = random_cache(kv_values, (p.k_format == KvFormat::F16), seed + 1);
   const std::vector<float> q = test::uniform_floats(step.n_tokens() * q_dim, -1, 1, seed + 2);
   const std::vector<float> want = reference(p, step, q, k.values, v.values);
 
@@ -140,7 +140,7 @@ void check_step(const AttentionParams& p, const Step& step, const std::vector<in
   for (int n_splits : split_counts) {
     if (n_splits == 0) n_splits = paged_attention_splits(p, step.n_tokens(), step.max_keys);
     const std::string what = name + ", heads " + std::to_string(p.n_head) + "/" + std::to_string(p.n_head_kv) +
-                             " dim " + std::to_string(p.head_dim) + ((p.kv_format == KvFormat::F16) ? " f16" : " f32") + ", block size " +
+                             " dim " + std::to_string(p.head_dim) + ((p.k_format == KvFormat::F16) ? " f16" : " f32") + ", block size " +
                              std::to_string(step.block_size) + ", " + std::to_string(n_splits) + " splits";
     DeviceBuffer<float> d_out(want.size()), workspace(paged_attention_workspace_floats(p, step.n_tokens(), n_splits));
     DeviceBuffer<__half> d_out16(want.size());
@@ -160,10 +160,10 @@ void check_step(const AttentionParams& p, const Step& step, const std::vector<in
 }
 
 const AttentionParams kShapes[] = {
-    {32, 4, 64, KvFormat::F16}, {32, 4, 64, KvFormat::F32},  // TinyLlama: a block for all 8 heads of a KV head
-    {8, 8, 128, KvFormat::F16}, {8, 8, 128, KvFormat::F32},  // Llama-2-7B's group of 1 and head_dim
-    {6, 2, 80, KvFormat::F16},  {6, 2, 80, KvFormat::F32},   // groups of 3: one head per block; 10 of 16 lanes per key hold a chunk
-    {8, 2, 256, KvFormat::F16},                      // a key per warp
+    {32, 4, 64, KvFormat::F16, KvFormat::F16}, {32, 4, 64, KvFormat::F32, KvFormat::F32},  // TinyLlama: a block for all 8 heads of a KV head
+    {8, 8, 128, KvFormat::F16, KvFormat::F16}, {8, 8, 128, KvFormat::F32, KvFormat::F32},  // Llama-2-7B's group of 1 and head_dim
+    {6, 2, 80, KvFormat::F16, KvFormat::F16},  {6, 2, 80, KvFormat::F32, KvFormat::F32},   // groups of 3: one head per block; 10 of 16 lanes per key hold a chunk
+    {8, 2, 256, KvFormat::F16, KvFormat::F16},                      // a key per warp
 };
 
 class CudaPagedAttention : public ::testing::TestWithParam<AttentionParams> {};
@@ -211,7 +211,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaPagedAttention, ::testing::ValuesIn(kShapes
                          [](const ::testing::TestParamInfo<AttentionParams>& info) {
                            const AttentionParams& p = info.param;
                            return "heads" + std::to_string(p.n_head) + "_kv" + std::to_string(p.n_head_kv) + "_dim" +
-                                  std::to_string(p.head_dim) + ((p.kv_format == KvFormat::F16) ? "_f16" : "_f32");
+                                  std::to_string(p.head_dim) + ((p.k_format == KvFormat::F16) ? "_f16" : "_f32");
                          });
 
 // Refused before anything is launched: no GPU needed.
@@ -225,10 +225,10 @@ TEST(CudaPagedAttentionChecks, RefusesWhatItCannotTake) {
       EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
     }
   };
-  const AttentionParams ok{32, 4, 64, KvFormat::F16};
+  const AttentionParams ok{32, 4, 64, KvFormat::F16, KvFormat::F16};
   expect_refused(
       [&] {
-        paged_attention({8, 8, 36, KvFormat::F16}, nullptr, nullptr, nullptr, keys, 4, 1, nullptr, nullptr, nullptr, nullptr);
+        paged_attention({8, 8, 36, KvFormat::F16, KvFormat::F16}, nullptr, nullptr, nullptr, keys, 4, 1, nullptr, nullptr, nullptr, nullptr);
       },
       "are not supported");
   PagedKeys odd = keys;

@@ -492,6 +492,26 @@ describe('errors', () => {
       OpenAI.BadRequestError, 400);
   });
 
+  test('context_shift lets a reply run past the context; --context-shift makes it the default', bounded, async () => {
+    const shifted = await client.completions.create({ model: 'm', prompt: 'Once upon a time', max_tokens: 2100,
+      logit_bias: noEos, context_shift: true, ...greedy });
+    assert.equal(shifted.usage.completion_tokens, 2100);
+    assert.equal(shifted.choices[0].finish_reason, 'length');
+    const small = await startServer(['-c', '64', '--context-shift', '--keep', '4']);
+    try {
+      const smallClient = clientFor(small);
+      const reply = await smallClient.completions.create({ model: 'm', prompt: 'Once upon a time', max_tokens: 100,
+        logit_bias: noEos, ...greedy });
+      assert.equal(reply.usage.completion_tokens, 100);
+      // Until the first shift, the text is the one the unshifted context gives.
+      assert.ok(reply.choices[0].text.startsWith(shifted.choices[0].text.slice(0, 40)));
+      await assert.rejects(smallClient.completions.create({ model: 'm', prompt: 'Once upon a time', max_tokens: 100,
+        context_shift: false }), (error) => error instanceof OpenAI.BadRequestError && error.code === 'context_length_exceeded');
+    } finally {
+      await small.stop();
+    }
+  });
+
   test('bodies that are not JSON objects are a 400 in the error shape', bounded, async () => {
     for (const body of ['', '{', 'null', '[]', '"text"', '{"messages": [}', '\u0000', '{"a":1}{"b":2}']) {
       const reply = await post('/v1/chat/completions', body);

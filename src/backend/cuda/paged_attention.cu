@@ -62,7 +62,8 @@ PagedLayout make_layout(int row_bytes, int qh, int tile_keys, int stages) {
   return l;
 }
 
-int row_bytes_of(const AttentionParams& p) { return p.head_dim * ((p.kv_format == KvFormat::F16) ? 2 : 4); }
+// Keys and values in one format, f16 or f32 (the quantized formats' two planes are not read here).
+int row_bytes_of(const AttentionParams& p) { return p.head_dim * ((p.k_format == KvFormat::F16) ? 2 : 4); }
 
 // Query heads per block: a KV head's whole group where it has up to 8, else the largest of 8, 4, 2, 1 dividing it.
 int heads_per_block(const AttentionParams& p) {
@@ -365,7 +366,7 @@ void set_shared_limit() {
 // f.template operator()<QH, F16>() for p's heads per block and cache type.
 template <class F>
 void dispatch_instance(const AttentionParams& p, F&& f) {
-  const bool f16 = (p.kv_format == KvFormat::F16);
+  const bool f16 = (p.k_format == KvFormat::F16);
   switch (heads_per_block(p)) {
     case 8:
       return f16 ? f.template operator()<8, true>() : f.template operator()<8, false>();
@@ -407,7 +408,8 @@ int block_shift_of(int block_size) {
 
 bool paged_attention_supported(const AttentionParams& p) {
   const int row_bytes = row_bytes_of(p);
-  return p.n_head > 0 && p.n_head_kv > 0 && p.n_head % p.n_head_kv == 0 && p.head_dim > 0 && row_bytes % 16 == 0 &&
+  const bool plain = (p.k_format == KvFormat::F16 || p.k_format == KvFormat::F32) && p.v_format == p.k_format;
+  return plain && p.n_head > 0 && p.n_head_kv > 0 && p.n_head % p.n_head_kv == 0 && p.head_dim > 0 && row_bytes % 16 == 0 &&
          row_bytes <= kMaxRowBytes;
 }
 
