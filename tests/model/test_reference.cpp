@@ -2,6 +2,7 @@
 // (model/llama_reference.h): covers tied embeddings, MQA (one KV head), GQA and multi-sequence batches.
 #include <gtest/gtest.h>
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,34 @@ TEST(ReferenceForward, PerLayerCountsThatDifferAreAClearError) {
   EXPECT_NE(length.find("3 per-layer values for 2 layers"), std::string::npos) << length;
   const std::string zero = load_with("llama.attention.head_count", std::vector<uint32_t>{4, 0});
   EXPECT_NE(zero.find("invalid value 0 for layer 1"), std::string::npos) << zero;
+}
+
+// A quantized rounding's blocks of 32 must be whole within a token's keys (as the backends refuse the format
+// otherwise); keys and values round independently: each of the two moves the logits.
+TEST(ReferenceForward, KvRoundingOfKeysAndValues) {
+  Shape shape;  // head_dim 8
+  const std::vector<uint8_t> one_head = write_model(shape, random_weights(shape, 7));
+  const gguf::File one_head_file = gguf::File::parse(one_head);
+  const model::LlamaModel small = model::LlamaModel::load(one_head_file);
+  EXPECT_THROW(model::LlamaReference(small, {.kv_rounding = model::KvRounding::Q8_0}), std::invalid_argument);
+  EXPECT_NO_THROW(model::LlamaReference(small, {.kv_rounding = model::KvRounding::BF16}));
+
+  shape.n_head_kv = 4;  // one block of 32 spans the 4 heads
+  const std::vector<uint8_t> bytes = write_model(shape, random_weights(shape, 7));
+  const gguf::File file = gguf::File::parse(bytes);
+  const model::LlamaModel m = model::LlamaModel::load(file);
+  const std::vector<int32_t> tokens = {1, 17, 60, 5, 33, 33, 2, 40, 59};
+  using model::KvRounding;
+  const std::vector<double> exact = model::reference_logits(m, tokens);
+  const std::vector<double> keys =
+      model::reference_logits(m, tokens, {.kv_rounding = {KvRounding::Q4_0, KvRounding::None}});
+  const std::vector<double> values =
+      model::reference_logits(m, tokens, {.kv_rounding = {KvRounding::None, KvRounding::Q4_0}});
+  const std::vector<double> both = model::reference_logits(m, tokens, {.kv_rounding = KvRounding::Q4_0});
+  EXPECT_FALSE(test::all_close(keys, exact, {1e-4}));
+  EXPECT_FALSE(test::all_close(values, exact, {1e-4}));
+  EXPECT_FALSE(test::all_close(keys, both, {1e-4}));
+  EXPECT_FALSE(test::all_close(values, both, {1e-4}));
 }
 
 // Two prompts in one step give each the logits it gets alone; so does a decode step that advances both
