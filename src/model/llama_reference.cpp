@@ -10,7 +10,99 @@
 namespace tessera::model {
 namespace {
 
+// ---- The KV cache formats' rounding, each written from the format's definition (its ggml code), in the float
+// arithmetic that code uses: a simulation of what a backend stores, not a call into the backend's own code, so
+// that a bug in the latter shows up as a difference.
+
+constexpr int kQuantBlock = 32;  // values per scale in q8_0 and q4_0
+
 double round_to_f16(double x) { return quant::fp16_to_fp32(quant::fp32_to_fp16(static_cast<float>(x))); }
+
+double round_to_bf16(double x) { return quant::bf16_to_fp32(quant::fp32_to_bf16(static_cast<float>(x))); }
+
+// One block of 32 values as q8_0 holds them, as llama.cpp's CPU code writes a q8_0 cache row or quantizes an
+// activation: scale d = amax / 127 kept as f16, each value times the inverse 127 / amax (from the float amax, not
+// from the rounded d) rounded to the nearest integer, ties to even.
+void round_q8_0_block(double* x) {
+  float v[kQuantBlock];
+  float amax = 0;
+  for (int j = 0; j < kQuantBlock; ++j) {
+    v[j] = static_cast<float>(x[j]);
+    amax = std::max(amax, std::fabs(v[j]));
+  }
+  const float d = static_cast<float>(round_to_f16(amax / 127)), inverse = amax != 0 ? 127 / amax : 0;
+  for (int j = 0; j < kQuantBlock; ++j) x[j] = static_cast<double>(std::nearbyint(v[j] * inverse)) * d;
+}
+
+// One block of 32 values as q4_0 holds them, as ggml's reference quantizer writes it: the value of largest
+// magnitude (the first, on a tie) maps to -8, so the scale d = extreme / -8 may be negative; each value times 1 / d
+// plus 8.5, truncated and capped at 15, is its 4-bit code q, and it reads back as (q - 8) * d with d kept as f16.
+void round_q4_0_block(double* x) {
+  float v[kQuantBlock];
+  float extreme = 0;
+  for (int j = 0; j < kQuantBlock; ++j) {
+    v[j] = static_cast<float>(x[j]);
+    if (std::fabs(v[j]) > std::fabs(extreme)) extreme = v[j];
+  }
+  const float d = extreme / -8, inverse = d != 0 ? 1 / d : 0;
+  const double stored_d = round_to_f16(d);
+  for (int j = 0; j < kQuantBlock; ++j) {
+    const int q = std::min(15, static_cast<int>(static_cast<int8_t>(v[j] * inverse + 8.5f)));
+    x[j] = (q - 8) * stored_d;
+  }
+}
+
+bool is_quantized(KvRounding r) { return r == KvRounding::Q8_0 || r == KvRounding::Q4_0; }
+
+// A token's key or value row, (n_head_kv, head_dim), as a cache of `rounding` stores it. The quantized formats'
+// blocks are 32 consecutive values of the row: within a head, or across heads where head_dim < 32 (the
+// constructor checked that the row is whole blocks).
+void round_cache_row(KvRounding rounding, std::vector<double>& row) {
+  switch (rounding) {
+    case KvRounding::None: return;
+    case KvRounding::F32:
+      for (double& v : row) v = static_cast<float>(v);
+      return;
+    case KvRounding::F16:
+      for (double& v : row) v = round_to_f16(v);
+      return;
+    case KvRounding::BF16:
+      for (double& v : row) v = round_to_bf16(v);
+      return;
+    case KvRounding::Q8_0:
+      for (size_t b = 0; b < row.size(); b += kQuantBlock) round_q8_0_block(&row[b]);
+      return;
+    case KvRounding::Q4_0:
+      for (size_t b = 0; b < row.size(); b += kQuantBlock) round_q4_0_block(&row[b]);
+      return;
+  }
+}
+
+// Whether the query and the softmax weights are rounded to f16: the backends (as ggml) take the f16 dot products
+// only where keys and values are both f16; with one of them in another format they keep the query and the weights
+// in float.
+bool f16_attention(const KvRoundings& r) { return r.k == KvRounding::F16 && r.v == KvRounding::F16; }
+
+// The query, (n_head, head_dim), as attention meets the keys: rounded to f16 for f16 keys and values (see
+// f16_attention); for quantized keys, quantized to q8_0 head by head, since their integer dot products take a q8_0
+// activation. Where head_dim < 32 a head's query is one block with zeros for the other heads of the key row (it
+// meets a block that spans heads), so its scale is its own. Otherwise the query is kept as it is.
+void round_query(const KvRoundings& r, std::vector<double>& q, int n_head, int head_dim) {
+  if (f16_attention(r)) {
+    for (double& v : q) v = round_to_f16(v);
+  } else if (is_quantized(r.k)) {
+    const int padded = (head_dim + kQuantBlock - 1) / kQuantBlock * kQuantBlock;
+    std::vector<double> head(padded);
+    for (int h = 0; h < n_head; ++h) {
+      std::fill(head.begin(), head.end(), 0.0);
+      std::copy_n(&q[h * head_dim], head_dim, head.begin());
+      for (int b = 0; b < padded; b += kQuantBlock) round_q8_0_block(&head[b]);
+      std::copy_n(head.begin(), head_dim, &q[h * head_dim]);
+    }
+  }
+}
+
+// ---- The forward pass's steps.
 
 // y = W x. W: (n_rows, n_cols) in its block format, each row dequantized as it is read; x: (n_cols); y: (n_rows).
 void matvec(const MatrixView& w, const double* x, double* y) {
@@ -76,6 +168,14 @@ LlamaReference::LlamaReference(const LlamaModel& model, const ReferenceOptions& 
   gate_.resize(c.n_ff);
   up_.resize(c.n_ff);
   logits_.resize(c.n_vocab);
+  for (const KvRounding r : {options.kv_rounding.k, options.kv_rounding.v}) {
+    const bool whole_blocks =
+        c.head_dim % kQuantBlock == 0 || (kQuantBlock % c.head_dim == 0 && c.kv_dim() % kQuantBlock == 0);
+    if (is_quantized(r) && !whole_blocks) {
+      throw std::invalid_argument("a quantized KV rounding needs blocks of 32 that fit the KV heads: head_dim " +
+                                  std::to_string(c.head_dim) + ", " + std::to_string(c.n_head_kv) + " KV heads");
+    }
+  }
   key_cache_.resize(c.n_layer);
   value_cache_.resize(c.n_layer);
 }
@@ -87,7 +187,7 @@ void LlamaReference::attention_block(int layer) {
   const LlamaLayer& w = model_.layers[layer];
   const int hd = c.head_dim, kv_dim = c.kv_dim(), group = c.n_head / c.n_head_kv;
   const int32_t position = n_past_;
-  const bool f16 = options_.kv_rounding == KvRounding::F16;
+  const bool f16_weights = f16_attention(options_.kv_rounding);
 
   rms_norm(x_.data(), w.attn_norm, c.n_embd, c.rms_eps, xb_.data());
   matvec(w.wq, xb_.data(), q_.data());
@@ -95,11 +195,9 @@ void LlamaReference::attention_block(int layer) {
   matvec(w.wv, xb_.data(), v_.data());
   rope(q_.data(), c.n_head, hd, c.rope, position);
   rope(k_.data(), c.n_head_kv, hd, c.rope, position);
-  if (f16) {
-    for (double& v : q_) v = round_to_f16(v);
-    for (double& v : k_) v = round_to_f16(v);
-    for (double& v : v_) v = round_to_f16(v);
-  }
+  round_query(options_.kv_rounding, q_, c.n_head, hd);
+  round_cache_row(options_.kv_rounding.k, k_);
+  round_cache_row(options_.kv_rounding.v, v_);
   std::vector<double>& keys = key_cache_[layer];
   std::vector<double>& values = value_cache_[layer];
   keys.insert(keys.end(), k_.begin(), k_.end());
@@ -127,7 +225,7 @@ void LlamaReference::attention_block(int layer) {
     double* out = &attn_[h * hd];
     std::fill(out, out + hd, 0.0);
     for (int32_t j = 0; j <= position; ++j) {
-      const double weight = f16 ? round_to_f16(scores_[j] / sum) : scores_[j] / sum;
+      const double weight = f16_weights ? round_to_f16(scores_[j] / sum) : scores_[j] / sum;
       const double* v = &values[j * kv_dim + kv_offset];
       for (int d = 0; d < hd; ++d) out[d] += weight * v[d];
     }

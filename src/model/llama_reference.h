@@ -1,7 +1,8 @@
 // The llama forward pass as a page you can read: one sequence, one token at a time, every number a double, every
 // step one function written from the architecture's definition. It is the oracle the backends are tested against
-// (tests/common/op_harness.h), not a fast path: weights are dequantized row by row as each matrix-vector product
-// reads them, so it runs any file LlamaModel loads, in any block format, slowly.
+// (tests/common/op_harness.h, tests/common/kv_cache_checks.h), not a fast path: weights are dequantized row by row
+// as each matrix-vector product reads them, so it runs any file LlamaModel loads, in any block format, slowly. It
+// can keep keys and values as each KV cache format stores them (KvRounding), and apply a sliding window's mask.
 #pragma once
 
 #include <cstdint>
@@ -12,16 +13,36 @@
 
 namespace tessera::model {
 
-// How keys and values are kept between tokens.
+// How keys (or values) are kept between tokens: exactly, or rounded as a KV cache format stores them, so that the
+// reference predicts a backend's cache to the last bit of its rounding. These are backend/kv_format.h's formats,
+// which this room cannot name (data flows model -> backend); the tests map one to the other
+// (tests/common/op_harness.h, kv_rounding).
 enum class KvRounding {
   None,  // exact doubles
-  // Rounded to f16 when stored, with the query and the softmax weights rounded to f16 before they meet them: what
-  // ggml's f16 KV cache does, and so what llama.cpp's goldens contain (fixtures/README.md).
+  F32,   // rounded to float
+  // Rounded to f16. With f16 keys and values the query and the softmax weights are rounded to f16 too before they
+  // meet them: what ggml's f16 KV cache does, and so what llama.cpp's goldens contain (fixtures/README.md).
   F16,
+  BF16,  // rounded to bf16
+  // Blocks of 32 consecutive values of a token's row (its KV heads in order) with one f16 scale, as ggml's q8_0
+  // and q4_0; such keys meet a query quantized to q8_0, head by head.
+  Q8_0,
+  Q4_0,
+};
+
+// Keys and values each have their own rounding, as a KV cache has a format for each.
+struct KvRoundings {
+  KvRounding k = KvRounding::None;
+  KvRounding v = KvRounding::None;
+
+  KvRoundings() = default;
+  // One rounding for both, the common case: `{.kv_rounding = KvRounding::F16}`.
+  KvRoundings(KvRounding both) : k(both), v(both) {}  // NOLINT(google-explicit-constructor)
+  KvRoundings(KvRounding keys, KvRounding values) : k(keys), v(values) {}
 };
 
 struct ReferenceOptions {
-  KvRounding kv_rounding = KvRounding::None;
+  KvRoundings kv_rounding;
   // Sliding-window attention, as StepPlan::Run: position p sees keys j <= p with j > p - window (0: all of them)
   // or j < n_sink.
   int32_t window = 0;
@@ -30,7 +51,8 @@ struct ReferenceOptions {
 
 class LlamaReference {
  public:
-  // The model (and the file it views) must outlive the reference.
+  // The model (and the file it views) must outlive the reference. Throws std::invalid_argument where a quantized
+  // rounding's blocks of 32 do not fit the model's KV heads (as the backends refuse that cache format).
   explicit LlamaReference(const LlamaModel& model, const ReferenceOptions& options = {});
 
   // Runs `token` at the next position (0 for the first call) and returns its logits, [n_vocab].

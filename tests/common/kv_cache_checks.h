@@ -1,22 +1,60 @@
-// The KV cache's features checked end to end through the engine against the f64 reference (llama_f64.h), for any
-// backend: sliding windows (the model's own, and --kv-window with sinks), the cache formats against a simulation
-// of their rounding, keys and values in different formats, and the context shift against a fresh evaluation.
+// The KV cache's features checked end to end through the engine against the f64 reference
+// (model::reference_logits, which rounds keys, values and the query as each cache format does), for any backend:
+// sliding windows (the model's own, and --kv-window with sinks), the cache formats against that simulation of
+// their rounding, keys and values in different formats, and the context shift against a fresh evaluation.
 // tests/model runs them on the CPU, tests/cuda on the GPU; `tolerance` is what the backend's own arithmetic adds
 // (the CPU's float path, the GPU's f16 tensor-core products) on these models' logits.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "common/llama_f64.h"
+#include "backend/kv_format.h"
+#include "common/op_harness.h"
+#include "common/random_model.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
+#include "model/llama.h"
+#include "model/llama_reference.h"
 
 namespace tessera::test {
+
+// Logits of `tokens` from position 0, [n_tokens][n_vocab], by the reference with cache `formats`' rounding and a
+// sliding window (StepPlan::Run's: 0 for none).
+inline std::vector<double> reference(const model::LlamaModel& m, const std::vector<int32_t>& tokens, KvFormats formats,
+                                     int32_t window = 0, int32_t n_sink = 0) {
+  return model::reference_logits(m, tokens, {.kv_rounding = kv_roundings(formats), .window = window, .n_sink = n_sink});
+}
+
+// Rows [first, first + count) of logits [n][n_vocab].
+inline std::span<const double> rows(const std::vector<double>& logits, size_t first, size_t count, int n_vocab) {
+  return std::span(logits).subspan(first * n_vocab, count * n_vocab);
+}
+
+inline std::span<const double> row(const std::vector<double>& logits, size_t r, int n_vocab) {
+  return rows(logits, r, 1, n_vocab);
+}
+
+// Largest |got - want| over values of the same rows (got: another reference's logits, or the engine's).
+inline double max_abs_diff(std::span<const double> got, std::span<const double> want) {
+  if (got.size() != want.size()) {
+    ADD_FAILURE() << got.size() << " values against the reference's " << want.size();
+    return INFINITY;
+  }
+  double worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(got[i] - want[i]));
+  return worst;
+}
+
+inline double max_abs_diff(std::span<const float> got, std::span<const double> want) {
+  return max_abs_diff(std::vector<double>(got.begin(), got.end()), want);
+}
 
 inline engine::EngineOptions engine_options(const std::string& backend, KvFormats format) {
   engine::EngineOptions o;
@@ -42,12 +80,12 @@ inline void check_sliding_window_from_the_model(const std::string& backend, KvFo
   const std::vector<uint8_t> bytes =
       write_model(shape, w, [](gguf::Writer& out) { out.set("llama.attention.sliding_window", uint32_t{16}); });
   const gguf::File file = gguf::File::parse(bytes);
+  const model::LlamaModel llama = model::LlamaModel::load(file);
   const std::vector<int32_t> tokens = pseudo_random_tokens(100, V, 1);
-  const auto want = reference_logits(shape, w, tokens, {.cache = format, .window = 16});
+  const std::vector<double> want = reference(llama, tokens, format, 16);
   // The window matters here: without it the late positions' logits are far off.
-  const auto unwindowed = reference_logits(shape, w, tokens, {.cache = format});
-  double window_effect = 0;
-  for (int v = 0; v < V; ++v) window_effect = std::max(window_effect, std::abs(want[99][v] - unwindowed[99][v]));
+  const std::vector<double> unwindowed = reference(llama, tokens, format);
+  const double window_effect = max_abs_diff(row(want, 99, V), row(unwindowed, 99, V));
   ASSERT_GT(window_effect, 10 * tolerance) << what;
 
   engine::EngineOptions options = engine_options(backend, format);
@@ -55,7 +93,7 @@ inline void check_sliding_window_from_the_model(const std::string& backend, KvFo
   {
     engine::Engine eng(file, options);
     EXPECT_EQ(eng.window(), 16);
-    EXPECT_LE(max_abs_diff(eng.eval(eng.new_sequence(), tokens, true), want, 0, V), tolerance) << what << ": one step";
+    EXPECT_LE(max_abs_diff(eng.eval(eng.new_sequence(), tokens, true), want), tolerance) << what << ": one step";
   }
   {
     options.n_kv_tokens = 48;
@@ -63,7 +101,7 @@ inline void check_sliding_window_from_the_model(const std::string& backend, KvFo
     const int32_t seq = eng.new_sequence();
     for (size_t p = 0; p < tokens.size(); ++p) {
       const std::span<const float> l = eng.eval(seq, std::span(&tokens[p], 1));
-      ASSERT_LE(max_abs_diff(l, {want[p]}, 0, V), tolerance) << what << ": token by token, position " << p;
+      ASSERT_LE(max_abs_diff(l, row(want, p, V)), tolerance) << what << ": token by token, position " << p;
       // The 16 visible positions span 2 blocks at most.
       ASSERT_LE(eng.kv().used_blocks(), 2) << what << ": position " << p;
     }
@@ -74,18 +112,18 @@ inline void check_sliding_window_from_the_model(const std::string& backend, KvFo
     options.n_kv_tokens = 0;
     engine::Engine eng(file, options);
     const std::vector<int32_t> a(tokens.begin(), tokens.begin() + 57), b(tokens.begin() + 40, tokens.begin() + 77);
-    const auto want_b = reference_logits(shape, w, b, {.cache = format, .window = 16});
+    const std::vector<double> want_b = reference(llama, b, format, 16);
     const int32_t sa = eng.new_sequence(), sb = eng.new_sequence();
     const std::vector<engine::Engine::Chunk> prompts = {{sa, std::span(a).first(50), LogitsWanted::All},
                                                         {sb, std::span(b).first(30), LogitsWanted::All}};
     const std::span<const float> both = eng.step(prompts);
-    EXPECT_LE(max_abs_diff(both.first(50 * V), {want.begin(), want.begin() + 50}, 0, V), tolerance) << what;
-    EXPECT_LE(max_abs_diff(both.subspan(50 * V), {want_b.begin(), want_b.begin() + 30}, 0, V), tolerance) << what;
+    EXPECT_LE(max_abs_diff(both.first(50 * V), rows(want, 0, 50, V)), tolerance) << what;
+    EXPECT_LE(max_abs_diff(both.subspan(50 * V), rows(want_b, 0, 30, V)), tolerance) << what;
     for (int i = 0; i < 7; ++i) {
       const std::vector<engine::Engine::Chunk> step = {{sa, std::span(&a[50 + i], 1)}, {sb, std::span(&b[30 + i], 1)}};
       const std::span<const float> l = eng.step(step);
-      EXPECT_LE(max_abs_diff(l.first(V), {want[50 + i]}, 0, V), tolerance) << what << ": decode step " << i;
-      EXPECT_LE(max_abs_diff(l.subspan(V), {want_b[30 + i]}, 0, V), tolerance) << what << ": decode step " << i;
+      EXPECT_LE(max_abs_diff(l.first(V), row(want, 50 + i, V)), tolerance) << what << ": decode step " << i;
+      EXPECT_LE(max_abs_diff(l.subspan(V), row(want_b, 30 + i, V)), tolerance) << what << ": decode step " << i;
     }
   }
 }
@@ -103,6 +141,7 @@ inline void check_kv_window_with_sinks(const std::string& backend, KvFormat form
   const Weights w = random_weights(shape, 8);
   const std::vector<uint8_t> bytes = write_model(shape, w);
   const gguf::File file = gguf::File::parse(bytes);
+  const model::LlamaModel llama = model::LlamaModel::load(file);
   const std::vector<int32_t> tokens = pseudo_random_tokens(90, V, 2);
   engine::EngineOptions options = engine_options(backend, format);
   options.n_ctx = 128;
@@ -111,18 +150,15 @@ inline void check_kv_window_with_sinks(const std::string& backend, KvFormat form
   options.n_sink = 3;
   engine::Engine eng(file, options);
   EXPECT_EQ(eng.kv().n_slots(), 16 + 16 + 16 + 16);  // sinks, window and one step in blocks, and one block more
-  const auto want = reference_logits(shape, w, tokens, {.cache = format, .window = 16, .n_sink = 3});
+  const std::vector<double> want = reference(llama, tokens, format, 16, 3);
   const int32_t seq = eng.new_sequence();
-  EXPECT_LE(max_abs_diff(eng.eval(seq, std::span(tokens).first(80), true), {want.begin(), want.begin() + 80}, 0, V),
-            tolerance)
-      << what;
+  EXPECT_LE(max_abs_diff(eng.eval(seq, std::span(tokens).first(80), true), rows(want, 0, 80, V)), tolerance) << what;
   for (size_t p = 80; p < tokens.size(); ++p) {
-    EXPECT_LE(max_abs_diff(eng.eval(seq, std::span(&tokens[p], 1)), {want[p]}, 0, V), tolerance)
+    EXPECT_LE(max_abs_diff(eng.eval(seq, std::span(&tokens[p], 1)), row(want, p, V)), tolerance)
         << what << ": position " << p;
   }
-  const auto without_sinks = reference_logits(shape, w, tokens, {.cache = format, .window = 16});
-  double sink_effect = 0;
-  for (int v = 0; v < V; ++v) sink_effect = std::max(sink_effect, std::abs(want[89][v] - without_sinks[89][v]));
+  const std::vector<double> without_sinks = reference(llama, tokens, format, 16);
+  const double sink_effect = max_abs_diff(row(want, 89, V), row(without_sinks, 89, V));
   EXPECT_GT(sink_effect, 10 * tolerance) << what;
 }
 
@@ -139,15 +175,17 @@ inline void check_cache_formats_against_simulation(const std::string& backend, d
     const Weights w = random_weights(shape, 9);
     const std::vector<uint8_t> bytes = write_model(shape, w);
     const gguf::File file = gguf::File::parse(bytes);
+    const model::LlamaModel llama = model::LlamaModel::load(file);
     const std::vector<int32_t> tokens = pseudo_random_tokens(40, V, 3);
-    const auto exact = reference_logits(shape, w, tokens);
+    const std::vector<double> exact = reference(llama, tokens, KvFormat::F32);
     for (const KvFormat format : {KvFormat::F16, KvFormat::BF16, KvFormat::Q8_0, KvFormat::Q4_0}) {
-      const auto want = reference_logits(shape, w, tokens, {.cache = format});
-      const std::string what = backend + ", " + std::string(kv_format_name(format)) + ", embd " + std::to_string(n_embd);
+      const std::vector<double> want = reference(llama, tokens, format);
+      const std::string what =
+          backend + ", " + std::string(kv_format_name(format)) + ", embd " + std::to_string(n_embd);
       engine::Engine eng(file, engine_options(backend, format));
       const std::span<const float> got = eng.eval(eng.new_sequence(), tokens, true);
-      const double batched = max_abs_diff(got, want, 0, V);
-      const double own_error = max_abs_diff(got, exact, 0, V);
+      const double batched = max_abs_diff(got, want);
+      const double own_error = max_abs_diff(got, exact);
       // f16's weights rounded after the softmax flip an f16 step where the two sums differ in the last bits.
       const double bound = (format == KvFormat::F16 ? own_error / 2 : own_error / 4) + tolerance;
       EXPECT_LE(batched, bound) << what;
@@ -156,11 +194,11 @@ inline void check_cache_formats_against_simulation(const std::string& backend, d
       double token_by_token = 0;
       for (size_t p = 0; p < tokens.size(); ++p) {
         token_by_token =
-            std::max(token_by_token, max_abs_diff(stepwise.eval(seq, std::span(&tokens[p], 1)), {want[p]}, 0, V));
+            std::max(token_by_token, max_abs_diff(stepwise.eval(seq, std::span(&tokens[p], 1)), row(want, p, V)));
       }
       EXPECT_LE(token_by_token, bound) << what;
-      std::printf("%s: max |engine - simulation| %.2e in one step, %.2e token by token; vs exact %.2e\n",
-                  what.c_str(), batched, token_by_token, own_error);
+      std::printf("%s: max |engine - simulation| %.2e in one step, %.2e token by token; vs exact %.2e\n", what.c_str(),
+                  batched, token_by_token, own_error);
     }
   }
 }
@@ -176,23 +214,20 @@ inline void check_keys_and_values_in_different_formats(const std::string& backen
   const Weights w = random_weights(shape, 10);
   const std::vector<uint8_t> bytes = write_model(shape, w);
   const gguf::File file = gguf::File::parse(bytes);
+  const model::LlamaModel llama = model::LlamaModel::load(file);
   const std::vector<int32_t> tokens = pseudo_random_tokens(30, V, 4);
-  const auto exact = reference_logits(shape, w, tokens);
-  const auto coarser = reference_logits(shape, w, tokens, {.cache = KvFormat::Q4_0});
-  double coarse_error = 0;
-  for (size_t p = 0; p < tokens.size(); ++p) {
-    for (int v = 0; v < V; ++v) coarse_error = std::max(coarse_error, std::abs(coarser[p][v] - exact[p][v]));
-  }
+  const std::vector<double> exact = reference(llama, tokens, KvFormat::F32);
+  const double coarse_error = max_abs_diff(reference(llama, tokens, KvFormat::Q4_0), exact);
   for (const KvFormats formats : {KvFormats{KvFormat::Q8_0, KvFormat::F16}, KvFormats{KvFormat::F16, KvFormat::Q4_0}}) {
     const std::string what = backend + ", " + kv_formats_name(formats);
     engine::Engine eng(file, engine_options(backend, formats));
-    const double error = max_abs_diff(eng.eval(eng.new_sequence(), tokens, true), exact, 0, V);
+    const double error = max_abs_diff(eng.eval(eng.new_sequence(), tokens, true), exact);
     EXPECT_GT(error, 1e-6) << what;
     EXPECT_LE(error, 2 * coarse_error + tolerance) << what;
     engine::Engine stepwise(file, engine_options(backend, formats));
     const int32_t seq = stepwise.new_sequence();
     for (size_t p = 0; p < tokens.size(); ++p) {
-      const double e = max_abs_diff(stepwise.eval(seq, std::span(&tokens[p], 1)), {exact[p]}, 0, V);
+      const double e = max_abs_diff(stepwise.eval(seq, std::span(&tokens[p], 1)), row(exact, p, V));
       EXPECT_LE(e, 2 * coarse_error + tolerance) << what << ": position " << p;
     }
   }
@@ -250,7 +285,8 @@ inline void check_context_shift(const std::string& backend, double tolerance) {
       engine::Engine unshifted(file, options);
       const std::span<const float> full = unshifted.eval(unshifted.new_sequence(), tokens);
       double shift_effect = 0;
-      for (int v = 0; v < V; ++v) shift_effect = std::max(shift_effect, static_cast<double>(std::abs(full[v] - want[v])));
+      for (int v = 0; v < V; ++v)
+        shift_effect = std::max(shift_effect, static_cast<double>(std::abs(full[v] - want[v])));
       EXPECT_GT(shift_effect, 100 * tolerance) << what;
     }
   }

@@ -9,8 +9,9 @@
 //   and EXPECT_TRUE(all_close(got, want, tolerance)).
 // - A backend: register it in BackendRegistry (backend/backend.h). Grids name the backends they cover and skip
 //   those this build or machine cannot run, saying why; every forward-pass grid that names it then covers it.
-// - A KV cache format: add it to kKvFormats and say in reference_options how the reference rounds for it; the
-//   forward-pass grids (tests/model, tests/cuda) then run every model through it.
+// - A KV cache format: say in kv_rounding how the reference rounds for it (a model::KvRounding, written in
+//   model/llama_reference.cpp from the format's definition) and add it to kKvFormats; the forward-pass grids
+//   (tests/model, tests/cuda) then run every model through it.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/kv_format.h"
 #include "backend/step_plan.h"
 #include "gguf/gguf.h"
 #include "model/llama.h"
@@ -67,12 +69,26 @@ template <class Got, class Want>
                                        << static_cast<double>(want[worst]) << "); first ones:" << first.str();
 }
 
-// The KV cache formats the backends store, and how the reference rounds to model each.
+// How the reference rounds keys or values to model each KV cache format (the model room cannot name the formats).
+inline model::KvRounding kv_rounding(KvFormat format) {
+  switch (format) {
+    case KvFormat::F32: return model::KvRounding::F32;
+    case KvFormat::F16: return model::KvRounding::F16;
+    case KvFormat::BF16: return model::KvRounding::BF16;
+    case KvFormat::Q8_0: return model::KvRounding::Q8_0;
+    case KvFormat::Q4_0: return model::KvRounding::Q4_0;
+  }
+  throw std::invalid_argument("no reference rounding for this KV cache format");
+}
+
+inline model::KvRoundings kv_roundings(KvFormats formats) { return {kv_rounding(formats.k), kv_rounding(formats.v)}; }
+
+// The KV cache formats the forward-pass grids run, and the reference's options that model each.
 inline const std::vector<KvFormat> kKvFormats = {KvFormat::F32, KvFormat::F16};
 
 inline model::ReferenceOptions reference_options(KvFormat format) {
   model::ReferenceOptions o;
-  o.kv_rounding = format == KvFormat::F16 ? model::KvRounding::F16 : model::KvRounding::None;
+  o.kv_rounding = kv_rounding(format);
   return o;
 }
 

@@ -1,6 +1,7 @@
-// The KV cache's features on the CPU against the f64 forward of common/llama_f64.h, which can round keys, values
-// and queries as each cache format does: sliding windows (the model's, and --kv-window with sinks), the cache
-// formats, keys and values in different formats, and the context shift. The same checks run on CUDA.
+// The KV cache's features on the CPU against the f64 reference forward (model::reference_logits), which can round
+// keys, values and queries as each cache format does: sliding windows (the model's, and --kv-window with sinks), the
+// cache formats, keys and values in different formats, and the context shift. The same checks run on CUDA
+// (common/kv_cache_checks.h).
 #include <gtest/gtest.h>
 
 #include "common/kv_cache_checks.h"

@@ -1,7 +1,8 @@
 // What the KV cache formats cost in quality, on every fixture model and on stories260K: each format's logits against
 // those of an f32 cache over the golden prompt and 200 greedy tokens (teacher-forced, so every position compares the
 // same context), how many of the 200 greedy tokens it keeps, and beside it the error an independent f64 simulation of
-// the same rounding gives (common/llama_f64.h). Prints the table docs/notes/2026-12-05-kv-cache-quantization.md holds.
+// the same rounding gives (model::reference_logits with the format's model::KvRounding). Prints the table
+// docs/notes/2026-12-05-kv-cache-quantization.md holds.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,9 +13,11 @@
 #include <vector>
 
 #include "common/fixtures.h"
-#include "common/llama_f64.h"
+#include "common/op_harness.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
+#include "model/llama.h"
+#include "model/llama_reference.h"
 
 namespace tessera {
 namespace {
@@ -86,8 +89,8 @@ struct Row {
   std::string model;
   KvFormat format;
   Error engine;
-  size_t agree;       // leading greedy tokens equal to the f32 cache's
-  Error simulation;   // f64 with this format's rounding against f64 without
+  size_t agree;      // leading greedy tokens equal to the f32 cache's
+  Error simulation;  // f64 with this format's rounding against f64 without
 };
 
 // Runs one model: the engine per format against its f32 cache, the f64 simulation per format against exact f64
@@ -104,21 +107,22 @@ std::vector<Row> measure(const std::string& name, const std::string& base, size_
   tokens.insert(tokens.end(), reference_greedy.begin(), reference_greedy.end() - 1);
   const std::vector<float> f32 = all_logits(file, KvFormat::F32, tokens);
 
-  const test::Shape shape = test::shape_of(model);
-  const test::Weights weights = test::weights_of(model);
-  const std::vector<int32_t> simulated_tokens(tokens.begin(), tokens.begin() + std::min(tokens.size(), prompt.size() + simulated));
-  const auto exact = test::reference_logits(shape, weights, simulated_tokens, {.cache = KvFormat::F32});
+  const std::vector<int32_t> simulated_tokens(tokens.begin(),
+                                              tokens.begin() + std::min(tokens.size(), prompt.size() + simulated));
+  const std::vector<double> exact =
+      model::reference_logits(model, simulated_tokens, {.kv_rounding = test::kv_rounding(KvFormat::F32)});
 
   std::vector<Row> rows;
   for (const KvFormat format : {KvFormat::F16, KvFormat::BF16, KvFormat::Q8_0, KvFormat::Q4_0}) {
     Row row{name, format, {}, 0, {}};
     const std::vector<float> got = all_logits(file, format, tokens);
-    row.engine = error_of([&](size_t p, int v) { return got[p * V + v]; }, [&](size_t p, int v) { return f32[p * V + v]; },
-                          tokens.size(), V);
+    row.engine = error_of([&](size_t p, int v) { return got[p * V + v]; },
+                          [&](size_t p, int v) { return f32[p * V + v]; }, tokens.size(), V);
     row.agree = leading_agreement(greedy(file, format, prompt), reference_greedy);
-    const auto sim = test::reference_logits(shape, weights, simulated_tokens, {.cache = format});
-    row.simulation = error_of([&](size_t p, int v) { return sim[p][v]; }, [&](size_t p, int v) { return exact[p][v]; },
-                              simulated_tokens.size(), V);
+    const std::vector<double> sim =
+        model::reference_logits(model, simulated_tokens, {.kv_rounding = test::kv_rounding(format)});
+    row.simulation = error_of([&](size_t p, int v) { return sim[p * V + v]; },
+                              [&](size_t p, int v) { return exact[p * V + v]; }, simulated_tokens.size(), V);
     rows.push_back(row);
   }
   return rows;

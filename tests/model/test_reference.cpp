@@ -2,13 +2,12 @@
 // (model/llama_reference.h): covers tied embeddings, MQA (one KV head), GQA and multi-sequence batches.
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <functional>
-#include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "common/op_harness.h"
+#include "common/random_model.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
 #include "model/llama_reference.h"
@@ -16,85 +15,10 @@
 namespace tessera {
 namespace {
 
-struct Shape {
-  int n_vocab = 61, n_embd = 32, n_layer = 2, n_head = 4, n_head_kv = 1, n_ff = 40;
-  bool tied = true;
-  float rope_base = 10000;
-  bool per_layer_counts = false;  // head counts and FFN width as one value per layer, as newer GGUF files may
-};
-
-struct Weights {
-  std::vector<float> token_embd, output, output_norm;
-  struct Layer {
-    std::vector<float> attn_norm, wq, wk, wv, wo, ffn_norm, gate, up, down;
-  };
-  std::vector<Layer> layers;
-};
-
-Weights random_weights(const Shape& s, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.2f);
-  auto make = [&](size_t n, float mean = 0) {
-    std::vector<float> v(n);
-    for (float& x : v) x = mean + normal(rng);
-    return v;
-  };
-  const int hd = s.n_embd / s.n_head, kv = s.n_head_kv * hd;
-  Weights w;
-  w.token_embd = make(static_cast<size_t>(s.n_vocab) * s.n_embd);
-  if (!s.tied) w.output = make(static_cast<size_t>(s.n_vocab) * s.n_embd);
-  w.output_norm = make(s.n_embd, 1.0f);
-  for (int l = 0; l < s.n_layer; ++l) {
-    w.layers.push_back({make(s.n_embd, 1.0f), make(s.n_embd * s.n_embd), make(static_cast<size_t>(kv) * s.n_embd),
-                        make(static_cast<size_t>(kv) * s.n_embd), make(s.n_embd * s.n_embd), make(s.n_embd, 1.0f),
-                        make(static_cast<size_t>(s.n_ff) * s.n_embd), make(static_cast<size_t>(s.n_ff) * s.n_embd),
-                        make(static_cast<size_t>(s.n_embd) * s.n_ff)});
-  }
-  return w;
-}
-
-// edit (optional) changes the metadata before the tensors are added.
-std::vector<uint8_t> write_model(const Shape& s, const Weights& w,
-                                 const std::function<void(gguf::Writer&)>& edit = nullptr) {
-  gguf::Writer out;
-  out.set("general.architecture", "llama");
-  out.set("llama.context_length", uint32_t{256});
-  out.set("llama.embedding_length", static_cast<uint32_t>(s.n_embd));
-  out.set("llama.block_count", static_cast<uint32_t>(s.n_layer));
-  if (s.per_layer_counts) {
-    out.set("llama.feed_forward_length", std::vector<int32_t>(s.n_layer, s.n_ff));
-    out.set("llama.attention.head_count", std::vector<uint32_t>(s.n_layer, s.n_head));
-    out.set("llama.attention.head_count_kv", std::vector<int32_t>(s.n_layer, s.n_head_kv));
-  } else {
-    out.set("llama.feed_forward_length", static_cast<uint32_t>(s.n_ff));
-    out.set("llama.attention.head_count", static_cast<uint32_t>(s.n_head));
-    out.set("llama.attention.head_count_kv", static_cast<uint32_t>(s.n_head_kv));
-  }
-  out.set("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  out.set("llama.rope.freq_base", s.rope_base);
-  if (edit) edit(out);
-  auto bytes = [](const std::vector<float>& v) {
-    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float));
-  };
-  const uint64_t E = s.n_embd, hd = s.n_embd / s.n_head, kv = s.n_head_kv * hd, F = s.n_ff;
-  out.add_tensor("token_embd.weight", GgmlType::F32, {E, static_cast<uint64_t>(s.n_vocab)}, bytes(w.token_embd));
-  out.add_tensor("output_norm.weight", GgmlType::F32, {E}, bytes(w.output_norm));
-  if (!s.tied) out.add_tensor("output.weight", GgmlType::F32, {E, static_cast<uint64_t>(s.n_vocab)}, bytes(w.output));
-  for (int l = 0; l < s.n_layer; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    const Weights::Layer& L = w.layers[l];
-    out.add_tensor(p + "attn_norm.weight", GgmlType::F32, {E}, bytes(L.attn_norm));
-    out.add_tensor(p + "attn_q.weight", GgmlType::F32, {E, E}, bytes(L.wq));
-    out.add_tensor(p + "attn_k.weight", GgmlType::F32, {E, kv}, bytes(L.wk));
-    out.add_tensor(p + "attn_v.weight", GgmlType::F32, {E, kv}, bytes(L.wv));
-    out.add_tensor(p + "attn_output.weight", GgmlType::F32, {E, E}, bytes(L.wo));
-    out.add_tensor(p + "ffn_norm.weight", GgmlType::F32, {E}, bytes(L.ffn_norm));
-    out.add_tensor(p + "ffn_gate.weight", GgmlType::F32, {E, F}, bytes(L.gate));
-    out.add_tensor(p + "ffn_up.weight", GgmlType::F32, {E, F}, bytes(L.up));
-    out.add_tensor(p + "ffn_down.weight", GgmlType::F32, {F, E}, bytes(L.down));
-  }
-  return out.to_bytes();
-}
+using test::random_weights;
+using test::Shape;
+using test::Weights;
+using test::write_model;
 
 engine::EngineOptions f32_cache_options() {
   engine::EngineOptions o;
@@ -158,8 +82,8 @@ TEST(ReferenceForward, PartialRopeWithScalingAndFrequencyFactors) {
   const std::vector<int32_t> tokens = {1, 17, 60, 5, 33, 33, 2, 40, 59, 12, 3, 44};
   const std::vector<double> expected = model::reference_logits(eng.model(), tokens);
   EXPECT_TRUE(test::all_close(eng.eval(eng.new_sequence(), tokens, true), expected, {2e-4}, shape.n_vocab));
-  EXPECT_FALSE(test::all_close(model::reference_logits(model::LlamaModel::load(plain_file), tokens), expected,
-                               {1e-3}, shape.n_vocab));
+  EXPECT_FALSE(test::all_close(model::reference_logits(model::LlamaModel::load(plain_file), tokens), expected, {1e-3},
+                               shape.n_vocab));
 }
 
 // Layers of different shapes are refused with the key named, not misread.
@@ -182,6 +106,34 @@ TEST(ReferenceForward, PerLayerCountsThatDifferAreAClearError) {
   EXPECT_NE(length.find("3 per-layer values for 2 layers"), std::string::npos) << length;
   const std::string zero = load_with("llama.attention.head_count", std::vector<uint32_t>{4, 0});
   EXPECT_NE(zero.find("invalid value 0 for layer 1"), std::string::npos) << zero;
+}
+
+// A quantized rounding's blocks of 32 must be whole within a token's keys (as the backends refuse the format
+// otherwise); keys and values round independently: each of the two moves the logits.
+TEST(ReferenceForward, KvRoundingOfKeysAndValues) {
+  Shape shape;  // head_dim 8
+  const std::vector<uint8_t> one_head = write_model(shape, random_weights(shape, 7));
+  const gguf::File one_head_file = gguf::File::parse(one_head);
+  const model::LlamaModel small = model::LlamaModel::load(one_head_file);
+  EXPECT_THROW(model::LlamaReference(small, {.kv_rounding = model::KvRounding::Q8_0}), std::invalid_argument);
+  EXPECT_NO_THROW(model::LlamaReference(small, {.kv_rounding = model::KvRounding::BF16}));
+
+  shape.n_head_kv = 4;  // one block of 32 spans the 4 heads
+  const std::vector<uint8_t> bytes = write_model(shape, random_weights(shape, 7));
+  const gguf::File file = gguf::File::parse(bytes);
+  const model::LlamaModel m = model::LlamaModel::load(file);
+  const std::vector<int32_t> tokens = {1, 17, 60, 5, 33, 33, 2, 40, 59};
+  using model::KvRounding;
+  const std::vector<double> exact = model::reference_logits(m, tokens);
+  const std::vector<double> keys =
+      model::reference_logits(m, tokens, {.kv_rounding = {KvRounding::Q4_0, KvRounding::None}});
+  const std::vector<double> values =
+      model::reference_logits(m, tokens, {.kv_rounding = {KvRounding::None, KvRounding::Q4_0}});
+  const std::vector<double> both = model::reference_logits(m, tokens, {.kv_rounding = KvRounding::Q4_0});
+  EXPECT_FALSE(test::all_close(keys, exact, {1e-4}));
+  EXPECT_FALSE(test::all_close(values, exact, {1e-4}));
+  EXPECT_FALSE(test::all_close(keys, both, {1e-4}));
+  EXPECT_FALSE(test::all_close(values, both, {1e-4}));
 }
 
 // Two prompts in one step give each the logits it gets alone; so does a decode step that advances both
