@@ -211,7 +211,7 @@ constexpr HeadShape kHeads[] = {{"tinyllama", 32, 4, 64}, {"llama2_7b", 32, 32, 
 
 void bench_attention(benchmark::State& state, HeadShape shape, int n_sequences, int n_keys) {
   try {
-    const cuda::AttentionParams p{shape.n_head, shape.n_head_kv, shape.head_dim, KvFormat::F16, KvFormat::F16};
+    const cuda::AttentionParams p{shape.n_head, shape.n_head_kv, shape.head_dim, tessera::KvFormat::F16, tessera::KvFormat::F16};
     constexpr int kBlockSize = 16;
     const int blocks_per_sequence = (n_keys + kBlockSize - 1) / kBlockSize;
     const int64_t n_blocks = static_cast<int64_t>(n_sequences) * blocks_per_sequence;

@@ -108,7 +108,7 @@ void round_query(const KvRoundings& r, std::vector<double>& q, int n_head, int h
 void matvec(const MatrixView& w, const double* x, double* y) {
   std::vector<float> row(w.n_cols);
   for (int64_t r = 0; r < w.n_rows; ++r) {
-    quant::dequantize_row(w.type, w.row(r), row.data(), w.n_cols);
+    quant::dequantize_row_ref(w.type, w.row(r), row.data(), w.n_cols);
     double sum = 0;
     for (int64_t c = 0; c < w.n_cols; ++c) sum += row[c] * x[c];
     y[r] = sum;
@@ -253,7 +253,7 @@ const std::vector<double>& LlamaReference::forward(int32_t token) {
                                 std::to_string(c.n_vocab));
   }
   std::vector<float> row(c.n_embd);
-  quant::dequantize_row(model_.token_embd.type, model_.token_embd.row(token), row.data(), c.n_embd);
+  quant::dequantize_row_ref(model_.token_embd.type, model_.token_embd.row(token), row.data(), c.n_embd);
   std::copy(row.begin(), row.end(), x_.begin());
   for (int layer = 0; layer < c.n_layer; ++layer) {
     attention_block(layer);

@@ -208,12 +208,17 @@ test('conversations survive a reload and can be renamed, deleted, exported and i
   assert.deepEqual(await titles(), ['Tom had a red ball']);
 
   await page.setInputFiles('#import-file', await download.path());
+  // The page reads the file asynchronously: wait for the imported conversations to be listed.
+  await page.waitForFunction(() => document.querySelectorAll('.conversation-open').length === 3, null,
+    { timeout: 10_000 });
   assert.deepEqual((await titles()).sort(), ['Story one', 'Tom had a red ball', 'Tom had a red ball']);
   await page.click('.conversation-open:text-is("Story one")');
   assert.deepEqual(await replyTexts(page), [firstReply]);
 
   await page.setInputFiles('#import-file', { name: 'broken.json', mimeType: 'application/json',
     buffer: Buffer.from('{"conversations": [{"messages": [{"role": "robot", "content": "hi"}]}]}') });
+  await page.waitForFunction(() => document.querySelector('[data-stat="error"]')?.textContent.startsWith('Could not'),
+    null, { timeout: 10_000 });
   assert.match(await page.textContent('[data-stat="error"]'), /^Could not import broken\.json: message 1 of/);
   assert.equal((await titles()).length, 3);
   assertHealthyPage(record, { dialogs: 1 });
