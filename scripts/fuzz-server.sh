@@ -24,6 +24,7 @@ seed chat-all b '{"model":"stories260K","messages":[{"role":"system","content":"
 seed chat-greedy b '{"messages":[{"role":"user","content":"Tell me a story"}],"temperature":0,"seed":18446744073709551615,"stop":"."}'
 seed chat-nulls b '{"messages":[{"role":"user","content":"x"}],"max_tokens":null,"temperature":null,"stop":null,"logit_bias":null,"stream":false,"logprobs":false,"context_shift":false}'
 seed chat-bad b '{"messages":[{"role":"user","content":"x"}],"n":17,"top_logprobs":21,"stop":["a","b","c","d","e"],"logit_bias":{"-1":1,"1e3":1,"512":1},"temperature":-1,"top_p":1e999}'
+seed chat-tiny b '{"messages":[{"role":"user","content":"x"}],"top_p":1e-50,"repeat_penalty":5e-324,"temperature":1e-300}'
 seed chat-unicode b '{"messages":[{"role":"user","content":"caf\u00e9 \ud83d\ude00 \u0000 日本"}],"stop":["\ud83d"]}'
 seed completion-string a '{"model":"m","prompt":"Once upon a time","max_tokens":32,"temperature":0.8,"logprobs":3,"echo":false}'
 seed completion-array a '{"prompt":["Once upon a time","There was"],"n":2,"max_tokens":4,"top_p":0.5,"seed":-7,"stop":["\n"],"logit_bias":{"1":-1.5},"stream":true,"stream_options":{"include_usage":false},"context_shift":false}'
