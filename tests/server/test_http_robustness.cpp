@@ -224,7 +224,7 @@ class HttpRobustness : public ::testing::Test {
 
 TEST_F(HttpRobustness, BadRequestLines) {
   const std::vector<std::string> lines = {"GARBAGE", "GET", "GET /health", "GET /health HTTP/9.9", "GET  HTTP/1.1",
-                                         "/health GET HTTP/1.1", std::string("\0\x01\x02 / HTTP/1.1", 16),
+                                         "/health GET HTTP/1.1", std::string("\0\x01\x02 / HTTP/1.1", 14),
                                          "GET /" + std::string(20000, 'a') + " HTTP/1.1"};
   for (const std::string& line : lines) {
     expect_refused(talk(port_, line + "\r\nHost: 127.0.0.1\r\n\r\n"), line.substr(0, 40));
