@@ -13,7 +13,7 @@ ctest --test-dir build --output-on-failure -j"$jobs"
 
 # The test programs that read untrusted input, again under ASan + UBSan. Add a name here to cover another room;
 # names whose tests/<room> folder does not exist are skipped.
-sanitized_tests=(test_gguf test_tokenizer test_chat test_hub)
+sanitized_tests=(test_gguf test_tokenizer test_chat test_hub test_server)
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTESSERA_SANITIZE=ON -DTESSERA_CUDA=OFF \
   -DTESSERA_BUILD_BENCH=OFF
 present_tests=()
@@ -25,8 +25,9 @@ for t in "${present_tests[@]}"; do
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 "build-asan/tests/$t"
 done
 
-# Short libFuzzer runs on the GGUF reader, the Hub's replies and the chat template interpreter; they must find
-# nothing.
+# Short libFuzzer runs on the GGUF reader, the Hub's replies, the chat template interpreter and the server's request
+# bodies; they must find nothing.
 scripts/fuzz-gguf.sh
 scripts/fuzz-hub.sh
 FUZZ_SECONDS=30 scripts/fuzz-chat-template.sh
+FUZZ_SECONDS=30 scripts/fuzz-server.sh

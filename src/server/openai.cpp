@@ -19,14 +19,19 @@ const json* field(const json& body, const char* name) {
   return it == body.end() || it->is_null() ? nullptr : &*it;
 }
 
-double number(const json& body, const char* name, double low, double high, bool low_open = false) {
+// A sampling value, as the float the sampler keeps.
+float number(const json& body, const char* name, double low, double high, bool low_open = false) {
   const json& v = *field(body, name);
   if (!v.is_number()) invalid(name, fmt::format("'{}' must be a number", name));
   const double x = v.get<double>();
   if (!std::isfinite(x) || x < low || x > high || (low_open && x == low)) {
     invalid(name, fmt::format("'{}' must be in {}{}, {}] (got {})", name, low_open ? "(" : "[", low, high, x));
   }
-  return x;
+  float f = static_cast<float>(x);
+  // A value inside an open bound that rounds onto it as a float (top_p 1e-50 is 0.0f) takes the next float in:
+  // the sampler would refuse 0 with an error naming no field of the request.
+  if (low_open && f == static_cast<float>(low)) f = std::nextafter(f, static_cast<float>(high));
+  return f;
 }
 
 int64_t integer(const json& body, const char* name, int64_t low, int64_t high) {
@@ -185,18 +190,18 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view text, const engine:
     if (field(body, name)) r.max_tokens = static_cast<int>(integer(body, name, 1, std::numeric_limits<int32_t>::max()));
   }
   r.sampling = defaults;
-  if (field(body, "temperature")) r.sampling.temperature = static_cast<float>(number(body, "temperature", 0, 2));
-  if (field(body, "top_p")) r.sampling.top_p = static_cast<float>(number(body, "top_p", 0, 1, true));
+  if (field(body, "temperature")) r.sampling.temperature = number(body, "temperature", 0, 2);
+  if (field(body, "top_p")) r.sampling.top_p = number(body, "top_p", 0, 1, true);
   if (field(body, "top_k")) r.sampling.top_k = static_cast<int>(integer(body, "top_k", 0, n_vocab));
-  if (field(body, "min_p")) r.sampling.min_p = static_cast<float>(number(body, "min_p", 0, 1));
+  if (field(body, "min_p")) r.sampling.min_p = number(body, "min_p", 0, 1);
   if (field(body, "presence_penalty")) {
-    r.sampling.presence_penalty = static_cast<float>(number(body, "presence_penalty", -2, 2));
+    r.sampling.presence_penalty = number(body, "presence_penalty", -2, 2);
   }
   if (field(body, "frequency_penalty")) {
-    r.sampling.frequency_penalty = static_cast<float>(number(body, "frequency_penalty", -2, 2));
+    r.sampling.frequency_penalty = number(body, "frequency_penalty", -2, 2);
   }
   if (field(body, "repeat_penalty")) {
-    r.sampling.repeat_penalty = static_cast<float>(number(body, "repeat_penalty", 0, 10, true));
+    r.sampling.repeat_penalty = number(body, "repeat_penalty", 0, 10, true);
   }
   if (const json* seed = field(body, "seed")) {
     if (!seed->is_number_integer()) invalid("seed", "'seed' must be an integer");
