@@ -9,11 +9,13 @@
 #include <string_view>
 #include <vector>
 
+#include "util/utf8.h"
+
 namespace tessera::chat::jinja {
 
 // The code point at s[pos] and its length in bytes (an invalid byte: itself, length 1).
 uint32_t decode_utf8(std::string_view s, size_t pos, size_t* length);
-void append_utf8(std::string& out, uint32_t cp);
+using util::append_utf8;
 bool is_ascii(std::string_view s);
 size_t count_code_points(std::string_view s);
 // The byte offset of every code point, plus s.size() at the end.

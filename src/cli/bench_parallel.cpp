@@ -7,7 +7,6 @@
 #include "engine/sampler.h"
 
 namespace tessera::cli {
-namespace {
 
 std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t n, int n_vocab) {
   std::uniform_int_distribution<int32_t> pick(0, n_vocab - 1);
@@ -19,6 +18,8 @@ std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t n, int n_vocab) {
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
+
+namespace {
 
 // The prompts of `seqs` (prompts[i] for seqs[i]) in steps of at most n_batch tokens: each step takes what is left
 // of one prompt after another, so a prompt may be split between two steps. Returns the last step's logits.

@@ -3,8 +3,10 @@
 // the batch size allows), then generate n tokens each, one token per sequence per forward call.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <random>
+#include <vector>
 
 #include "engine/engine.h"
 
@@ -16,6 +18,10 @@ struct ParallelTest {
   int n_gen = 0;               // n, per sequence
   bool shared_prompt = false;  // one prompt evaluated once; the other sequences fork its KV blocks
 };
+
+// What every bench test shares: n token ids drawn uniformly from the vocabulary, and a stopwatch.
+std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t n, int n_vocab);
+double seconds_since(std::chrono::steady_clock::time_point start);
 
 // One timed repetition.
 struct ParallelSample {

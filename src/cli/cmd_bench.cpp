@@ -121,17 +121,6 @@ ModelSummary summarise_model(const std::string& path, const gguf::File& file, co
   return m;
 }
 
-std::vector<int32_t> random_tokens(std::mt19937& rng, int n, int n_vocab) {
-  std::uniform_int_distribution<int32_t> pick(0, n_vocab - 1);
-  std::vector<int32_t> tokens(static_cast<size_t>(n));
-  for (int32_t& t : tokens) t = pick(rng);
-  return tokens;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
 // A fresh sequence holding `depth` random tokens.
 int32_t sequence_at_depth(engine::Engine& engine, std::mt19937& rng, int depth) {
   const int32_t seq = engine.new_sequence();

@@ -1,8 +1,9 @@
 // The llama forward pass as a page you can read: one sequence, one token at a time, every number a double, every
 // step one function written from the architecture's definition. It is the oracle the backends are tested against
 // (tests/common/op_harness.h, tests/common/kv_cache_checks.h), not a fast path: weights are dequantized row by row
-// by the formats' scalar definitions (quant::dequantize_row_ref) as each matrix-vector product reads them, so it runs any file LlamaModel loads, in any block format, slowly. It
-// can keep keys and values as each KV cache format stores them (KvRounding), and apply a sliding window's mask.
+// by the formats' scalar definitions (quant::dequantize_row_ref) as each matrix-vector product reads them, so it
+// runs any file LlamaModel loads, in any block format, slowly. It can keep keys and values as each KV cache format
+// stores them (KvRounding), and apply a sliding window's mask.
 #pragma once
 
 #include <cstdint>

@@ -12,6 +12,8 @@
 
 #include "tokenizer/tokenizer.h"
 
+#include "util/utf8.h"
+
 namespace tessera::tokenizer {
 
 // Per-token attributes, as llama.cpp derives them from the token type (Undefined has none) plus the
@@ -99,7 +101,7 @@ struct Utf8Char {
   uint32_t length;     // bytes consumed (1 for an invalid byte)
 };
 Utf8Char decode_utf8(std::string_view s, size_t offset);
-void append_utf8(std::string& out, uint32_t codepoint);
+using util::append_utf8;
 size_t utf8_sequence_length(uint8_t first_byte);  // from the lead byte alone; 1 for a stray byte
 // WordPiece normalisation helpers.
 bool is_unicode_whitespace(uint32_t cp);
