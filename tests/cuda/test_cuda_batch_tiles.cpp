@@ -208,7 +208,7 @@ TEST(PagedAttentionIndex, SplitsPartitionTheVisibleKeys) {
 }
 
 TEST(PagedAttentionIndex, SplitsOnlyWhereTheBlocksLeaveSmsIdle) {
-  const AttentionParams llama7b{32, 32, 128, KvFormat::F16}, tinyllama{32, 4, 64, KvFormat::F16};
+  const AttentionParams llama7b{32, 32, 128, KvFormat::F16, KvFormat::F16}, tinyllama{32, 4, 64, KvFormat::F16, KvFormat::F16};
   // One sequence of 4096 keys: 32 (7B) or 4 (TinyLlama) blocks for 132 SMs; splits of at least 128 keys.
   for (const AttentionParams& p : {llama7b, tinyllama}) {
     const int splits = plan_paged_attention_splits(p, 1, 4096, 132);
@@ -222,13 +222,16 @@ TEST(PagedAttentionIndex, SplitsOnlyWhereTheBlocksLeaveSmsIdle) {
 }
 
 TEST(PagedAttentionIndex, SupportsRowsOfWhole16BytesUpTo512) {
-  EXPECT_TRUE(paged_attention_supported(AttentionParams{32, 4, 64, KvFormat::F16}));
-  EXPECT_TRUE(paged_attention_supported(AttentionParams{32, 32, 128, KvFormat::F32}));
-  EXPECT_TRUE(paged_attention_supported(AttentionParams{6, 2, 80, KvFormat::F16}));
-  EXPECT_TRUE(paged_attention_supported(AttentionParams{8, 1, 256, KvFormat::F16}));
-  EXPECT_FALSE(paged_attention_supported(AttentionParams{8, 1, 256, KvFormat::F32}));  // 1024-byte rows
-  EXPECT_FALSE(paged_attention_supported(AttentionParams{8, 8, 36, KvFormat::F16}));    // 72-byte rows
-  EXPECT_FALSE(paged_attention_supported(AttentionParams{6, 4, 64, KvFormat::F16}));    // 6 heads over 4 KV heads
+  EXPECT_TRUE(paged_attention_supported(AttentionParams{32, 4, 64, KvFormat::F16, KvFormat::F16}));
+  EXPECT_TRUE(paged_attention_supported(AttentionParams{32, 32, 128, KvFormat::F32, KvFormat::F32}));
+  EXPECT_TRUE(paged_attention_supported(AttentionParams{6, 2, 80, KvFormat::F16, KvFormat::F16}));
+  EXPECT_TRUE(paged_attention_supported(AttentionParams{8, 1, 256, KvFormat::F16, KvFormat::F16}));
+  EXPECT_FALSE(paged_attention_supported(AttentionParams{8, 1, 256, KvFormat::F32, KvFormat::F32}));  // 1024-byte rows
+  EXPECT_FALSE(paged_attention_supported(AttentionParams{8, 8, 36, KvFormat::F16, KvFormat::F16}));    // 72-byte rows
+  EXPECT_FALSE(paged_attention_supported(AttentionParams{6, 4, 64, KvFormat::F16, KvFormat::F16}));    // 6 heads over 4 KV heads
+  // Quantized caches (two planes per layer) and keys and values in different formats are not read here.
+  EXPECT_FALSE(paged_attention_supported(AttentionParams{32, 4, 64, KvFormat::Q8_0, KvFormat::Q8_0}));
+  EXPECT_FALSE(paged_attention_supported(AttentionParams{32, 4, 64, KvFormat::F16, KvFormat::F32}));
 }
 
 }  // namespace
