@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "hub/replies.h"
 
@@ -20,6 +21,12 @@ template <class T>
 T field(const nlohmann::json& doc, const char* key) {
   const auto it = doc.find(key);
   if (it == doc.end()) throw std::runtime_error(fmt::format("the manifest has no '{}'", key));
+  // nlohmann converts any number to any number type; a float beyond the type's range would be undefined.
+  if constexpr (std::is_integral_v<T>) {
+    if (!(std::is_unsigned_v<T> ? it->is_number_unsigned() : it->is_number_integer())) {
+      throw std::runtime_error(fmt::format("the manifest's '{}' is not a whole number", key));
+    }
+  }
   try {
     return it->get<T>();
   } catch (const nlohmann::json::exception&) {

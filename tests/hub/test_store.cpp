@@ -30,6 +30,13 @@ TEST(Manifest, RoundTripsAndRefusesBadFields) {
   EXPECT_THROW(
       manifest_from_json(R"({"url":"u","size":"1","sha256":")" + kSha + R"(","commit":"","downloaded_at":""})"),
       std::runtime_error);
+  // Sizes that are not whole numbers in range (the fuzzer's find: a float beyond 2^64 was converted regardless).
+  for (const std::string size : {"184467440737095516155", "1.5", "-1"}) {
+    EXPECT_THROW(manifest_from_json(R"({"url":"u","size":)" + size + R"(,"sha256":")" + kSha +
+                                    R"(","commit":"","downloaded_at":""})"),
+                 std::runtime_error)
+        << size;
+  }
   EXPECT_THROW(remote_version_from_json("[]"), std::runtime_error);
 }
 
