@@ -2,19 +2,13 @@
 // TESSERA_FIXTURES, as in tests/web) with any extra options, an openai client for it, and readers for its
 // /metrics and its resident memory.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import OpenAI from 'openai';
+import { readMetrics, spawnServer } from '../common/server_process.mjs';
 
-const readyLine = /^listening on (http:\/\/127\.0\.0\.1:\d+)$/m;
-
-// Servers still running when the test process exits (a test that timed out, say) go with it.
-const runningServers = new Set();
-process.on('exit', () => {
-  for (const child of runningServers) child.kill('SIGKILL');
-});
+export { readMetrics };
 
 export function fixtureModel() {
   const fixtures = process.env.TESSERA_FIXTURES;
@@ -29,54 +23,8 @@ export async function startServer(args = []) {
   const binary = process.env.TESSERA_BINARY;
   if (!binary) throw new Error('set TESSERA_BINARY (the built tessera) and TESSERA_FIXTURES (the fixtures folder)');
   const fullArgs = ['serve', '-m', fixtureModel(), '--host', '127.0.0.1', '--port', '0', '-t', '1', ...args];
-  const child = spawn(binary, fullArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
-  runningServers.add(child);
-  const exited = new Promise((resolve) => {
-    child.once('exit', (code, signal) => {
-      runningServers.delete(child);
-      resolve({ code, signal });
-    });
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stderr.on('data', (data) => { stderr = (stderr + data).slice(-8192); });
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error('no "listening on" line within 30 s')), 30_000);
-    function fail(error) {
-      clearTimeout(timer);
-      child.kill('SIGKILL');
-      reject(new Error(`${binary} ${fullArgs.join(' ')}: ${error.message}\nstdout: ${stdout}\nstderr: ${stderr}`));
-    }
-    const exitedEarly = (code, signal) => fail(new Error(`exited (${code ?? signal}) before listening`));
-    child.on('error', fail);
-    child.on('exit', exitedEarly);
-    child.stdout.on('data', (data) => {
-      stdout += data;
-      const match = readyLine.exec(stdout);
-      if (match) {
-        clearTimeout(timer);
-        child.off('exit', exitedEarly);
-        child.stdout.removeAllListeners('data');
-        child.stdout.resume();
-        resolve(match[1]);
-      }
-    });
-  });
-  return {
-    url,
-    pid: child.pid,
-    child,
-    exited,
-    stderr: () => stderr,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return exited;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      const result = await exited;
-      clearTimeout(timer);
-      return result;
-    },
-  };
+  const server = await spawnServer(binary, fullArgs);
+  return { ...server, pid: server.child.pid };
 }
 
 // A server for one test (or one describe block's `before`), stopped when it ends.
@@ -89,17 +37,6 @@ export async function serverFor(t, args) {
 // The official client on the server. No retries: a test must see the first answer.
 export function clientFor(server, options = {}) {
   return new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 60_000, ...options });
-}
-
-// The server's Prometheus text as { series: value }, labels included in the series name as written.
-export async function readMetrics(url) {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const values = {};
-  for (const line of text.split('\n')) {
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$/.exec(line);
-    if (match) values[match[1]] = Number(match[2]);
-  }
-  return values;
 }
 
 // Polls /metrics until `done(metrics)` holds; throws with the last metrics after `timeoutMs`.

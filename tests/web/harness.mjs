@@ -1,22 +1,17 @@
 // What the browser tests share: starting a server (the real `tessera serve`, or the mock), the system's
 // Chromium with a fresh profile, and reading the server's /metrics.
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { readMetrics, spawnServer } from '../common/server_process.mjs';
+
+export { readMetrics };
 
 const mockScript = fileURLToPath(new URL('./mock-server.mjs', import.meta.url));
-const readyLine = /^listening on (http:\/\/127\.0\.0\.1:\d+)$/m;
 
 export const usingMock = process.env.TESSERA_WEB_MOCK === '1';
-
-// Servers still running when the test process exits (a test that timed out, say) go with it.
-const runningServers = new Set();
-process.on('exit', () => {
-  for (const child of runningServers) child.kill('SIGKILL');
-});
 
 function serverCommand({ mock, apiKey }) {
   const keyArgs = apiKey ? ['--api-key', apiKey] : [];
@@ -35,46 +30,8 @@ function serverCommand({ mock, apiKey }) {
 // logs never blocks on a full pipe.
 export async function startServer({ mock = usingMock, apiKey = null } = {}) {
   const [command, args] = serverCommand({ mock, apiKey });
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  runningServers.add(child);
-  child.once('exit', () => runningServers.delete(child));
-  let stdout = '';
-  let stderr = '';
-  child.stderr.on('data', (data) => { stderr = (stderr + data).slice(-4096); });
-  const url = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error('no "listening on" line within 30 s')), 30_000);
-    function fail(error) {
-      clearTimeout(timer);
-      child.kill('SIGKILL');
-      reject(new Error(`${command} ${args.join(' ')}: ${error.message}\nstdout: ${stdout}\nstderr: ${stderr}`));
-    }
-    const exitedEarly = (code, signal) => fail(new Error(`exited (${code ?? signal}) before listening`));
-    child.on('error', fail);
-    child.on('exit', exitedEarly);
-    child.stdout.on('data', (data) => {
-      stdout += data;
-      const match = readyLine.exec(stdout);
-      if (match) {
-        clearTimeout(timer);
-        child.off('exit', exitedEarly);
-        child.stdout.removeAllListeners('data');
-        child.stdout.resume();
-        resolve(match[1]);
-      }
-    });
-  });
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  return {
-    url,
-    mock,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
+  const server = await spawnServer(command, args, { killAfterMs: 5_000 });
+  return { url: server.url, mock, stop: async () => { await server.stop(); } };
 }
 
 // The system's Chromium (downloads of browser builds do not work here) with a new empty profile.
@@ -99,17 +56,6 @@ export async function launchBrowser(options = {}) {
 }
 
 // The server's Prometheus text as { series: value }, a series named with its labels as the text writes them:
-// tessera_requests_running, tessera_requests_total{status="stopped"}.
-export async function readMetrics(url) {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  const values = {};
-  for (const line of text.split('\n')) {
-    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$/.exec(line);
-    if (match) values[match[1]] = Number(match[2]);
-  }
-  return values;
-}
-
 // Scripts the mock's next chat completion (see mock-server.mjs).
 export async function scriptNextReply(server, script) {
   if (!server.mock) throw new Error('only the mock server takes scripted replies');
