@@ -10,7 +10,7 @@ mkdir -p "$out"
 
 clang++ -std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -Isrc fuzz/fuzz_chat_template.cpp src/chat/*.cpp src/util/utf8.cpp src/gguf/gguf.cpp src/gguf/known_keys.cpp src/gguf/writer.cpp \
-  src/gguf/ggml_type.cpp $(pkg-config --cflags --libs fmt 2>/dev/null || echo -lfmt) -o "$out/fuzz_chat_template"
+  src/gguf/ggml_type.cpp src/io/file_type.cpp src/io/output_file.cpp $(pkg-config --cflags --libs fmt 2>/dev/null || echo -lfmt) -o "$out/fuzz_chat_template"
 
 corpus="$out/chat-corpus"
 rm -rf "$corpus"
