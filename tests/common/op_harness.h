@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <ostream>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -39,6 +40,21 @@ struct Tolerance {
   double abs = 0;
   double rel = 0;
 };
+
+// One fixture model of the forward-pass grids (models/tiny-llama-<name>.gguf) and how close each backend must come
+// to the reference with an f32 and an f16 KV cache; the reasons for each backend's tolerances sit with its list.
+struct WeightCase {
+  std::string name;
+  Tolerance f32_cache;
+  Tolerance f16_cache;
+};
+inline std::ostream& operator<<(std::ostream& os, const WeightCase& c) { return os << c.name; }
+// A GoogleTest parameter name for a case: its name with '-' (not allowed there) as '_'.
+inline std::string weight_case_test_name(const ::testing::TestParamInfo<WeightCase>& info) {
+  std::string n = info.param.name;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+}
 
 // Compares `got` with the reference's `want`, value by value. With row_length > 0, indices print as [row][column].
 template <class Got, class Want>

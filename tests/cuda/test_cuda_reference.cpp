@@ -12,20 +12,13 @@ namespace tessera::cuda {
 namespace {
 
 using tessera::test::Tolerance;
+using tessera::test::WeightCase;
 
 // The GPU's sums run in other orders than the CPU's, its flash prompt attention rounds the query and the softmax
 // weights to f16 for the tensor cores (with an f16 cache, as the reference's rounding does), and for F16 and
 // quantized weights it converts activations as llama.cpp does. So: F32 weights within float rounding with an f32
 // cache and within the fixtures README's F32 golden tolerance with an f16 one; F16 and quantized weights within
 // the README's suggested tolerances (2e-3, 0.05), which the CPU backend meets against the reference too.
-struct WeightCase {
-  std::string name;  // models/tiny-llama-<name>.gguf
-  Tolerance f32_cache;
-  Tolerance f16_cache;
-};
-
-std::ostream& operator<<(std::ostream& os, const WeightCase& c) { return os << c.name; }
-
 class CudaForwardGrid : public ::testing::TestWithParam<WeightCase> {};
 
 TEST_P(CudaForwardGrid, MatchesReference) {
@@ -48,11 +41,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaForwardGrid,
                                            WeightCase{"Q4_1", {0.05}, {0.05}}, WeightCase{"Q4_0", {0.05}, {0.05}},
                                            WeightCase{"Q3_K_M", {0.05}, {0.05}}, WeightCase{"Q2_K", {0.05}, {0.05}},
                                            WeightCase{"v32k-Q4_K_M", {0.05}, {0.05}}),
-                         [](const auto& info) {
-                           std::string n = info.param.name;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         tessera::test::weight_case_test_name);
 
 }  // namespace
 }  // namespace tessera::cuda

@@ -14,6 +14,7 @@ namespace {
 
 using test::fixture;
 using test::Tolerance;
+using test::WeightCase;
 
 // The backend computes in float and converts its activations to the weights' activation type (F16, Q8_0, Q8_1 or
 // Q8_K) as llama.cpp does; the reference does neither. So, for F32 weights: float rounding with an f32 cache, and
@@ -21,14 +22,6 @@ using test::Tolerance;
 // other side of an f16 rounding boundary in float than in double. For F16 and quantized weights: the gap the
 // fixtures README measures between llama.cpp, which converts the same way, and an independent float64 forward
 // (7.2e-4 for F16, up to 0.033 quantized), within its suggested tolerances (F16 2e-3, quantized 0.05).
-struct WeightCase {
-  std::string name;  // models/tiny-llama-<name>.gguf
-  Tolerance f32_cache;
-  Tolerance f16_cache;
-};
-
-std::ostream& operator<<(std::ostream& os, const WeightCase& c) { return os << c.name; }
-
 class CpuForwardGrid : public ::testing::TestWithParam<WeightCase> {};
 
 TEST_P(CpuForwardGrid, MatchesReference) {
@@ -48,11 +41,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CpuForwardGrid,
                                            WeightCase{"Q4_1", {0.05}, {0.05}}, WeightCase{"Q4_0", {0.05}, {0.05}},
                                            WeightCase{"Q3_K_M", {0.05}, {0.05}}, WeightCase{"Q2_K", {0.05}, {0.05}},
                                            WeightCase{"v32k-Q4_K_M", {0.05}, {0.05}}),
-                         [](const auto& info) {
-                           std::string n = info.param.name;
-                           std::replace(n.begin(), n.end(), '-', '_');
-                           return n;
-                         });
+                         test::weight_case_test_name);
 
 // Sliding windows over 40 tokens (three KV blocks): shorter than a block, across blocks, with sinks inside the
 // window's first block and past it, and a window longer than the sequence (every key visible).
