@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include "chat/chat_template.h"
 
 namespace tessera::test {
@@ -41,6 +43,24 @@ inline chat::RenderOptions render_options(const std::string& template_name, bool
   using namespace std::chrono;
   o.now = local_days{year{2025} / January / 7} + hours{9} + minutes{5} + seconds{3};
   return o;
+}
+
+// Checks that rendering fails as Python's jinja2 did, given the generator's error file: a first line naming the
+// kind ("raise_exception" or jinja2's error class) and the message after it.
+inline void expect_render_fails_as(const chat::ChatTemplate& tmpl, const std::vector<chat::Message>& messages,
+                                   const chat::RenderOptions& options, const std::string& error_file) {
+  const std::string kind = error_file.substr(0, error_file.find('\n'));
+  const std::string message = error_file.substr(error_file.find('\n') + 1);
+  if (kind == "raise_exception") {
+    try {
+      tmpl.render(messages, options);
+      ADD_FAILURE() << "expected raise_exception(\"" << message << "\")";
+    } catch (const chat::TemplateRaised& e) {
+      EXPECT_EQ(std::string(e.what()), message);
+    }
+  } else {
+    EXPECT_THROW(tmpl.render(messages, options), chat::TemplateError) << "jinja2 failed with: " << message;
+  }
 }
 
 }  // namespace tessera::test

@@ -37,18 +37,7 @@ TEST_P(Snippet, RendersAsJinja2Does) {
     return;
   }
   const std::string expected = read_bytes(chat_data("snippets/expected/" + name + ".error"));
-  const std::string kind = expected.substr(0, expected.find('\n'));
-  const std::string message = expected.substr(expected.find('\n') + 1);
-  if (kind == "raise_exception") {
-    try {
-      tmpl.render(messages, options);
-      ADD_FAILURE() << "expected raise_exception(\"" << message << "\")";
-    } catch (const chat::TemplateRaised& e) {
-      EXPECT_EQ(std::string(e.what()), message);
-    }
-  } else {
-    EXPECT_THROW(tmpl.render(messages, options), chat::TemplateError) << "jinja2 failed with: " << message;
-  }
+  test::expect_render_fails_as(tmpl, messages, options, expected);
 }
 
 INSTANTIATE_TEST_SUITE_P(Jinja2, Snippet, ::testing::ValuesIn(snippet_names()),
