@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs what the lent GPU machine lacks into .deps/ (git-ignored), so a device call with carry [".deps"] can
 # build and test there: the PCRE2 and pkgconf packages, and those of libcurl, OpenSSL, cpp-httplib and libedit with
-# their direct libraries (the machine has no network; the hub, server and chat link them), the fixtures
+# their direct libraries (the machine has no network; the hub, server and chat link them), Google Benchmark
+# (for bench/cuda_*), the fixtures
 # the CUDA tests read, and .deps/gpu-build.sh, which unpacks the packages into .deps/prefix (never into /) and
 # builds tessera, tessera_cuda and test_cuda with -j16 for sm_90. The sources built there are a snapshot of the
 # last commit (.deps/tree), so other engineers' unfinished edits in the shared working tree cannot break the
@@ -25,7 +26,7 @@ mkdir -p "$bundle"/debs "$bundle"/fixtures/models "$bundle"/fixtures/trained
   pkgconf-bin libpkgconf3 \
   libcurl4-openssl-dev libcurl4 libssl-dev libssl3 libcpp-httplib-dev libcpp-httplib0.11 libbrotli-dev libbrotli1 \
   zlib1g-dev libedit-dev libedit2 libbsd-dev libbsd0 libmd-dev libmd0 libncurses-dev libtinfo6 libncurses6 \
-  libncursesw6)
+  libncursesw6 libbenchmark-dev libbenchmark1debian)
 
 # The tiny-llama family (not the 8 MB v32k model) and the trained stories260K model with their goldens.
 cp "$fixtures"/models/tiny-llama-{F32,F16,Q8_0,Q6_K,Q5_K_M,Q5_1,Q5_0,Q4_K_M,Q4_1,Q4_0,Q3_K_M,Q2_K}.* "$bundle"/fixtures/models/
