@@ -124,6 +124,7 @@ void Scheduler::retire_finished() {
 
 bool Scheduler::step() {
   take_inbox();
+  last_step_sequences_ = 0;
   for (Running& running : running_) {
     if (running.request->cancel_requested()) running.request->finish(FinishReason::Cancelled);
   }
@@ -199,6 +200,7 @@ bool Scheduler::step() {
 
   if (!chunks_.empty()) {
     const std::span<const float> logits = engine_.step(chunks_);
+    last_step_sequences_ = chunks_.size();
     size_t row = 0;
     for (size_t c = 0; c < chunks_.size(); ++c) {
       Running& running = running_[chunk_owner_[c]];

@@ -41,6 +41,8 @@ class Scheduler {
   // One engine step: takes queued requests, ends cancelled ones, admits, runs the step, samples, retires.
   // Returns false when there was nothing to do.
   bool step();
+  // Sequences in the last step's forward call (0 when it made none); read on the thread that calls step().
+  size_t last_step_sequences() const { return last_step_sequences_; }
   // Ends every request: cancelled (at shutdown), or failed with `message` (the engine broke).
   void cancel_all();
   void fail_all(const std::string& message);
@@ -77,6 +79,7 @@ class Scheduler {
   uint64_t next_order_ = 0;
   std::vector<Engine::Chunk> chunks_;
   std::vector<size_t> chunk_owner_;  // running_ index of each chunk
+  size_t last_step_sequences_ = 0;
   std::atomic<size_t> n_running_{0}, n_waiting_{0};
 };
 

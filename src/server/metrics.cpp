@@ -18,12 +18,35 @@ void Metrics::add_tokens(int64_t prompt, int64_t cached_prompt, int64_t generate
   generated_tokens_ += generated;
 }
 
+template <size_t N>
+void Metrics::Histogram<N>::observe(double value) {
+  size_t b = 0;
+  while (b < N && value > bounds[b]) ++b;
+  ++counts[b];
+  sum += value;
+}
+
+template <size_t N>
+void Metrics::Histogram<N>::render(std::string& out, std::string_view name) const {
+  int64_t cumulative = 0;
+  for (size_t b = 0; b < N; ++b) {
+    cumulative += counts[b];
+    out += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, bounds[b], cumulative);
+  }
+  cumulative += counts.back();
+  out += fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n", name, cumulative);
+  out += fmt::format("{}_sum {}\n", name, sum);
+  out += fmt::format("{}_count {}\n", name, cumulative);
+}
+
 void Metrics::observe_first_token(double seconds) {
   const std::lock_guard lock(mutex_);
-  size_t b = 0;
-  while (b < kBuckets.size() && seconds > kBuckets[b]) ++b;
-  ++first_token_counts_[b];
-  first_token_sum_ += seconds;
+  first_token_.observe(seconds);
+}
+
+void Metrics::observe_step(size_t sequences) {
+  const std::lock_guard lock(mutex_);
+  step_sequences_.observe(static_cast<double>(sequences));
 }
 
 std::string Metrics::render(const Gauges& g) const {
@@ -54,15 +77,9 @@ std::string Metrics::render(const Gauges& g) const {
   metric("tessera_kv_blocks_total", "gauge", "KV cache blocks in all.");
   out += fmt::format("tessera_kv_blocks_total {}\n", g.kv_blocks_total);
   metric("tessera_time_to_first_token_seconds", "histogram", "From a request's arrival to its first token.");
-  int64_t cumulative = 0;
-  for (size_t b = 0; b < kBuckets.size(); ++b) {
-    cumulative += first_token_counts_[b];
-    out += fmt::format("tessera_time_to_first_token_seconds_bucket{{le=\"{}\"}} {}\n", kBuckets[b], cumulative);
-  }
-  cumulative += first_token_counts_.back();
-  out += fmt::format("tessera_time_to_first_token_seconds_bucket{{le=\"+Inf\"}} {}\n", cumulative);
-  out += fmt::format("tessera_time_to_first_token_seconds_sum {}\n", first_token_sum_);
-  out += fmt::format("tessera_time_to_first_token_seconds_count {}\n", cumulative);
+  first_token_.render(out, "tessera_time_to_first_token_seconds");
+  metric("tessera_step_sequences", "histogram", "Sequences in each engine step's forward call.");
+  step_sequences_.render(out, "tessera_step_sequences");
   return out;
 }
 

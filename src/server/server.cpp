@@ -199,6 +199,7 @@ void Server::engine_loop() {
     bool worked = false;
     try {
       worked = scheduler_->step();
+      if (scheduler_->last_step_sequences() > 0) metrics_.observe_step(scheduler_->last_step_sequences());
     } catch (const std::exception& e) {
       // A failed forward call fails the requests it held; the server goes on with the next ones.
       scheduler_->fail_all(std::string("the engine failed: ") + e.what());

@@ -90,6 +90,17 @@ TEST_F(SchedulerTest, ConcurrentRequestsGetTheTokensTheyGetAlone) {
   EXPECT_EQ(engine->kv().used_blocks(), 0);
 }
 
+TEST_F(SchedulerTest, ReportsTheSequencesInEachStep) {
+  auto engine = make_engine(256, 1024);
+  Scheduler scheduler(*engine, {4, 512});  // four run at once; the other two wait for the first to finish
+  for (const std::string& p : kPrompts) scheduler.add(request(p, 3));
+  std::vector<size_t> per_step;
+  while (scheduler.step()) per_step.push_back(scheduler.last_step_sequences());
+  // Prompts and first tokens, then two decode steps, for each group of requests.
+  EXPECT_EQ(per_step, (std::vector<size_t>{4, 4, 4, 2, 2, 2}));
+  EXPECT_EQ(scheduler.last_step_sequences(), 0u);
+}
+
 TEST_F(SchedulerTest, PreemptedRequestsResumeWithTheSameOutput) {
   const auto want = alone(kPrompts, 40);
   // 96 slots: six sequences of up to 60 tokens cannot all hold their blocks at once.

@@ -109,7 +109,7 @@ describe('endpoints', () => {
       ['tessera_requests_waiting', 'gauge'], ['tessera_prompt_tokens_total', 'counter'],
       ['tessera_generated_tokens_total', 'counter'], ['tessera_prefix_cache_hit_tokens_total', 'counter'],
       ['tessera_kv_blocks_used', 'gauge'], ['tessera_kv_blocks_total', 'gauge'],
-      ['tessera_time_to_first_token_seconds', 'histogram']]) {
+      ['tessera_time_to_first_token_seconds', 'histogram'], ['tessera_step_sequences', 'histogram']]) {
       assert.match(text, new RegExp(`^# TYPE ${name} ${type}$`, 'm'));
     }
     const m = await readMetrics(server.url);
@@ -124,6 +124,10 @@ describe('endpoints', () => {
     assert.deepEqual(counts, [...counts].sort((a, b) => a - b), 'buckets are cumulative');
     assert.equal(counts.at(-1), m.tessera_time_to_first_token_seconds_count);
     assert.ok(m.tessera_time_to_first_token_seconds_count >= 1);
+    // The greedy request alone: its prompt step and two decode steps, at least, each of one sequence.
+    assert.ok(m.tessera_step_sequences_count >= 3);
+    assert.ok(m['tessera_step_sequences_bucket{le="1"}'] >= 3);
+    assert.ok(m.tessera_step_sequences_sum >= m.tessera_step_sequences_count);
   });
 
   test('unknown routes are 404 in OpenAI\'s error shape', bounded, async () => {

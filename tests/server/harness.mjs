@@ -1,10 +1,8 @@
 // What the server tests share: starting `tessera serve` on the stories260K fixture (TESSERA_BINARY,
 // TESSERA_FIXTURES, as in tests/web) with any extra options, an openai client for it, and readers for its
 // /metrics and its resident memory.
-import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
 import OpenAI from 'openai';
 import { readMetrics, spawnServer } from '../common/server_process.mjs';
 
@@ -48,45 +46,6 @@ export async function waitForMetrics(url, done, timeoutMs = 5_000) {
     if (Date.now() > deadline) throw new Error(`metrics did not settle: ${JSON.stringify(metrics)}`);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-}
-
-// Samples a /metrics series in a worker thread (whose event loop the test's streams cannot starve). Resolves
-// once the first sample is in, to { stop() }, which resolves to the largest value seen.
-export async function sampleMetric(url, series) {
-  const worker = new Worker(`
-    const { parentPort, workerData: { url, series } } = require('node:worker_threads');
-    let max = -Infinity;
-    let stopped = false;
-    parentPort.on('message', () => { stopped = true; });
-    (async () => {
-      while (!stopped) {
-        const text = await (await fetch(url + '/metrics')).text();
-        const line = text.split('\\n').find((l) => l.startsWith(series + ' '));
-        if (max === -Infinity) parentPort.postMessage('ready');
-        if (line) max = Math.max(max, Number(line.slice(series.length + 1)));
-        await new Promise((resolve) => setTimeout(resolve, 2));
-      }
-      parentPort.postMessage(max);
-    })();
-  `, { eval: true, workerData: { url, series } });
-  const messages = [];
-  let deliver = null;
-  worker.on('message', (m) => (deliver ? deliver(m) : messages.push(m)));
-  const next = () => new Promise((resolve, reject) => {
-    if (messages.length) return resolve(messages.shift());
-    deliver = (m) => { deliver = null; resolve(m); };
-    worker.once('error', reject);
-  });
-  assert.equal(await next(), 'ready');
-  return {
-    async stop() {
-      worker.postMessage('stop');
-      let max = await next();
-      while (max === 'ready') max = await next();
-      await worker.terminate();
-      return max;
-    },
-  };
 }
 
 // The resident memory of a process in KiB (VmRSS in /proc/PID/status).
