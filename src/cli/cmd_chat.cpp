@@ -70,6 +70,7 @@ class LineReader {
 
   // The next line; nullopt at the end of input, or on a terminal when Ctrl-C interrupted the line.
   std::optional<std::string> read(const char* prompt) {
+    const InterruptibleReads interruptible;
     if (!terminal_) {
       std::string text;
       if (!std::getline(std::cin, text)) return std::nullopt;

@@ -42,12 +42,13 @@ extern "C" void on_bus_error(int) {
   _exit(1);
 }
 
-void handle(int sig, void (*handler)(int)) {
+// SA_RESTART by default: a write blocked on a full pipe or a slow terminal carries on after a SIGINT instead of
+// failing with EINTR.
+void handle(int sig, void (*handler)(int), int flags = SA_RESTART) {
   struct sigaction action {};
   action.sa_handler = handler;
   sigemptyset(&action.sa_mask);
-  // SA_RESTART: a write blocked on a full pipe carries on after the first SIGINT instead of failing with EINTR.
-  action.sa_flags = SA_RESTART;
+  action.sa_flags = flags;
   sigaction(sig, &action, nullptr);
 }
 
@@ -76,16 +77,16 @@ InterruptScope::~InterruptScope() {
 
 InteractiveInterrupts::InteractiveInterrupts() {
   g_sigint_count.store(0);
-  struct sigaction action {};
-  action.sa_handler = on_interactive_sigint;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = 0;  // no SA_RESTART: a read waiting for the user returns EINTR
-  sigaction(SIGINT, &action, nullptr);
+  handle(SIGINT, on_interactive_sigint);
 }
 
 InteractiveInterrupts::~InteractiveInterrupts() { handle(SIGINT, on_termination); }
 
 int InteractiveInterrupts::sigint_count() { return g_sigint_count.load(); }
+
+InterruptibleReads::InterruptibleReads() { handle(SIGINT, on_interactive_sigint, 0); }
+
+InterruptibleReads::~InterruptibleReads() { handle(SIGINT, on_interactive_sigint); }
 
 void reserve_standard_streams() {
   for (int fd : {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO}) {

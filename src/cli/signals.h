@@ -28,8 +28,7 @@ class InterruptScope {
 };
 
 // For an interactive loop (chat on a terminal): while one lives, no SIGINT ends the process; each one is counted
-// (sigint_count()) and interrupts a blocking read with EINTR, so a line editor gives up its line and a reply
-// being generated can stop at its next token. SIGTERM still ends the process.
+// (sigint_count()), so a reply being generated can stop at its next token. SIGTERM still ends the process.
 class InteractiveInterrupts {
  public:
   InteractiveInterrupts();
@@ -37,6 +36,17 @@ class InteractiveInterrupts {
   InteractiveInterrupts(const InteractiveInterrupts&) = delete;
   InteractiveInterrupts& operator=(const InteractiveInterrupts&) = delete;
   static int sigint_count();
+};
+
+// Within an InteractiveInterrupts, while one lives: a SIGINT interrupts a blocking read with EINTR, so a line
+// editor gives up its line. Only around reads: a write to a slow terminal that a SIGINT interrupted would fail
+// and lose what stdio had buffered, so outside these scopes interrupted calls carry on.
+class InterruptibleReads {
+ public:
+  InterruptibleReads();
+  ~InterruptibleReads();
+  InterruptibleReads(const InterruptibleReads&) = delete;
+  InterruptibleReads& operator=(const InterruptibleReads&) = delete;
 };
 
 // Makes sure file descriptors 0, 1 and 2 are open, so that a file opened later never takes the place of a closed

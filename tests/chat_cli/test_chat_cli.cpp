@@ -1,8 +1,10 @@
 // `tessera chat` through the binary: scripted (stdin not a terminal) on stories260K with a chat template written
 // into its metadata, checking the exact prompt tokens of every turn against `tessera template` + `tessera tokenize`,
-// the prefix cache between turns, the commands, context overflow and end of generation; and on a real terminal
-// under tmux, with Ctrl-C during a reply and at the prompt.
+// the prefix cache between turns, the commands, context overflow, end of generation and a Ctrl-C during a blocked
+// write; and on a real terminal under tmux, with Ctrl-C during a reply and at the prompt.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/child_process.h"
 #include "common/fixtures.h"
 #include "common/run_tessera.h"
 #include "gguf/gguf.h"
@@ -218,6 +221,48 @@ TEST_F(ChatCli, AFailedWriteEndsTheChatWithTheReason) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 1) << message;
   EXPECT_NE(message.find("No space left on device"), std::string::npos) << message;
+}
+
+// A Ctrl-C that comes while a write waits on a full pipe (or a slow terminal) must not fail that write: the reply
+// stops at its next token with all it wrote intact, and the chat goes on (here to the end of its script).
+TEST_F(ChatCli, CtrlCDuringABlockedWriteStopsTheReplyAndLosesNothing) {
+  const std::string model = test::fixture("trained/stories260K.gguf").string();
+  const std::string script = write("script.txt", "Once upon a time\n");
+  const std::vector<std::string> args = {"chat", "-m", model, "--temp", "0", "-t", "1", "-c", "256", "--context-shift"};
+  std::string command;
+  for (const std::string& a : args) command += a + " ";
+  const auto whole = run_tessera(command + "-n 3000 < " + script);
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+
+  test::Child::Options options;
+  options.drain_stdout = false;
+  options.before_exec = [path = script.c_str()] {
+    dup2(::open(path, O_RDONLY), STDIN_FILENO);
+    fcntl(STDOUT_FILENO, F_SETPIPE_SZ, 4096);
+  };
+  test::Child child(args, options);  // no -n: the reply runs until Ctrl-C stops it
+  // Blocked: the pipe is full and stays so for three looks 200 ms apart.
+  int last = -1, unchanged = 0;
+  const auto blocked = [&] {
+    int bytes = 0;
+    ioctl(child.stdout_fd(), FIONREAD, &bytes);
+    unchanged = bytes >= 4000 && bytes == last ? unchanged + 1 : 0;
+    last = bytes;
+    if (unchanged < 3) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    return unchanged >= 3;
+  };
+  ASSERT_TRUE(child.read_until(blocked, std::chrono::seconds(30))) << child.err();
+  child.send(SIGINT);
+  child.start_draining_stdout();
+  const test::ChildExit r = child.wait(std::chrono::seconds(30));
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err.find("cannot write"), std::string::npos) << r.err;
+  std::string reply = r.out;
+  ASSERT_GE(reply.size(), 4000u);
+  ASSERT_EQ(reply.back(), '\n');  // the stopped reply's end of line
+  reply.pop_back();
+  ASSERT_LT(reply.size(), whole.out.size());
+  EXPECT_EQ(whole.out.substr(0, reply.size()), reply);
 }
 
 // ---- on a terminal ---------------------------------------------------------------------------------------------

@@ -82,6 +82,8 @@ class Child {
   const std::string& err() const { return err_; }
   void send(int sig) const { kill(pid_, sig); }
   int stdout_fd() const { return out_fd_; }
+  // Reads the child's stdout from now on (after a test has let it fill).
+  void start_draining_stdout() { drain_stdout_ = true; }
   // Closes our end of the child's stdout pipe: its next write meets a broken pipe.
   void close_stdout() {
     if (out_fd_ >= 0) ::close(out_fd_);
