@@ -1,5 +1,5 @@
-// The server's counters, gauges and histograms (time to first token, sequences per engine step), rendered in Prometheus' text format for
-// GET /metrics. Safe to update from any thread.
+// The server's counters, gauges and histograms (time to first token, sequences per engine step), rendered in
+// Prometheus' text format for GET /metrics. Safe to update from any thread.
 #pragma once
 
 #include <array>
