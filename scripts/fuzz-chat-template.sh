@@ -5,20 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
-out=build-fuzz
-mkdir -p "$out"
+source scripts/fuzz-lib.sh
 
-clang++ -std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -Isrc fuzz/fuzz_chat_template.cpp src/chat/*.cpp src/util/utf8.cpp src/gguf/gguf.cpp src/gguf/known_keys.cpp src/gguf/writer.cpp \
-  src/gguf/ggml_type.cpp src/io/file_type.cpp src/io/output_file.cpp $(pkg-config --cflags --libs fmt 2>/dev/null || echo -lfmt) -o "$out/fuzz_chat_template"
+build_fuzzer fuzz_chat_template fuzz/fuzz_chat_template.cpp src/chat/*.cpp src/util/utf8.cpp src/gguf/gguf.cpp \
+  src/gguf/known_keys.cpp src/gguf/writer.cpp src/gguf/ggml_type.cpp src/io/file_type.cpp src/io/output_file.cpp
 
-corpus="$out/chat-corpus"
-rm -rf "$corpus"
-mkdir -p "$corpus"
+corpus=$(new_corpus chat-corpus)
 cp tests/chat/data/templates/*.jinja tests/chat/data/snippets/*.jinja "$corpus/"
 
 # -timeout: the interpreter's work budget ends every template well within it. -malloc_limit_mb: strings are
 # capped at 16 MiB, so no single allocation comes near 256 MiB.
-ASAN_OPTIONS=detect_leaks=1 "$out/fuzz_chat_template" "$corpus" -dict=fuzz/chat_template.dict -max_len=16384 \
-  -max_total_time="$seconds" -timeout=20 -malloc_limit_mb=256 -rss_limit_mb=2048 -artifact_prefix="$out/" \
-  -print_final_stats=1
+run_fuzzer fuzz_chat_template "$corpus" fuzz/chat_template.dict -max_len=16384 -timeout=20 -malloc_limit_mb=256 \
+  -rss_limit_mb=2048

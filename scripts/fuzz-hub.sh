@@ -5,16 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
-out=build-fuzz
-mkdir -p "$out"
+source scripts/fuzz-lib.sh
 
-clang++ -std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -Isrc fuzz/fuzz_hub_listing.cpp src/hub/replies.cpp src/hub/store.cpp src/hub/reference.cpp \
-  $(pkg-config --cflags --libs fmt 2>/dev/null || echo -lfmt) -o "$out/fuzz_hub_listing"
+build_fuzzer fuzz_hub_listing fuzz/fuzz_hub_listing.cpp src/hub/replies.cpp src/hub/store.cpp src/hub/reference.cpp
 
-corpus="$out/corpus-hub"
-rm -rf "$corpus"
-mkdir -p "$corpus"
+corpus=$(new_corpus corpus-hub)
 sha=9fbe2ac0c6cd5f6d4b3f1a0e6d1b2c3d4e5f60718293a4b5c6d7e8f901234567
 printf '%s' '[{"type":"file","oid":"a3f1","size":1519,"path":".gitattributes"},{"type":"directory","oid":"7","size":0,"path":"sub"},{"type":"file","oid":"5e","size":134,"path":"sub/m.Q4_K_M.gguf","lfs":{"oid":"'$sha'","size":668788096,"pointerSize":134}}]' > "$corpus/listing"
 printf '%s' '<https://huggingface.co/api/models/o/r/tree/main?recursive=true&cursor=abc>; rel="next"' > "$corpus/link"
@@ -26,5 +21,4 @@ printf '%s' '{"url":"https://huggingface.co/o/r/resolve/main/m.gguf","size":5,"s
 printf '%s' 'hf://TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF/tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf' > "$corpus/reference"
 printf '%s' 'TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF:Q4_K_M' > "$corpus/reference-tag"
 
-ASAN_OPTIONS=detect_leaks=1 "$out/fuzz_hub_listing" "$corpus" -dict=fuzz/hub.dict -max_len=4096 \
-  -max_total_time="$seconds" -malloc_limit_mb=64 -rss_limit_mb=1024 -artifact_prefix="$out/" -print_final_stats=1
+run_fuzzer fuzz_hub_listing "$corpus" fuzz/hub.dict -max_len=4096 -malloc_limit_mb=64 -rss_limit_mb=1024

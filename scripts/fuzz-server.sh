@@ -6,18 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
-out=build-fuzz
-mkdir -p "$out"
+source scripts/fuzz-lib.sh
 
 # openai.cpp needs only the sampler's validation from the engine.
-clang++ -std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -Isrc fuzz/fuzz_openai_request.cpp src/server/openai.cpp src/engine/sampler.cpp \
-  $(pkg-config --cflags --libs fmt 2>/dev/null || echo -lfmt) -o "$out/fuzz_openai_request"
+build_fuzzer fuzz_openai_request fuzz/fuzz_openai_request.cpp src/server/openai.cpp src/engine/sampler.cpp
 
 # Seeds: the first byte picks the endpoint by its lowest bit ('b': chat/completions, 'a': completions).
-corpus="$out/corpus-server"
-rm -rf "$corpus"
-mkdir -p "$corpus"
+corpus=$(new_corpus corpus-server)
 seed() { printf '%s%s' "$2" "$3" > "$corpus/$1"; }
 seed chat-minimal b '{"model":"m","messages":[{"role":"user","content":"Hi"}]}'
 seed chat-all b '{"model":"stories260K","messages":[{"role":"system","content":"Be brief."},{"role":"developer","content":"No lists."},{"role":"user","content":[{"type":"text","text":"Once upon"},{"type":"text","text":" a time"}]},{"role":"assistant","content":null},{"role":"tool","content":"42"}],"max_tokens":16,"max_completion_tokens":8,"temperature":0.7,"top_p":0.9,"top_k":40,"min_p":0.05,"presence_penalty":0.5,"frequency_penalty":-0.5,"repeat_penalty":1.1,"seed":42,"n":3,"stop":["\n","The end"],"logit_bias":{"0":-100,"13":5.5,"511":100},"logprobs":true,"top_logprobs":5,"stream":true,"stream_options":{"include_usage":true},"context_shift":true,"user":"ignored"}'
@@ -31,5 +26,4 @@ seed completion-array a '{"prompt":["Once upon a time","There was"],"n":2,"max_t
 seed completion-all a '{"model":"stories260K","prompt":"Lily","max_tokens":2147483647,"max_completion_tokens":1,"temperature":2,"top_p":1,"top_k":512,"min_p":1,"presence_penalty":-2,"frequency_penalty":2,"repeat_penalty":10,"seed":0,"n":16,"stop":"x","logit_bias":{"0":0},"logprobs":20,"stream":true,"stream_options":{"include_usage":true},"context_shift":true}'
 seed nested a '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[{}]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]'
 
-ASAN_OPTIONS=detect_leaks=1 "$out/fuzz_openai_request" "$corpus" -dict=fuzz/openai.dict -max_len=4096 \
-  -max_total_time="$seconds" -malloc_limit_mb=64 -rss_limit_mb=1024 -artifact_prefix="$out/" -print_final_stats=1
+run_fuzzer fuzz_openai_request "$corpus" fuzz/openai.dict -max_len=4096 -malloc_limit_mb=64 -rss_limit_mb=1024
