@@ -4,7 +4,6 @@
 // write; and on a real terminal under tmux, with Ctrl-C during a reply and at the prompt.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -241,17 +240,7 @@ TEST_F(ChatCli, CtrlCDuringABlockedWriteStopsTheReplyAndLosesNothing) {
     fcntl(STDOUT_FILENO, F_SETPIPE_SZ, 4096);
   };
   test::Child child(args, options);  // no -n: the reply runs until Ctrl-C stops it
-  // Blocked: the pipe is full and stays so for three looks 200 ms apart.
-  int last = -1, unchanged = 0;
-  const auto blocked = [&] {
-    int bytes = 0;
-    ioctl(child.stdout_fd(), FIONREAD, &bytes);
-    unchanged = bytes >= 4000 && bytes == last ? unchanged + 1 : 0;
-    last = bytes;
-    if (unchanged < 3) std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    return unchanged >= 3;
-  };
-  ASSERT_TRUE(child.read_until(blocked, std::chrono::seconds(30))) << child.err();
+  ASSERT_TRUE(child.wait_until_stdout_blocked(std::chrono::seconds(30))) << child.err();
   child.send(SIGINT);
   child.start_draining_stdout();
   const test::ChildExit r = child.wait(std::chrono::seconds(30));

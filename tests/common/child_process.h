@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -104,6 +105,24 @@ class Child {
   }
   bool wait_for_stderr(std::string_view needle, std::chrono::milliseconds timeout) {
     return read_until([&] { return err_.find(needle) != std::string::npos; }, timeout);
+  }
+  // With drain_stdout off: waits until the child's writes to stdout are blocked, that is until its pipe is full
+  // (within 96 bytes of its size, which before_exec may have shrunk) and stays so for three looks 200 ms apart
+  // (a generation writes hundreds of pieces in that time).
+  bool wait_until_stdout_blocked(std::chrono::milliseconds timeout) {
+    int last = -1, unchanged = 0;
+    return read_until(
+        [&] {
+          // Read at every look: the child may shrink the pipe after this call began.
+          const int capacity = fcntl(out_fd_, F_GETPIPE_SZ);
+          int queued = 0;
+          ioctl(out_fd_, FIONREAD, &queued);
+          unchanged = queued >= capacity - 96 && queued == last ? unchanged + 1 : 0;
+          last = queued;
+          if (unchanged < 3) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+          return unchanged >= 3;
+        },
+        timeout);
   }
 
   // Whether the child has ended, reading its output meanwhile for `period`.

@@ -2,7 +2,6 @@
 // Ctrl-C stops a generation at the current token and reports it (text and stats, or the JSON document), a second
 // Ctrl-C quits at once; a model file truncated while mapped is named instead of dying of SIGBUS.
 #include <gtest/gtest.h>
-#include <sys/ioctl.h>
 #include <sys/resource.h>
 
 #include <nlohmann/json.hpp>
@@ -121,22 +120,7 @@ TEST(Interrupt, ASecondCtrlCQuitsAtOnce) {
   options.drain_stdout = false;
   options.before_exec = [] { fcntl(STDOUT_FILENO, F_SETPIPE_SZ, 4096); };
   Child child(test::long_run_args(test::stories_model()), options);
-  const auto queued = [&] {
-    int bytes = 0;
-    ioctl(child.stdout_fd(), FIONREAD, &bytes);
-    return bytes;
-  };
-  // Blocked: the pipe is full and stays so for three looks 200 ms apart (a generation writes hundreds of pieces
-  // in that time).
-  int last = -1, unchanged = 0;
-  const auto blocked = [&] {
-    const int now = queued();
-    unchanged = now >= 4000 && now == last ? unchanged + 1 : 0;
-    last = now;
-    if (unchanged < 3) std::this_thread::sleep_for(200ms);
-    return unchanged >= 3;
-  };
-  ASSERT_TRUE(child.read_until(blocked, 30s)) << child.err();
+  ASSERT_TRUE(child.wait_until_stdout_blocked(30s)) << child.err();
   child.send(SIGINT);
   EXPECT_FALSE(child.ends_within(500ms)) << child.err();
   EXPECT_TRUE(child.wait_for_stderr("interrupted", 5s)) << child.err();
